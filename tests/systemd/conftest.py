@@ -1,0 +1,29 @@
+"""Fixtures that boot a systemd container (skipped unless root on Linux)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nspawn_harness import REPO, Container, ensure_host_tools, ensure_rootfs, unavailable_reason
+
+
+@pytest.fixture(scope="session")
+def rootfs() -> Path:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    ensure_host_tools()
+    started = time.monotonic()
+    path = ensure_rootfs()
+    print(f"rootfs ready at {path} in {time.monotonic() - started:.1f} s")
+    return path
+
+
+@pytest.fixture(scope="module")
+def container(rootfs: Path) -> Iterator[Container]:
+    """One booted container per test module, with the checkout bound read-only at /repo."""
+    with Container(rootfs, binds_ro={str(REPO): "/repo"}) as booted:
+        yield booted
