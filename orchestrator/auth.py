@@ -1,0 +1,101 @@
+"""Who is calling the control plane: the admin, one student (their model only), or nobody."""
+
+from __future__ import annotations
+
+import hmac
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.config import Config, ConfigError, is_loopback
+
+
+@dataclass(frozen=True)
+class Caller:
+    admin: bool = False
+    model: str | None = None  # set for a student
+
+    @property
+    def known(self) -> bool:
+        return self.admin or self.model is not None
+
+    def may_manage(self, model: str) -> bool:
+        return self.admin or self.model == model
+
+
+ANONYMOUS = Caller()
+ADMIN = Caller(admin=True)
+
+
+def read_private_file(path: Path, what: str) -> str:
+    """Read a secret, refusing one that every local user could read too."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot read ({e.strerror or e})") from None
+    if mode & stat.S_IROTH:
+        raise ValueError(
+            f"{what} {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}"
+        )
+    if not text:
+        raise ValueError(f"{what} {path} is empty")
+    return text
+
+
+@dataclass(frozen=True)
+class Tokens:
+    admin: str | None = None
+    students: dict[str, str] = field(default_factory=dict)  # model -> token
+
+    @property
+    def enabled(self) -> bool:
+        return self.admin is not None or bool(self.students)
+
+    @classmethod
+    def load(cls, cfg: Config, source: str) -> Tokens:
+        errors: list[str] = []
+        admin = None
+        if cfg.orchestrator.admin_token_file is not None:
+            try:
+                admin = read_private_file(cfg.orchestrator.admin_token_file, "admin token file")
+            except ValueError as e:
+                errors.append(f"orchestrator.admin_token_file: {e}")
+        students = {}
+        for name, m in cfg.models.items():
+            for attr, what in (("token_file", "token file"), ("api_key_file", "API key file")):
+                path = getattr(m, attr)
+                if path is None:
+                    continue
+                try:
+                    secret = read_private_file(path, what)
+                except ValueError as e:
+                    errors.append(f"models.{name}.{attr}: {e}")
+                    continue
+                if attr == "token_file":
+                    students[name] = secret
+        if not is_loopback(cfg.orchestrator.listen_host) and admin is None:
+            errors.append(
+                f"orchestrator.listen: {cfg.orchestrator.listen} is reachable from other hosts; "
+                "set admin_token_file first"
+            )
+        if errors:
+            raise ConfigError(source, errors)
+        return cls(admin=admin, students=students)
+
+    def identify(self, authorization: str | None) -> Caller:
+        if not authorization:
+            return ANONYMOUS
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return ANONYMOUS
+        given = token.strip().encode()
+        # Compare against every token so timing reveals nothing about which one (if any) matched.
+        caller = ANONYMOUS
+        if self.admin is not None and hmac.compare_digest(given, self.admin.encode()):
+            caller = ADMIN
+        for model, secret in self.students.items():
+            if hmac.compare_digest(given, secret.encode()) and not caller.admin:
+                caller = Caller(model=model)
+        return caller

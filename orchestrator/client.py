@@ -1,0 +1,96 @@
+"""A small client for the control plane, shared by the CLI and the measurement tools."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+DEFAULT_TOKEN_FILE = Path("/etc/mig-orchestrator/admin.token")
+
+
+class ControlError(Exception):
+    """The control plane refused or could not be reached; the message says which and why."""
+
+
+def resolve_token(token_file: str | None) -> str | None:
+    """An explicit file, then $MIG_ORCH_TOKEN, then the admin token if this user can read it."""
+    if token_file:
+        try:
+            return Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ControlError(f"cannot read token file {token_file}: {e.strerror or e}") from None
+    if env := os.environ.get("MIG_ORCH_TOKEN"):
+        return env.strip()
+    try:
+        return DEFAULT_TOKEN_FILE.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+class ControlClient:
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, trust_env=False
+        )
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise ControlError(f"cannot reach the daemon at {self.url}: {e}") from None
+        if r.status_code >= 400:
+            try:
+                msg = r.json().get("error", r.text)
+            except ValueError:
+                msg = r.text
+            raise ControlError(f"{method} {path}: {r.status_code}: {msg}")
+        return r.json()
+
+    def models(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/models"))
+
+    def model(self, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/models/{name}"))
+
+    def slices(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/slices"))
+
+    def command(
+        self, name: str, verb: str, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        body = {"overrides": overrides} if overrides is not None else None
+        return dict(self._call("POST", f"/api/v1/models/{name}/{verb}", json=body))
+
+    def logs(self, name: str, tail: int) -> list[str]:
+        return list(
+            self._call("GET", f"/api/v1/models/{name}/logs", params={"tail": tail})["lines"]
+        )
+
+    def reload(self) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/v1/reload"))
+
+    def wait_for(self, name: str, states: set[str], timeout: float) -> dict[str, Any]:
+        """Poll until the model reaches one of `states`; a `failed` state ends the wait early."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.model(name)
+            if m["state"] in states or (m["state"] == "failed" and "failed" not in states):
+                return m
+            if time.monotonic() >= deadline:
+                raise ControlError(
+                    f"{name} is {m['state']} after {timeout:g}s (wanted {'/'.join(sorted(states))})"
+                )
+            time.sleep(0.2)

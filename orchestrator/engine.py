@@ -1,0 +1,439 @@
+"""One model's engine as an explicit state machine: spawn, wait ready, watch, restart, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from orchestrator import process
+from orchestrator.config import OrchestratorSettings, VllmSettings
+from orchestrator.engine_log import EngineLog
+from orchestrator.inventory import Slice
+from orchestrator.launch import Launch
+
+log = logging.getLogger(__name__)
+
+READY_POLL_S = 0.2
+# Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
+_LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
+MEMORY_MARGIN_BYTES = 256 * 1024**2
+
+
+class State(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    STOPPING = "stopping"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    model: str
+    served_model_name: str
+    host: str
+    port: int
+    slice: Slice | None
+    shared_slice: bool
+    launch: Launch
+    settings: VllmSettings
+    overrides: dict[str, Any]
+    startup_timeout_s: float
+
+    @property
+    def probe_host(self) -> str:
+        return (
+            "127.0.0.1"
+            if self.host in ("0.0.0.0", "")
+            else ("::1" if self.host == "::" else self.host)
+        )
+
+    @property
+    def health_url(self) -> str:
+        host = f"[{self.probe_host}]" if ":" in self.probe_host else self.probe_host
+        return f"http://{host}:{self.port}/health"
+
+
+@dataclass
+class ExitInfo:
+    code: int | None
+    signal: int | None
+    at: float
+    reason: str
+
+
+@dataclass
+class EngineContext:
+    """What an engine needs from the supervisor around it."""
+
+    http: httpx.AsyncClient
+    settings: OrchestratorSettings
+    slice_lock: Callable[[str], asyncio.Lock]
+    slice_memory: Callable[[str], Awaitable[tuple[int, int] | None]]
+    track: Callable[[int, Engine | None], None]  # pid -> engine for the reaper; None untracks
+    changed: Callable[[], None]  # persist state
+
+
+class _Failure(Exception):
+    """This life of the engine ended; `final` means retrying cannot help."""
+
+    def __init__(self, reason: str, final: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.final = final
+
+
+@dataclass
+class _Proc:
+    pid: int
+    fd: int
+    started: float  # wall clock
+    started_mono: float
+    exited: asyncio.Future[int]
+    log_mark: int
+    tree: list[process.ProcessId] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, spec: EngineSpec, ctx: EngineContext, elog: EngineLog) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.log = elog
+        self.state = State.STOPPED
+        self.desired = "stopped"
+        self.reason: str | None = None
+        self.restarts = 0
+        self.last_exit: ExitInfo | None = None
+        self.ready_at: float | None = None
+        self.proc: _Proc | None = None
+        self.lock = asyncio.Lock()  # serializes start/stop/restart of this model
+        self._runner: asyncio.Task[None] | None = None
+        self._crashes: deque[float] = deque()
+        self._backoff = ctx.settings.backoff_initial_s
+        self._probe_now = asyncio.Event()
+        self._baseline_used: int | None = None
+        self._stopping = False
+        self.state_changed = asyncio.Event()  # pulsed on every transition (tests, waiters)
+
+    # ----- commands (callers hold self.lock) -----
+
+    async def start(self) -> None:
+        self.desired = "running"
+        if self._runner is not None and not self._runner.done():
+            return
+        if self.state is State.FAILED:
+            self._crashes.clear()
+            self._backoff = self.ctx.settings.backoff_initial_s
+        self.reason = None
+        self._set(State.STARTING)
+        self._runner = asyncio.create_task(self._run(), name=f"engine-{self.spec.name}")
+
+    async def stop(self, desired: str = "stopped") -> None:
+        self.desired = desired
+        if self.proc is not None:
+            self._set(State.STOPPING)
+        self._stopping = True
+        try:
+            runner, self._runner = self._runner, None
+            if runner is not None and not runner.done():
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            await self._terminate(self.ctx.settings.stop_grace_s)
+        finally:
+            self._stopping = False
+        self._set(State.STOPPED)
+        self.ready_at = None
+
+    async def restart(self, spec: EngineSpec | None = None) -> None:
+        await self.stop(desired="running")
+        if spec is not None:
+            self.spec = spec
+        self._crashes.clear()
+        self._backoff = self.ctx.settings.backoff_initial_s
+        await self.start()
+
+    def set_spec(self, spec: EngineSpec) -> None:
+        self.spec = spec
+
+    # ----- status -----
+
+    def uptime(self) -> float | None:
+        return None if self.proc is None else time.monotonic() - self.proc.started_mono
+
+    def _set(self, state: State) -> None:
+        if state is not self.state:
+            log.info("%s: %s -> %s", self.spec.name, self.state.value, state.value)
+            self.state = state
+            self.ctx.changed()
+        self.state_changed.set()
+        self.state_changed = asyncio.Event()
+
+    # ----- the lifecycle -----
+
+    async def _run(self) -> None:
+        s = self.ctx.settings
+        while True:
+            started = time.monotonic()
+            try:
+                await self._one_life()
+            except _Failure as f:
+                self.reason = f.reason
+                self.log.note(f.reason)
+                if f.final:
+                    self._fail(f.reason)
+                    return
+            if self.ready_at is not None and time.monotonic() - started >= s.stable_after_s:
+                self._crashes.clear()
+                self._backoff = s.backoff_initial_s
+            self.ready_at = None
+            now = time.monotonic()
+            self._crashes.append(now)
+            while self._crashes and now - self._crashes[0] > s.restart_window_s:
+                self._crashes.popleft()
+            if len(self._crashes) > s.max_restarts:
+                self._fail(
+                    f"{len(self._crashes)} failures within {s.restart_window_s:g}s; "
+                    f"giving up. Last: {self.reason}"
+                )
+                return
+            self._set(State.BACKOFF)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, s.backoff_max_s)
+            self.restarts += 1
+            self._set(State.STARTING)
+
+    def _fail(self, reason: str) -> None:
+        self.reason = reason
+        tail = " | ".join(self.log.tail(5))
+        log.error("%s failed: %s (last log lines: %s)", self.spec.name, reason, tail)
+        self._set(State.FAILED)
+
+    async def _one_life(self) -> None:
+        spec = self.spec
+        lock = self.ctx.slice_lock(spec.slice.uuid) if spec.slice and spec.shared_slice else None
+        # Engines sharing one GPU start one after another: vLLM mis-sizes memory otherwise.
+        async with lock if lock is not None else contextlib.nullcontext():
+            await self._await_memory_release()
+            holder = process.port_holder(spec.host, spec.port)
+            if holder is not None:
+                raise _Failure(f"port {spec.port} is already in use by {holder}", final=True)
+            self._spawn()
+            try:
+                await self._wait_ready()
+            except BaseException:
+                await self._terminate(self.ctx.settings.stop_grace_s)
+                raise
+        self.ready_at = time.monotonic()
+        self._set(State.READY)
+        try:
+            await self._watch()
+        finally:
+            await self._terminate(self.ctx.settings.stop_grace_s)
+
+    async def _await_memory_release(self) -> None:
+        spec = self.spec
+        if spec.slice is None or spec.shared_slice:
+            return
+        first = await self.ctx.slice_memory(spec.slice.uuid)
+        if first is None:
+            return
+        if self._baseline_used is None:
+            self._baseline_used = first[0]
+            return
+        limit = self._baseline_used + MEMORY_MARGIN_BYTES
+        deadline = time.monotonic() + self.ctx.settings.memory_release_timeout_s
+        used = first[0]
+        if used > limit:
+            self.log.note(f"waiting for slice memory to be released ({used >> 20} MiB in use)")
+        while used > limit:
+            if time.monotonic() >= deadline:
+                self.log.note(f"slice still shows {used >> 20} MiB in use; starting anyway")
+                return
+            await asyncio.sleep(0.5)
+            got = await self.ctx.slice_memory(spec.slice.uuid)
+            if got is None:
+                return
+            used = got[0]
+
+    def _spawn(self) -> None:
+        spec = self.spec
+        self.log.note(f"starting: {' '.join(spec.launch.argv)}")
+        try:
+            pid, fd = process.spawn(spec.launch.argv, spec.launch.env)
+        except OSError as e:
+            raise _Failure(
+                f"cannot run engine command {spec.launch.argv[0]!r}: {e}", final=True
+            ) from e
+        loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+        self.proc = _Proc(
+            pid=pid,
+            fd=fd,
+            started=time.time(),
+            started_mono=time.monotonic(),
+            exited=loop.create_future(),
+            log_mark=self.log.count,
+        )
+        loop.add_reader(fd, self._on_output, self.proc)
+        self.ctx.track(pid, self)
+        self._set(State.STARTING)
+        self.ctx.changed()
+
+    def _on_output(self, proc: _Proc) -> None:
+        try:
+            data = os.read(proc.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(proc.fd)
+            os.close(proc.fd)
+            proc.fd = -1
+            return
+        self.log.write(data)
+        if self.state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
+            self._probe_now.set()
+
+    def on_exit(self, pid: int, status: int) -> None:
+        """Called by the supervisor's reaper the moment the engine's main process exits."""
+        proc = self.proc
+        if proc is not None and proc.pid == pid and not proc.exited.done():
+            proc.exited.set_result(status)
+
+    def _exit_reason(self, proc: _Proc, status: int, during: str) -> str:
+        code, sig = process.exit_description(status)
+        how = f"killed by signal {signal.Signals(sig).name}" if sig else f"exited with code {code}"
+        why = self.log.error_reason(proc.log_mark)
+        self.last_exit = ExitInfo(code=code, signal=sig, at=time.time(), reason=why or how)
+        return f"engine {how} {during}" + (f": {why}" if why else "")
+
+    async def _probe(self, timeout: float) -> str | None:
+        """None when /health answers 200, else what went wrong."""
+        try:
+            r = await self.ctx.http.get(self.spec.health_url, timeout=timeout)
+        except httpx.TimeoutException:
+            return f"/health did not answer within {timeout:g}s"
+        except httpx.HTTPError as e:
+            return f"/health unreachable ({type(e).__name__})"
+        return None if r.status_code == 200 else f"/health returned {r.status_code}"
+
+    async def _wait_ready(self) -> None:
+        proc = self.proc
+        assert proc is not None
+        deadline = proc.started_mono + self.spec.startup_timeout_s
+        while True:
+            if proc.exited.done():
+                raise _Failure(self._exit_reason(proc, proc.exited.result(), "during startup"))
+            if await self._probe(timeout=2.0) is None:
+                # The listener may have come up after the exit check; make sure it is ours.
+                if not proc.exited.done():
+                    return
+                continue
+            if time.monotonic() >= deadline:
+                raise _Failure(
+                    f"not ready within startup_timeout_s={self.spec.startup_timeout_s:g}s"
+                )
+            self._probe_now.clear()
+            wake = asyncio.ensure_future(self._probe_now.wait())
+            await asyncio.wait(
+                [proc.exited, wake], timeout=READY_POLL_S, return_when="FIRST_COMPLETED"
+            )
+            wake.cancel()
+
+    async def _watch(self) -> None:
+        proc = self.proc
+        assert proc is not None
+        s = self.ctx.settings
+        proc.tree = process.descendants(proc.pid)
+        failures = 0
+        while True:
+            done, _ = await asyncio.wait([proc.exited], timeout=s.health_interval_s)
+            if done:
+                raise _Failure(self._exit_reason(proc, proc.exited.result(), "while serving"))
+            probe = asyncio.ensure_future(self._probe(timeout=s.health_timeout_s))
+            await asyncio.wait([proc.exited, probe], return_when="FIRST_COMPLETED")
+            if not probe.done():
+                probe.cancel()
+                continue
+            problem = probe.result()
+            if problem is None:
+                if failures:
+                    self.reason = None
+                    self._set(State.READY)
+                failures = 0
+                continue
+            failures += 1
+            self.reason = f"{problem} ({failures}/{s.unhealthy_threshold})"
+            self._set(State.UNHEALTHY)
+            if failures >= s.unhealthy_threshold:
+                self.last_exit = ExitInfo(None, None, time.time(), f"unhealthy: {problem}")
+                raise _Failure(f"unhealthy: {problem} {failures} times in a row; restarting")
+
+    async def _terminate(self, grace: float) -> None:
+        """SIGTERM the group, SIGKILL what is left after `grace`, then verify the tree is gone."""
+        proc = self.proc
+        if proc is None:
+            return
+        why = "stop requested" if self._stopping else "cleaning up after the engine"
+        pgid = proc.pid  # session leader: its pid is the group id
+        tracked = [*proc.tree, *process.descendants(proc.pid)]
+        started = time.monotonic()
+        if not proc.exited.done():
+            process.signal_group(pgid, signal.SIGTERM)
+        process.signal_each(tracked, signal.SIGTERM)
+        left = await self._wait_gone(proc, pgid, tracked, grace)
+        if left:
+            self.log.note(
+                f"{why}: still running after {grace:g}s grace, SIGKILL: {process.describe(left)}"
+            )
+            process.signal_group(pgid, signal.SIGKILL)
+            process.signal_each(tracked, signal.SIGKILL)
+            left = await self._wait_gone(proc, pgid, tracked, 10.0)
+        if left:
+            log.error("%s: processes survive SIGKILL: %s", self.spec.name, process.describe(left))
+            self.log.note(f"processes survive SIGKILL: {process.describe(left)}")
+        else:
+            self.log.note(f"{why}: engine tree gone in {time.monotonic() - started:.2f}s")
+        if proc.fd >= 0:
+            # Drain what the engine printed last, then stop listening.
+            with contextlib.suppress(OSError):
+                while data := os.read(proc.fd, 65536):
+                    self.log.write(data)
+            asyncio.get_running_loop().remove_reader(proc.fd)
+            os.close(proc.fd)
+            proc.fd = -1
+        if not proc.exited.done():
+            self.ctx.track(proc.pid, None)
+        self.proc = None
+        self.ctx.changed()
+
+    async def _wait_gone(
+        self, proc: _Proc, pgid: int, tracked: list[process.ProcessId], limit: float
+    ) -> list[int]:
+        deadline = time.monotonic() + limit
+        # The main process's exit comes as an event; only then is the group worth scanning.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.exited), timeout=limit)
+        delay = 0.01
+        while True:
+            left = process.survivors(pgid, tracked)
+            if not left or time.monotonic() >= deadline:
+                return left
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)

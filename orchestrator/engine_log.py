@@ -1,0 +1,73 @@
+"""Per-model engine log: a size-capped rotating file plus the last lines kept in memory."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import deque
+from pathlib import Path
+
+# vLLM ends a failed start with the exception line (e.g. "ValueError: …") or argparse's "error:".
+_ERROR_LINE = re.compile(r"(^|\s)([A-Za-z_][\w.]*(Error|Exception)\b:?.*|.*\berror: .*)$")
+_NOISE = re.compile(r"^\s*(\^+|~+|File \"|Traceback \(most recent call last\))")
+
+
+class EngineLog:
+    def __init__(self, path: Path, max_bytes: int, backups: int, keep_lines: int = 500) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.lines: deque[str] = deque(maxlen=keep_lines)
+        self.count = 0  # lines ever written, so callers can mark a point in the stream
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+    def write(self, data: bytes) -> None:
+        """Append raw engine output; rotate once the file passes max_bytes."""
+        for line in data.decode("utf-8", "replace").splitlines():
+            self.lines.append(line)
+            self.count += 1
+        os.write(self._fd, data)
+        self._size += len(data)
+        if self._size >= self.max_bytes:
+            self._rotate()
+
+    def note(self, text: str) -> None:
+        """A line from the daemon itself, marked so readers can tell it from engine output."""
+        self.write(f"[mig-orchestrator] {text}\n".encode())
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        for i in range(self.backups, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{i - 1}" if i > 1 else self.path.name)
+            if src.exists():
+                os.replace(src, self.path.with_name(f"{self.path.name}.{i}"))
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        self._fd = self._open()
+        self._size = 0
+
+    def tail(self, n: int) -> list[str]:
+        if n <= 0:
+            return []
+        return list(self.lines)[-n:]
+
+    def error_reason(self, since: int = 0) -> str | None:
+        """The engine's own last error line among those logged after line number `since`."""
+        new = self.count - since
+        recent = list(self.lines)[-new:] if new > 0 else []
+        for line in reversed(recent):
+            text = line.strip()
+            if text.startswith("[mig-orchestrator]") or _NOISE.match(text):
+                continue
+            if _ERROR_LINE.search(text):
+                return text[-400:]
+        # No exception line: fall back to the last line vLLM's logger wrote at ERROR level.
+        return next((ln.strip()[-400:] for ln in reversed(recent) if ln.startswith("ERROR")), None)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -1,0 +1,92 @@
+"""The exact argv and environment one engine runs with."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.config import Config, VllmSettings
+from orchestrator.inventory import Slice
+
+# Variables that belong to the daemon's own supervisor and must not leak into engines.
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+_SECRET_ENV = ("VLLM_API_KEY",)
+_FLAGS: dict[str, str] = {
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "max_model_len": "--max-model-len",
+    "tensor_parallel_size": "--tensor-parallel-size",
+    "dtype": "--dtype",
+    "max_num_seqs": "--max-num-seqs",
+}
+_TOGGLES: dict[str, str] = {
+    "enable_prefix_caching": "prefix-caching",
+    "enable_chunked_prefill": "chunked-prefill",
+}
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str] = field(repr=False)
+    extra_env: dict[str, str]  # what the daemon adds on top of its own environment
+
+    def redacted_env(self) -> dict[str, str]:
+        return {k: ("***" if k in _SECRET_ENV else v) for k, v in self.extra_env.items()}
+
+
+def setting_flags(s: VllmSettings) -> list[str]:
+    """vLLM 0.33 flags for the settings that are set (unset ones keep vLLM's defaults)."""
+    out: list[str] = []
+    for key, flag in _FLAGS.items():
+        value = getattr(s, key)
+        if value is not None:
+            out += [flag, str(value)]
+    for key, stem in _TOGGLES.items():
+        value = getattr(s, key)
+        if value is not None:
+            out.append(f"--enable-{stem}" if value else f"--no-enable-{stem}")
+    if s.enforce_eager:
+        out.append("--enforce-eager")
+    return out + list(s.extra_args or [])
+
+
+def read_secret(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
+
+
+def build_launch(
+    cfg: Config,
+    name: str,
+    slc: Slice | None,
+    overrides: Mapping[str, object] | None = None,
+    base_env: Mapping[str, str] | None = None,
+) -> Launch:
+    """Compose argv (never a shell string) and env for model `name` on slice `slc`."""
+    m = cfg.models[name]
+    settings = cfg.effective_settings(name, dict(overrides or {}))
+    command = list(m.command or cfg.orchestrator.engine_command)
+    argv = [
+        *command,
+        "--model",
+        m.model,
+        "--host",
+        m.host,
+        "--port",
+        str(m.port),
+        "--served-model-name",
+        m.served_model_name or name,
+        *setting_flags(settings),
+    ]
+    extra = dict(settings.env or {})
+    if slc is not None:
+        extra["CUDA_VISIBLE_DEVICES"] = slc.uuid
+    if m.api_key_file is not None:
+        # The key travels in the environment: argv is readable by every user through ps.
+        extra["VLLM_API_KEY"] = read_secret(m.api_key_file)
+    env = {k: v for k, v in (os.environ if base_env is None else base_env).items()}
+    for k in _PRIVATE_ENV:
+        env.pop(k, None)
+    env.update(extra)
+    return Launch(argv=argv, env=env, extra_env=extra)

@@ -1,0 +1,166 @@
+"""Assign every model one slice: pinned first, then kept, then by profile, then by memory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from orchestrator.config import (
+    SHARED_GPU_UTILIZATION_CAP,
+    VLLM_DEFAULT_UTILIZATION,
+    Config,
+    ModelConfig,
+)
+from orchestrator.inventory import Inventory, Slice
+
+
+class PlacementError(Exception):
+    """No complete plan exists; `problems` maps each unplaceable model to why."""
+
+    def __init__(self, problems: dict[str, str], plan: Plan) -> None:
+        self.problems = problems
+        self.plan = plan
+        super().__init__("\n".join(f"{m}: {why}" for m, why in sorted(problems.items())))
+
+
+@dataclass
+class Plan:
+    assignments: dict[str, Slice] = field(default_factory=dict)
+    unplaced: dict[str, str] = field(default_factory=dict)
+
+    def models_on(self, slice_uuid: str) -> list[str]:
+        return sorted(m for m, s in self.assignments.items() if s.uuid == slice_uuid)
+
+
+def _request(m: ModelConfig) -> str:
+    if m.profile is not None:
+        return m.profile
+    if m.min_memory_gib is not None:
+        return f">= {m.min_memory_gib:g} GiB"
+    if m.slice is not None:
+        return f"slice {m.slice}"
+    return "any free slice"
+
+
+def _sort_key(s: Slice) -> tuple[int, int, str]:
+    return (s.gpu_index, s.gi_id if s.gi_id is not None else -1, s.uuid)
+
+
+class _Placer:
+    def __init__(self, cfg: Config, inv: Inventory) -> None:
+        self.cfg = cfg
+        self.slices = sorted(inv.slices, key=_sort_key)
+        self.plan = Plan()
+
+    def _util(self, name: str) -> float:
+        u = self.cfg.effective_settings(name).gpu_memory_utilization
+        return VLLM_DEFAULT_UTILIZATION if u is None else u
+
+    def can_take(self, name: str, s: Slice) -> bool:
+        """A free slice, or a whole GPU whose every tenant opted into sharing with headroom left."""
+        tenants = self.plan.models_on(s.uuid)
+        if not tenants:
+            return True
+        if s.is_mig or not self.cfg.models[name].share_gpu:
+            return False
+        if not all(self.cfg.models[t].share_gpu for t in tenants):
+            return False
+        return sum(self._util(t) for t in [*tenants, name]) <= SHARED_GPU_UTILIZATION_CAP + 1e-9
+
+    def fits(self, m: ModelConfig, s: Slice) -> bool:
+        if m.profile is not None:
+            return s.profile == m.profile
+        if m.min_memory_gib is not None:
+            return s.memory_total_gib >= m.min_memory_gib
+        return True
+
+    def taken_by(self, candidates: list[Slice]) -> str:
+        owners = sorted({t for s in candidates for t in self.plan.models_on(s.uuid)})
+        n = len(candidates)
+        which = "it is" if n == 1 else ("both are" if n == 2 else f"all {n} are")
+        return f"{which} taken by {', '.join(owners)}"
+
+    def assign(self, name: str, s: Slice) -> None:
+        self.plan.assignments[name] = s
+
+    def pinned(self, name: str, m: ModelConfig) -> None:
+        pin = m.slice
+        if isinstance(pin, int) or (isinstance(pin, str) and pin.isdigit()):
+            idx = int(pin)
+            whole = [s for s in self.slices if s.gpu_index == idx and not s.is_mig]
+            if not whole:
+                on_gpu = [s for s in self.slices if s.gpu_index == idx]
+                self.plan.unplaced[name] = (
+                    f"GPU {idx} has MIG enabled: pin one of its MIG UUIDs or ask for a profile"
+                    if on_gpu
+                    else f"there is no GPU {idx}"
+                )
+                return
+            s = whole[0]
+        else:
+            match = [
+                s
+                for s in self.slices
+                if pin in (s.uuid, s.gpu_uuid) and (s.uuid == pin or not s.is_mig)
+            ]
+            if not match:
+                self.plan.unplaced[name] = f"slice {pin} does not exist on this host"
+                return
+            s = match[0]
+        if not self.can_take(name, s):
+            self.plan.unplaced[name] = f"needs slice {pin}: {self.taken_by([s])}"
+            return
+        self.assign(name, s)
+
+    def best(self, name: str, m: ModelConfig) -> None:
+        candidates = [s for s in self.slices if self.fits(m, s)]
+        free = [s for s in candidates if self.can_take(name, s)]
+        if free:
+            if m.profile is None and m.min_memory_gib is None:
+                # Nothing was asked for: the largest remaining slice is the safest guess.
+                pick = max(free, key=lambda s: (s.memory_total_bytes, -s.gpu_index))
+            else:
+                pick = min(free, key=lambda s: (s.memory_total_bytes, *_sort_key(s)))
+            self.assign(name, pick)
+            return
+        need = _request(m)
+        if not candidates:
+            sizes = sorted({s.profile or "whole GPU" for s in self.slices})
+            self.plan.unplaced[name] = (
+                f"needs {need}: no such slice on this host "
+                f"(there are: {', '.join(sizes) or 'none'})"
+            )
+        else:
+            self.plan.unplaced[name] = f"needs {need}: {self.taken_by(candidates)}"
+
+
+def place(cfg: Config, inv: Inventory, previous: Mapping[str, str] | None = None) -> Plan:
+    """Build a deterministic plan; raise PlacementError naming every model that cannot be placed."""
+    plan = plan_partial(cfg, inv, previous)
+    if plan.unplaced:
+        raise PlacementError(dict(plan.unplaced), plan)
+    return plan
+
+
+def plan_partial(cfg: Config, inv: Inventory, previous: Mapping[str, str] | None = None) -> Plan:
+    """Place what can be placed; the rest lands in `plan.unplaced` with the reason."""
+    p = _Placer(cfg, inv)
+    models = cfg.models
+    for name in sorted(n for n, m in models.items() if m.slice is not None):
+        p.pinned(name, models[name])
+    # Keep earlier assignments that still exist and still satisfy the request.
+    for name in sorted(previous or {}):
+        if name in models and name not in p.plan.assignments and models[name].slice is None:
+            s = inv.slice_by_uuid((previous or {})[name])
+            if s is not None and p.fits(models[name], s) and p.can_take(name, s):
+                p.assign(name, s)
+    rest = [n for n in models if n not in p.plan.assignments and n not in p.plan.unplaced]
+    by_profile = sorted(n for n in rest if models[n].profile is not None)
+    by_memory = sorted(
+        (n for n in rest if models[n].min_memory_gib is not None),
+        key=lambda n: (-(models[n].min_memory_gib or 0), n),
+    )
+    anywhere = sorted(n for n in rest if n not in by_profile and n not in by_memory)
+    for name in [*by_profile, *by_memory, *anywhere]:
+        p.best(name, models[name])
+    return p.plan

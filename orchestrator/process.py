@@ -1,0 +1,186 @@
+"""OS process plumbing: spawn in a new process group, find a whole engine tree, kill it, reap."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A pid plus its start time, so that a recycled pid is never mistaken for ours."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessId | None:
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        try:
+            p = psutil.Process(self.pid)
+            return abs(p.create_time() - self.create_time) < 0.05 and p.status() != "zombie"
+        except psutil.Error:
+            return False
+
+
+def become_subreaper() -> bool:
+    """Orphaned engine processes (vLLM's EngineCore) then reparent to us and can be reaped."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def spawn(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[int, int]:
+    """Start argv as the leader of a new session; return (pid, fd of its merged stdout/stderr)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    # The supervisor's reaper owns waiting; mark the Popen done so it never reaps behind our back.
+    proc.returncode = 0
+    return proc.pid, read_fd
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is pgid, read from /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state ppid pgrp ...
+        rest = stat[stat.rfind(b")") + 2 :].split()
+        if len(rest) > 2 and rest[0] != b"Z" and int(rest[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[ProcessId]:
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for k in kids:
+        try:
+            out.append(ProcessId(k.pid, k.create_time()))
+        except psutil.Error:
+            continue
+    return out
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def signal_each(procs: Iterable[ProcessId], sig: signal.Signals) -> None:
+    for p in procs:
+        if p.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p.pid, sig)
+
+
+def survivors(pgid: int, tracked: Iterable[ProcessId]) -> list[int]:
+    """Every process of the engine tree still running: its group plus descendants that left it."""
+    left = set(group_members(pgid))
+    left.update(p.pid for p in tracked if p.alive())
+    return sorted(left)
+
+
+def describe(pids: Iterable[int]) -> str:
+    parts = []
+    for pid in pids:
+        try:
+            parts.append(f"{pid} ({psutil.Process(pid).name()})")
+        except psutil.Error:
+            parts.append(str(pid))
+    return ", ".join(parts)
+
+
+def reap(pids: Iterable[int] | None) -> list[tuple[int, int]]:
+    """Collect exited children without blocking: the given pids, or any child when None."""
+    done: list[tuple[int, int]] = []
+    if pids is None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            done.append((pid, status))
+        return done
+    for pid in list(pids):
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if got:
+            done.append((got, status))
+    return done
+
+
+def exit_description(status: int) -> tuple[int | None, int | None]:
+    """(exit code, signal number) from a wait status."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Return a description of who listens on port, or None when it can be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return None
+        except OSError:
+            pass
+    try:
+        for c in psutil.net_connections(kind="inet"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                return f"pid {describe([c.pid])}"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"

@@ -1,0 +1,339 @@
+"""All engines of one host: placement, autostart, reaping, durable state, reload, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from orchestrator import process
+from orchestrator.config import Config
+from orchestrator.engine import Engine, EngineContext, EngineSpec, State
+from orchestrator.engine_log import EngineLog
+from orchestrator.inventory import Inventory
+from orchestrator.launch import build_launch
+from orchestrator.placement import PlacementError, Plan, plan_partial
+from orchestrator.state import DaemonState, EngineRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class SliceMemory(Protocol):
+    def slice_memory(self, uuid: str) -> tuple[int, int]: ...
+
+
+class UnknownModel(KeyError):
+    pass
+
+
+@dataclass
+class ReloadResult:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _spec_identity(spec: EngineSpec) -> tuple[Any, ...]:
+    """What must be equal for a running engine to be left alone on reload."""
+    return (
+        spec.launch.argv,
+        sorted(spec.launch.extra_env.items()),
+        spec.slice.uuid if spec.slice else None,
+        spec.startup_timeout_s,
+    )
+
+
+class Supervisor:
+    def __init__(
+        self,
+        cfg: Config,
+        inventory: Inventory,
+        store: StateStore,
+        nvml: SliceMemory | None = None,
+        reap_all: bool = False,
+        allow_partial: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.inventory = inventory
+        self.store = store
+        self.nvml = nvml
+        self.reap_all = reap_all
+        self.allow_partial = allow_partial
+        self.engines: dict[str, Engine] = {}
+        self.unplaced: dict[str, str] = {}
+        self.plan = Plan()
+        self.started_at = time.time()
+        self._pids: dict[int, Engine] = {}
+        self._slice_locks: dict[str, asyncio.Lock] = {}
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            trust_env=False,
+        )
+        self._saved: DaemonState = DaemonState()
+        self._save_pending = False
+        self._save_task: asyncio.Task[None] | None = None
+        self._save_lock = asyncio.Lock()
+        self._ctx = EngineContext(
+            http=self._http,
+            settings=cfg.orchestrator,
+            slice_lock=self._slice_lock,
+            slice_memory=self._slice_memory,
+            track=self._track,
+            changed=self._changed,
+        )
+        self.listeners: list[Callable[[], None]] = []  # e.g. sd_notify STATUS updates
+
+    # ----- start-up -----
+
+    async def open(self) -> None:
+        """Load saved state, stop leftovers of an earlier instance, place every model."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        self._saved = self.store.load()
+        await self._stop_leftovers(self._saved.engines)
+        self._saved.engines.clear()
+        plan = plan_partial(self.cfg, self.inventory, self._saved.assignments)
+        if plan.unplaced and not self.allow_partial:
+            raise PlacementError(dict(plan.unplaced), plan)
+        self.plan = plan
+        self.unplaced = dict(plan.unplaced)
+        for name in self.cfg.models:
+            self.engines[name] = self._make_engine(name, self._saved.overrides.get(name, {}))
+        self._changed()
+
+    async def _stop_leftovers(self, records: dict[str, EngineRecord]) -> None:
+        async def stop_one(name: str, rec: EngineRecord) -> None:
+            pid = process.ProcessId(rec.pid, rec.create_time)
+            if not pid.alive():
+                return
+            # Ours for certain (pid and start time match): stop it rather than adopt it, since
+            # its output pipe and exit status went with the earlier daemon.
+            log.warning("stopping engine of %s left by an earlier daemon (pid %d)", name, rec.pid)
+            tracked = [pid, *process.descendants(rec.pid)]
+            process.signal_group(rec.pgid, signal.SIGTERM)
+            process.signal_each(tracked, signal.SIGTERM)
+            deadline = time.monotonic() + self.cfg.orchestrator.stop_grace_s
+            while process.survivors(rec.pgid, tracked) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            process.signal_group(rec.pgid, signal.SIGKILL)
+            process.signal_each(tracked, signal.SIGKILL)
+
+        await asyncio.gather(*(stop_one(n, r) for n, r in records.items()))
+
+    def _make_engine(self, name: str, overrides: dict[str, Any]) -> Engine:
+        spec = self._spec(name, overrides)
+        o = self.cfg.orchestrator
+        elog = EngineLog(o.log_dir / f"{name}.log", o.log_max_bytes, o.log_backups)
+        engine = Engine(spec, self._ctx, elog)
+        if name in self.unplaced:
+            engine.state = State.FAILED
+            engine.reason = f"not placed: {self.unplaced[name]}"
+        return engine
+
+    def _spec(self, name: str, overrides: dict[str, Any]) -> EngineSpec:
+        m = self.cfg.models[name]
+        slc = self.plan.assignments.get(name)
+        return EngineSpec(
+            name=name,
+            model=m.model,
+            served_model_name=m.served_model_name or name,
+            host=m.host,
+            port=m.port,
+            slice=slc,
+            shared_slice=slc is not None and len(self.plan.models_on(slc.uuid)) > 1,
+            launch=build_launch(self.cfg, name, slc, overrides),
+            settings=self.cfg.effective_settings(name, overrides),
+            overrides=dict(overrides),
+            startup_timeout_s=m.startup_timeout_s or self.cfg.orchestrator.startup_timeout_s,
+        )
+
+    def wanted_running(self, name: str) -> bool:
+        saved = self._saved.desired.get(name)
+        return saved == "running" if saved is not None else self.cfg.models[name].autostart
+
+    async def autostart(self) -> list[str]:
+        """Start what was running before (or autostart models on a first boot), all at once."""
+        names = [n for n in self.engines if n not in self.unplaced and self.wanted_running(n)]
+        for n in names:
+            async with self.engines[n].lock:
+                await self.engines[n].start()
+        return names
+
+    # ----- commands -----
+
+    def engine(self, name: str) -> Engine:
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise UnknownModel(name) from None
+
+    async def start(self, name: str) -> None:
+        e = self.engine(name)
+        if name in self.unplaced:
+            return
+        async with e.lock:
+            await e.start()
+
+    async def stop(self, name: str) -> None:
+        e = self.engine(name)
+        async with e.lock:
+            await e.stop()
+
+    async def restart(self, name: str, overrides: dict[str, Any] | None = None) -> None:
+        e = self.engine(name)
+        if name in self.unplaced:
+            return
+        async with e.lock:
+            spec = None if overrides is None else self._spec(name, overrides)
+            await e.restart(spec)
+
+    def validate_overrides(self, name: str, overrides: dict[str, Any]) -> None:
+        """Raise ValueError when the overrides would not make a valid engine."""
+        self.engine(name)
+        self.cfg.effective_settings(name, overrides)
+
+    # ----- reload -----
+
+    async def reload(self, new: Config) -> ReloadResult:
+        """Apply a new configuration as a difference: untouched engines keep running."""
+        previous = {n: s.uuid for n, s in self.plan.assignments.items()}
+        plan = plan_partial(new, self.inventory, previous)
+        if plan.unplaced and not self.allow_partial:
+            raise PlacementError(dict(plan.unplaced), plan)
+        old_cfg, self.cfg = self.cfg, new
+        self.plan, self.unplaced = plan, dict(plan.unplaced)
+        self._ctx.settings = new.orchestrator
+        result = ReloadResult()
+        for name in sorted(set(old_cfg.models) - set(new.models)):
+            e = self.engines.pop(name)
+            async with e.lock:
+                await e.stop()
+            e.log.close()
+            result.removed.append(name)
+        for name in sorted(new.models):
+            e_old = self.engines.get(name)
+            if e_old is None:
+                e = self._make_engine(name, {})
+                self.engines[name] = e
+                result.added.append(name)
+                if name not in self.unplaced and new.models[name].autostart:
+                    async with e.lock:
+                        await e.start()
+                continue
+            spec = self._spec(name, e_old.spec.overrides)
+            if _spec_identity(spec) == _spec_identity(e_old.spec):
+                e_old.set_spec(spec)
+                result.unchanged.append(name)
+                continue
+            result.changed.append(name)
+            async with e_old.lock:
+                if e_old.desired == "running" and name not in self.unplaced:
+                    await e_old.restart(spec)
+                else:
+                    await e_old.stop()
+                    e_old.set_spec(spec)
+        self._changed()
+        return result
+
+    # ----- shutdown -----
+
+    async def shutdown(self) -> None:
+        """Stop every engine in parallel; the saved desired state survives for the next start."""
+        desired = {n: e.desired for n, e in self.engines.items()}
+
+        async def stop(e: Engine) -> None:
+            async with e.lock:
+                await e.stop()
+
+        await asyncio.gather(*(stop(e) for e in self.engines.values()))
+        for n, d in desired.items():
+            self.engines[n].desired = d
+        self._changed()
+        await self.flush()
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+        await self._http.aclose()
+        for e in self.engines.values():
+            e.log.close()
+
+    # ----- plumbing for engines -----
+
+    def _slice_lock(self, uuid: str) -> asyncio.Lock:
+        return self._slice_locks.setdefault(uuid, asyncio.Lock())
+
+    async def _slice_memory(self, uuid: str) -> tuple[int, int] | None:
+        if self.nvml is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.nvml.slice_memory, uuid)
+        except Exception as e:  # NVML hiccups must not take an engine down
+            log.warning("cannot read memory of slice %s: %s", uuid, e)
+            return None
+
+    def _track(self, pid: int, engine: Engine | None) -> None:
+        if engine is None:
+            self._pids.pop(pid, None)
+        else:
+            self._pids[pid] = engine
+
+    def _reap(self) -> None:
+        for pid, status in process.reap(None if self.reap_all else list(self._pids)):
+            engine = self._pids.pop(pid, None)
+            if engine is not None:
+                engine.on_exit(pid, status)
+
+    def _changed(self) -> None:
+        for fn in self.listeners:
+            fn()
+        if self._save_pending:
+            return
+        self._save_pending = True
+        with contextlib.suppress(RuntimeError):  # no loop yet: open() saves later
+            self._save_task = asyncio.get_running_loop().create_task(self._save())
+
+    def snapshot(self) -> DaemonState:
+        engines = {}
+        for name, e in self.engines.items():
+            if e.proc is not None:
+                pid = process.ProcessId.of(e.proc.pid)
+                if pid is not None:
+                    engines[name] = EngineRecord(
+                        pid=pid.pid,
+                        pgid=e.proc.pid,
+                        create_time=pid.create_time,
+                        slice_uuid=e.spec.slice.uuid if e.spec.slice else None,
+                    )
+        return DaemonState(
+            assignments={n: s.uuid for n, s in self.plan.assignments.items()},
+            desired={n: e.desired for n, e in self.engines.items()},
+            overrides={n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides},
+            engines=engines,
+        )
+
+    async def _save(self) -> None:
+        await asyncio.sleep(0)  # coalesce the burst of changes one event-loop turn brings
+        async with self._save_lock:
+            self._save_pending = False
+            snap = self.snapshot()
+            try:
+                await asyncio.to_thread(self.store.save, snap)
+            except OSError as e:
+                log.error("cannot save state to %s: %s", self.store.path, e)
+
+    async def flush(self) -> None:
+        if self._save_task is not None:
+            await asyncio.gather(self._save_task, return_exceptions=True)
+        async with self._save_lock:
+            await asyncio.to_thread(self.store.save, self.snapshot())
+
+    def counts(self) -> tuple[int, int]:
+        ready = sum(1 for e in self.engines.values() if e.state is State.READY)
+        return ready, len(self.engines)
