@@ -1,0 +1,713 @@
+"""A pynvml look-alike driven by a TOML topology file, so discovery and telemetry run without a GPU.
+
+`load(path)` returns an object with pynvml's function names, signatures, constants, ctypes result
+structs and error classes (the real `pynvml.NVMLError_*`, so `except pynvml.NVMLError_NotFound`
+works). orchestrator.nvml runs the same code against it as against the driver.
+
+Topology format (TOML; every shipped file under deploy/topologies/ is an example):
+
+    [driver]                      # optional
+    version = "550.90.07"         # nvmlSystemGetDriverVersion()
+    privileged = true             # false: like a non-root caller, reading a MIG-enabled GPU's
+                                  # aggregate memory or its GPU instances raises NoPermission
+
+    [[gpu]]                       # one per physical GPU, in index order
+    name = "NVIDIA A100-SXM4-80GB"
+    uuid = "GPU-…"
+    mig = "enabled"               # "enabled" | "disabled" | "unsupported" (no MIG: mode query
+                                  # raises NotSupported)
+    mig_pending = "enabled"       # optional, default = mig; differs while a GPU reset is pending
+    profiles = "a100-80gb"        # MIG profile table (PROFILE_TABLES); required unless unsupported
+    max_mig_devices = 7           # optional (default 7): nvmlDeviceGetMaxMigDeviceCount, MIG on
+    memory_total_mib = 81920
+    memory_used_mib = 0           # optional: memory held outside any MIG device
+    power_w = 64.3                # optional telemetry; a missing value makes its call raise
+    temperature_c = 31            #   NotSupported
+    sm_clock_mhz = 1410
+    mem_clock_mhz = 1593
+    sm_util_pct = 0               # optional, both or neither; NVML has no utilisation while MIG
+    mem_util_pct = 0              #   is on, so these are only served when mig != "enabled"
+
+    [[gpu.mig_device]]            # only when mig = "enabled"; none at all is allowed
+    slot = 0                      # index for nvmlDeviceGetMigDeviceHandleByIndex; gaps are allowed
+                                  # and raise NotFound, as the driver's sparse slots do
+    uuid = "MIG-…"
+    profile = "3g.40gb"           # a GPU-instance profile of the GPU's table ("1g.10gb+me" too)
+    gi_id = 2                     # unique per GPU (one compute instance per GPU instance)
+    ci_id = 0
+    compute_slices = 3            # optional, default the profile's; fewer gives e.g. "1c.3g.40gb"
+    memory_used_mib = 0           # optional
+
+Held memory: a test makes a slice (or a MIG-off GPU) "hold" memory while a daemon runs on the
+topology with `hold_memory(topology, uuid, used_bytes)` and frees it with `release_memory`. They
+write the sidecar `<topology stem>.memory.json` ({uuid: used_bytes}, replaced atomically) next to
+the topology; every fake reading memory re-reads that file when it changes, in any process. The
+topology itself is read once, by `load`.
+
+Not modelled: GPU-instance placements, several compute instances in one GPU instance, processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from ctypes import c_uint
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pynvml  # error classes, constants and result structs only: nothing here loads the driver
+
+MIB = 1024**2
+MEMORY_SLICES = 8  # MIG memory is an 8-slot axis on A100, H100 and H200
+
+
+@dataclass(frozen=True)
+class GiProfile:
+    """One GPU-instance profile, as a row of `nvidia-smi mig -lgip` shows it."""
+
+    name: str  # NVIDIA's name, e.g. "1g.10gb+me"
+    id: int  # the lgip ID (GpuInstanceInfo.profileId)
+    enum: str  # the NVML_GPU_INSTANCE_PROFILE_* constant this profile answers to
+    slices: int  # compute slices: the G of "3g"
+    memory_slices: int  # eighths of the GPU's memory it takes
+    memory_mib: int
+    sm_count: int
+    instances: int  # how many can exist at once
+
+
+def _table(
+    memory_mib: tuple[int, int, int, int],
+    sms: tuple[int, int, int, int, int, int],
+    names: tuple[str, str, str, str, str, str],
+) -> tuple[GiProfile, ...]:
+    """The seven profiles every 8-memory-slice MIG GPU offers; `memory_mib` is 1g, 1g-2x, 3g, 7g."""
+    one, two, half, full = memory_mib
+    sm1, sm1x2, sm2, sm3, sm4, sm7 = sms
+    n1, n1x2, n2, n3, n4, n7 = names
+    p = "NVML_GPU_INSTANCE_PROFILE_"
+    return (
+        GiProfile(n1, 19, p + "1_SLICE", 1, 1, one, sm1, 7),
+        GiProfile(n1 + "+me", 20, p + "1_SLICE_REV1", 1, 1, one, sm1, 1),
+        GiProfile(n1x2, 15, p + "1_SLICE_REV2", 1, 2, two, sm1x2, 4),
+        GiProfile(n2, 14, p + "2_SLICE", 2, 2, two, sm2, 3),
+        GiProfile(n3, 9, p + "3_SLICE", 3, 4, half, sm3, 2),
+        GiProfile(n4, 5, p + "4_SLICE", 4, 4, half, sm4, 1),
+        GiProfile(n7, 0, p + "7_SLICE", 7, 8, full, sm7, 1),
+    )
+
+
+# Memory (MiB) and SM counts as `nvidia-smi mig -lgip` prints them (A100 and H100 from published
+# lgip output; H200 values are representative and round to NVIDIA's names the same way).
+PROFILE_TABLES: Mapping[str, tuple[GiProfile, ...]] = MappingProxyType(
+    {
+        "a100-40gb": _table(
+            (4864, 9984, 20096, 40448),
+            (14, 14, 28, 42, 56, 98),
+            ("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
+        ),
+        "a100-80gb": _table(
+            (9728, 19968, 40192, 80896),
+            (14, 14, 28, 42, 56, 98),
+            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+        ),
+        "h100-80gb": _table(
+            (9984, 20096, 40448, 81152),
+            (16, 26, 32, 60, 64, 132),
+            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+        ),
+        "h200-141gb": _table(
+            (16384, 33280, 68096, 135680),
+            (16, 26, 32, 60, 64, 132),
+            ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+        ),
+    }
+)
+
+MIG_MODES = ("enabled", "disabled", "unsupported")
+TELEMETRY = (
+    "power_w",
+    "temperature_c",
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+    "sm_util_pct",
+    "mem_util_pct",
+)
+
+
+class TopologyError(ValueError):
+    """A topology or memory file is malformed; the message names the file and the field."""
+
+
+# eq=False: handles compare by identity, like the driver's pointers.
+@dataclass(frozen=True, eq=False)
+class FakeMigDevice:
+    slot: int
+    uuid: str
+    profile: GiProfile
+    gi_id: int
+    ci_id: int
+    compute_slices: int
+    memory_used_bytes: int
+    gpu_index: int
+
+    @property
+    def memory_total_bytes(self) -> int:
+        return self.profile.memory_mib * MIB
+
+    @property
+    def profile_name(self) -> str:
+        """The driver's name: the GI profile, prefixed by `Nc.` for a smaller compute instance."""
+        if self.compute_slices == self.profile.slices:
+            return self.profile.name
+        return f"{self.compute_slices}c.{self.profile.name}"
+
+
+@dataclass(frozen=True, eq=False)
+class FakeGpu:
+    index: int
+    name: str
+    uuid: str
+    mig: str
+    mig_pending: str
+    profiles: tuple[GiProfile, ...]
+    max_mig_devices: int
+    memory_total_bytes: int
+    memory_used_bytes: int
+    telemetry: Mapping[str, float]
+    mig_devices: tuple[FakeMigDevice, ...]
+
+
+@dataclass(frozen=True)
+class Topology:
+    path: Path
+    driver_version: str
+    privileged: bool
+    gpus: tuple[FakeGpu, ...]
+
+    def device(self, uuid: str) -> FakeGpu | FakeMigDevice | None:
+        for gpu in self.gpus:
+            if gpu.uuid == uuid:
+                return gpu
+            for mig in gpu.mig_devices:
+                if mig.uuid == uuid:
+                    return mig
+        return None
+
+
+@dataclass(frozen=True)
+class _GpuInstance:
+    """Handle returned by nvmlDeviceGetGpuInstanceById."""
+
+    gpu: FakeGpu
+    mig: FakeMigDevice
+
+
+_REQUIRED = object()
+_KIND_NAMES: Mapping[type, str] = MappingProxyType(
+    {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a table",
+        list: "an array of tables",
+    }
+)
+
+
+class _Fields:
+    """Typed reads from one TOML table, each error naming the file and the field's path."""
+
+    def __init__(self, path: Path, where: str, data: object, known: tuple[str, ...]) -> None:
+        self.path, self.where = path, where
+        if not isinstance(data, dict):
+            raise self.error("", "must be a table")
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise self.error("", f"unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        self.data: dict[str, Any] = data
+
+    def error(self, key: str, problem: str) -> TopologyError:
+        field = ".".join(part for part in (self.where, key) if part) or "top level"
+        return TopologyError(f"{self.path}: {field}: {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise self.error(key, "is required")
+            return default
+        value = self.data[key]
+        wrong_bool = isinstance(value, bool) and kind is not bool  # TOML true is no number
+        if wrong_bool or not isinstance(value, kind):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+            raise self.error(key, f"must be {names}, not {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _REQUIRED) -> str:
+        value: str = self.get(key, str, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def count(self, key: str, default: Any = _REQUIRED, minimum: int = 0) -> int:
+        value: int = self.get(key, int, default)
+        if value < minimum:
+            raise self.error(key, f"must be >= {minimum}, not {value}")
+        return value
+
+    def mib(self, key: str, default: Any = _REQUIRED) -> int:
+        """A size given in MiB (int or float), returned in bytes."""
+        value = self.get(key, (int, float), default)
+        if value < 0:
+            raise self.error(key, f"must be >= 0, not {value}")
+        return int(value * MIB)
+
+    def uuid(self, key: str, prefix: str) -> str:
+        value: str = self.get(key, str)
+        if not value.startswith(prefix) or len(value) <= len(prefix):
+            raise self.error(key, f"must look like {prefix}<uuid>, not {value!r}")
+        return value
+
+
+def load_topology(path: Path) -> Topology:
+    """Parse and check a topology file; raises TopologyError naming the file and field."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise TopologyError(f"{path}: cannot read topology file: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise TopologyError(f"{path}: not valid TOML: {e}") from e
+    top = _Fields(path, "", data, ("driver", "gpu"))
+    driver = _Fields(path, "driver", top.get("driver", dict, {}), ("version", "privileged"))
+    gpu_tables = top.get("gpu", list, [])
+    gpus = tuple(_parse_gpu(path, i, table) for i, table in enumerate(gpu_tables))
+    seen: dict[str, str] = {}
+    for gpu in gpus:
+        for where, uuid in [(f"gpu[{gpu.index}]", gpu.uuid)] + [
+            (f"gpu[{gpu.index}].mig_device slot {m.slot}", m.uuid) for m in gpu.mig_devices
+        ]:
+            if uuid in seen:
+                raise TopologyError(f"{path}: {where}.uuid: {uuid} is also used by {seen[uuid]}")
+            seen[uuid] = where
+    return Topology(
+        path=path,
+        driver_version=driver.get("version", str, "550.90.07"),
+        privileged=driver.get("privileged", bool, True),
+        gpus=gpus,
+    )
+
+
+def _parse_gpu(path: Path, index: int, table: object) -> FakeGpu:
+    where = f"gpu[{index}]"
+    keys = ("name", "uuid", "mig", "mig_pending", "profiles", "max_mig_devices", "memory_total_mib")
+    f = _Fields(path, where, table, (*keys, "memory_used_mib", "mig_device", *TELEMETRY))
+    mig = f.choice("mig", MIG_MODES)
+    mig_pending = f.choice("mig_pending", MIG_MODES, mig)
+    if (mig == "unsupported") != (mig_pending == "unsupported"):
+        raise f.error(
+            "mig_pending", "a GPU either supports MIG or not: both or neither unsupported"
+        )
+    profiles: tuple[GiProfile, ...] = ()
+    if mig == "unsupported":
+        for key in ("profiles", "max_mig_devices"):
+            if key in f.data:
+                raise f.error(key, 'makes no sense with mig = "unsupported"')
+    else:
+        profiles = PROFILE_TABLES[f.choice("profiles", tuple(PROFILE_TABLES))]
+    telemetry = {k: float(f.get(k, (int, float))) for k in TELEMETRY if k in f.data}
+    if ("sm_util_pct" in telemetry) != ("mem_util_pct" in telemetry):
+        raise f.error("sm_util_pct", "give sm_util_pct and mem_util_pct together, or neither")
+    total = f.mib("memory_total_mib")
+    used = f.mib("memory_used_mib", 0)
+    if total == 0 or used > total:
+        raise f.error("memory_used_mib", "must be <= memory_total_mib, which must be > 0")
+    max_mig = f.count("max_mig_devices", 7, minimum=1) if profiles else 0
+    device_tables = f.get("mig_device", list, [])
+    if device_tables and mig != "enabled":
+        raise f.error("mig_device", 'MIG devices exist only with mig = "enabled"')
+    devices = tuple(
+        _parse_mig_device(path, f"{where}.mig_device[{j}]", t, index, profiles, max_mig)
+        for j, t in enumerate(device_tables)
+    )
+    _check_layout(f, devices)
+    return FakeGpu(
+        index=index,
+        name=f.get("name", str),
+        uuid=f.uuid("uuid", "GPU-"),
+        mig=mig,
+        mig_pending=mig_pending,
+        profiles=profiles,
+        max_mig_devices=max_mig,
+        memory_total_bytes=total,
+        memory_used_bytes=used,
+        telemetry=MappingProxyType(telemetry),
+        mig_devices=tuple(sorted(devices, key=lambda m: m.slot)),
+    )
+
+
+def _parse_mig_device(
+    path: Path,
+    where: str,
+    table: object,
+    gpu_index: int,
+    profiles: tuple[GiProfile, ...],
+    max_mig: int,
+) -> FakeMigDevice:
+    keys = ("slot", "uuid", "profile", "gi_id", "ci_id", "compute_slices", "memory_used_mib")
+    f = _Fields(path, where, table, keys)
+    by_name = {p.name: p for p in profiles}
+    profile = by_name[f.choice("profile", tuple(by_name))]
+    slot = f.count("slot")
+    if slot >= max_mig:
+        raise f.error("slot", f"must be < max_mig_devices ({max_mig}), not {slot}")
+    compute_slices = f.count("compute_slices", profile.slices, minimum=1)
+    if compute_slices > profile.slices:
+        raise f.error("compute_slices", f"{profile.name} has only {profile.slices} compute slices")
+    used = f.mib("memory_used_mib", 0)
+    if used > profile.memory_mib * MIB:
+        raise f.error("memory_used_mib", f"exceeds the {profile.memory_mib} MiB of {profile.name}")
+    return FakeMigDevice(
+        slot=slot,
+        uuid=f.uuid("uuid", "MIG-"),
+        profile=profile,
+        gi_id=f.count("gi_id"),
+        ci_id=f.count("ci_id"),
+        compute_slices=compute_slices,
+        memory_used_bytes=used,
+        gpu_index=gpu_index,
+    )
+
+
+def _check_layout(f: _Fields, devices: tuple[FakeMigDevice, ...]) -> None:
+    """Reject layouts no driver would create: clashing slots or GIs, more memory than the GPU."""
+    for attr in ("slot", "gi_id"):
+        values = [getattr(m, attr) for m in devices]
+        clash = next((v for v in values if values.count(v) > 1), None)
+        if clash is not None:
+            raise f.error("mig_device", f"two MIG devices have {attr} = {clash}")
+    if sum(m.profile.memory_slices for m in devices) > MEMORY_SLICES:
+        raise f.error(
+            "mig_device", f"the GPU instances need more than {MEMORY_SLICES} memory slices"
+        )
+    for profile in {m.profile for m in devices}:
+        if sum(m.profile == profile for m in devices) > profile.instances:
+            raise f.error("mig_device", f"at most {profile.instances} x {profile.name} can exist")
+
+
+def memory_file(topology: Path) -> Path:
+    """The sidecar holding memory that tests make slices hold: `<stem>.memory.json` beside it."""
+    return topology.with_name(f"{topology.stem}.memory.json")
+
+
+def hold_memory(topology: Path, uuid: str, used_bytes: int) -> None:
+    """Make device `uuid` of `topology` report `used_bytes` used, in every process reading it."""
+    device = load_topology(topology).device(uuid)
+    if device is None:
+        raise TopologyError(f"{topology}: no GPU or MIG device has uuid {uuid}")
+    if not 0 <= used_bytes <= device.memory_total_bytes:
+        raise ValueError(f"{uuid}: used_bytes must be 0..{device.memory_total_bytes}")
+    held = _read_memory_file(memory_file(topology))
+    _write_memory_file(memory_file(topology), {**held, uuid: used_bytes})
+
+
+def release_memory(topology: Path, uuid: str | None = None) -> None:
+    """Undo hold_memory for `uuid`, or for every device when None."""
+    path = memory_file(topology)
+    held = {} if uuid is None else _read_memory_file(path)
+    if uuid is not None:
+        held.pop(uuid, None)
+    _write_memory_file(path, held)
+
+
+def _read_memory_file(path: Path) -> dict[str, int]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise TopologyError(f"{path}: cannot read memory file: {e}") from e
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in data.items()
+    ):
+        raise TopologyError(f'{path}: must be a JSON object {{"<uuid>": <used bytes>, ...}}')
+    return data
+
+
+def _write_memory_file(path: Path, held: Mapping[str, int]) -> None:
+    # Replace atomically: a daemon reading concurrently sees the old or the new file, never half.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as out:
+        json.dump(dict(held), out)
+    os.replace(tmp, path)
+
+
+class _HeldMemory:
+    """The sidecar's contents, re-read whenever the file changes (it is replaced, never edited)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._held: dict[str, int] = {}
+
+    def get(self, uuid: str, default: int) -> int:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._held = None, {}
+            return default
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._held, self._stamp = _read_memory_file(self.path), stamp
+        return self._held.get(uuid, default)
+
+
+def _fail(code: int) -> pynvml.NVMLError:
+    return pynvml.NVMLError(code)  # NVMLError.__new__ picks the NVMLError_* subclass
+
+
+class FakeNvml:
+    """The pynvml subset orchestrator.nvml uses, answering from a Topology; see the module doc."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.init_count = 0  # nvmlInit/nvmlShutdown are reference-counted, as in NVML
+        self._held = _HeldMemory(memory_file(topology.path))
+
+    def __getattr__(self, name: str) -> Any:
+        # Constants, structs and error classes come from the real module; functions this fake
+        # lacks must fail loudly instead of reaching the real driver.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(pynvml, name)
+        if callable(value) and not isinstance(value, type):
+            raise AttributeError(f"the fake NVML does not implement {name}()")
+        return value
+
+    # --- init -------------------------------------------------------------------------------
+    def nvmlInit(self) -> None:
+        self.nvmlInitWithFlags(0)
+
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        self.init_count += 1
+
+    def nvmlShutdown(self) -> None:
+        self._ready()
+        self.init_count -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self._ready()
+        return self.topology.driver_version
+
+    # --- devices ----------------------------------------------------------------------------
+    def nvmlDeviceGetCount(self) -> int:
+        self._ready()
+        return len(self.topology.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        self._ready()
+        if not 0 <= index < len(self.topology.gpus):
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self.topology.gpus[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu | FakeMigDevice:
+        self._ready()
+        device = self.topology.device(uuid)
+        if device is None:
+            raise _fail(pynvml.NVML_ERROR_NOT_FOUND)
+        return device
+
+    def nvmlDeviceGetName(self, handle: FakeGpu | FakeMigDevice) -> str:
+        self._ready()
+        if isinstance(handle, FakeMigDevice):
+            return f"{self._parent(handle).name} MIG {handle.profile_name}"
+        return handle.name
+
+    def nvmlDeviceGetUUID(self, handle: FakeGpu | FakeMigDevice) -> str:
+        self._ready()
+        return handle.uuid
+
+    def nvmlDeviceGetMemoryInfo(
+        self, handle: FakeGpu | FakeMigDevice, version: int | None = None
+    ) -> Any:
+        self._ready()
+        if isinstance(handle, FakeMigDevice):
+            used = self._held.get(handle.uuid, handle.memory_used_bytes)
+            total = handle.memory_total_bytes
+        else:
+            used = self._held.get(handle.uuid, handle.memory_used_bytes)
+            total = handle.memory_total_bytes
+            if handle.mig == "enabled":
+                if not self.topology.privileged:  # the aggregate is for privileged callers only
+                    raise _fail(pynvml.NVML_ERROR_NO_PERMISSION)
+                used += sum(self._held.get(m.uuid, m.memory_used_bytes) for m in handle.mig_devices)
+        if version is None:
+            return pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
+        if version != pynvml.nvmlMemory_v2:
+            raise _fail(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        return pynvml.c_nvmlMemory_v2_t(
+            version=version, total=total, reserved=0, free=total - used, used=used
+        )
+
+    # --- MIG --------------------------------------------------------------------------------
+    def nvmlDeviceGetMigMode(self, handle: FakeGpu | FakeMigDevice) -> list[int]:
+        gpu = self._physical(handle)
+        if gpu.mig == "unsupported":
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        mode = {
+            "enabled": pynvml.NVML_DEVICE_MIG_ENABLE,
+            "disabled": pynvml.NVML_DEVICE_MIG_DISABLE,
+        }
+        return [mode[gpu.mig], mode[gpu.mig_pending]]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: FakeGpu | FakeMigDevice) -> int:
+        gpu = self._physical(handle)
+        return gpu.max_mig_devices if gpu.mig == "enabled" else 0
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(
+        self, handle: FakeGpu | FakeMigDevice, index: int
+    ) -> FakeMigDevice:
+        gpu = self._physical(handle)
+        if gpu.mig != "enabled" or not 0 <= index < gpu.max_mig_devices:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        device = next((m for m in gpu.mig_devices if m.slot == index), None)
+        if device is None:
+            raise _fail(pynvml.NVML_ERROR_NOT_FOUND)
+        return device
+
+    def nvmlDeviceIsMigDeviceHandle(self, handle: FakeGpu | FakeMigDevice) -> c_uint:
+        self._ready()
+        return c_uint(isinstance(handle, FakeMigDevice))  # the real binding returns a raw c_uint
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
+        self, handle: FakeGpu | FakeMigDevice
+    ) -> FakeGpu:
+        return self._parent(self._mig(handle))
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: FakeGpu | FakeMigDevice) -> int:
+        return self._mig(handle).gi_id
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: FakeGpu | FakeMigDevice) -> int:
+        return self._mig(handle).ci_id
+
+    def nvmlDeviceGetAttributes(self, handle: FakeGpu | FakeMigDevice) -> Any:
+        mig = self._mig(handle)
+        p = mig.profile
+        return pynvml.c_nvmlDeviceAttributes(
+            multiprocessorCount=p.sm_count * mig.compute_slices // p.slices,
+            gpuInstanceSliceCount=p.slices,
+            computeInstanceSliceCount=mig.compute_slices,
+            memorySizeMB=p.memory_mib,
+        )
+
+    def nvmlDeviceGetGpuInstanceById(
+        self, handle: FakeGpu | FakeMigDevice, gpu_instance_id: int
+    ) -> _GpuInstance:
+        gpu = self._physical(handle)
+        if not self.topology.privileged:
+            raise _fail(pynvml.NVML_ERROR_NO_PERMISSION)
+        if gpu.mig != "enabled":
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        mig = next((m for m in gpu.mig_devices if m.gi_id == gpu_instance_id), None)
+        if mig is None:
+            raise _fail(pynvml.NVML_ERROR_NOT_FOUND)
+        return _GpuInstance(gpu, mig)
+
+    def nvmlGpuInstanceGetInfo(self, gpu_instance: _GpuInstance) -> Any:
+        self._ready()
+        return pynvml.c_nvmlGpuInstanceInfo_t(
+            id=gpu_instance.mig.gi_id, profileId=gpu_instance.mig.profile.id
+        )
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(
+        self, handle: FakeGpu | FakeMigDevice, profile: int, version: int = 2
+    ) -> Any:
+        gpu = self._physical(handle)
+        if not 0 <= profile < pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        p = next((p for p in gpu.profiles if getattr(pynvml, p.enum) == profile), None)
+        if p is None:
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if version == 2:
+            info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
+            info.name = f"MIG {p.name}".encode()
+        elif version == 1:
+            info = pynvml.c_nvmlGpuInstanceProfileInfo_t()
+        else:
+            raise _fail(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        info.id, info.sliceCount, info.instanceCount = p.id, p.slices, p.instances
+        info.multiprocessorCount, info.memorySizeMB = p.sm_count, p.memory_mib
+        return info
+
+    # --- telemetry (per physical GPU: MIG devices share the parent's) -----------------------
+    def nvmlDeviceGetUtilizationRates(self, handle: FakeGpu | FakeMigDevice) -> Any:
+        gpu = self._gpu_only(handle)
+        if gpu.mig == "enabled":  # NVML attributes no utilisation while MIG is on
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return pynvml.c_nvmlUtilization_t(
+            gpu=int(self._telemetry(gpu, "sm_util_pct")),
+            memory=int(self._telemetry(gpu, "mem_util_pct")),
+        )
+
+    def nvmlDeviceGetPowerUsage(self, handle: FakeGpu | FakeMigDevice) -> int:
+        return int(self._telemetry(self._gpu_only(handle), "power_w") * 1000)  # milliwatts
+
+    def nvmlDeviceGetTemperature(self, handle: FakeGpu | FakeMigDevice, sensor: int) -> int:
+        gpu = self._gpu_only(handle)
+        if sensor != pynvml.NVML_TEMPERATURE_GPU:
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return int(self._telemetry(gpu, "temperature_c"))
+
+    def nvmlDeviceGetClockInfo(self, handle: FakeGpu | FakeMigDevice, type: int) -> int:
+        gpu = self._gpu_only(handle)
+        key = {
+            pynvml.NVML_CLOCK_GRAPHICS: "sm_clock_mhz",
+            pynvml.NVML_CLOCK_SM: "sm_clock_mhz",
+            pynvml.NVML_CLOCK_MEM: "mem_clock_mhz",
+        }.get(type)
+        if key is None:
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return int(self._telemetry(gpu, key))
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _ready(self) -> None:
+        if self.init_count <= 0:
+            raise _fail(pynvml.NVML_ERROR_UNINITIALIZED)
+
+    def _parent(self, mig: FakeMigDevice) -> FakeGpu:
+        return self.topology.gpus[mig.gpu_index]
+
+    def _physical(self, handle: FakeGpu | FakeMigDevice) -> FakeGpu:
+        self._ready()
+        if not isinstance(handle, FakeGpu):
+            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return handle
+
+    def _mig(self, handle: FakeGpu | FakeMigDevice) -> FakeMigDevice:
+        self._ready()
+        if not isinstance(handle, FakeMigDevice):
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return handle
+
+    def _gpu_only(self, handle: FakeGpu | FakeMigDevice) -> FakeGpu:
+        self._ready()
+        if not isinstance(handle, FakeGpu):
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return handle
+
+    @staticmethod
+    def _telemetry(gpu: FakeGpu, key: str) -> float:
+        if key not in gpu.telemetry:
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.telemetry[key]
+
+
+def load(path: Path) -> FakeNvml:
+    """A pynvml look-alike for the topology file at `path`; raises TopologyError if it is bad."""
+    return FakeNvml(load_topology(path))
