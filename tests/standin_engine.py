@@ -21,6 +21,8 @@ flag means 1; a flag beats the env; an empty env value is unset; unknown names e
                             never answers any (running generations stall too); =503 makes /health
                             answer 503 while everything else keeps working.
   STANDIN_IGNORE_SIGTERM=1  SIGTERM/SIGINT are ignored (grandchild too): only SIGKILL ends it.
+                            Without it, a signal that comes before the "started" event (while
+                            Python starts, ~60 ms) kills by default, as during vLLM's imports.
   STANDIN_SIGTERM_DELAY=s   time taken to shut down after SIGTERM (default 0.1), exit 0.
   STANDIN_SPAWN_GRANDCHILD=1  fork a "VLLM::EngineCore" (/proc comm "VLLM::EngineCor") in the same
                             process group; it outlives a SIGKILL of the server until the group is
@@ -1036,6 +1038,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
     except UsageError as exc:
         sys.stderr.write(f"standin_engine.py: error: {exc}\n")
         return 2
+    if knobs.ignore_sigterm:
+        # Ignore from here, not only once asyncio's handlers (which log the signal) are in.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     events = EventLog(knobs.state_file)
     vllm_log("INFO", "api_server.py:1913", f"vLLM API server version {VLLM_VERSION}")
     vllm_log("INFO", "utils.py:253", f"non-default args: {' '.join(argv)}")
