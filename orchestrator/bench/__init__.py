@@ -1,0 +1,1 @@
+"""Load generation, reports and A/B comparison of vLLM engines (`bench`, `compare`)."""

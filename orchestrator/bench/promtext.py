@@ -1,0 +1,203 @@
+"""Parse and write Prometheus text exposition (0.0.4; OpenMetrics' `# EOF` and exemplars skipped).
+
+Small on purpose: the bench reads vLLM's counters with it; the control plane's /metrics re-exports.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\\n]|\\.)*)"\s*')
+_UNESCAPE = re.compile(r"\\(.)")
+_UNESCAPES = {"n": "\n", "\\": "\\", '"': '"'}
+# Suffixes a sample may add to its family's name (histograms, summaries, OpenMetrics counters).
+_SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created", "_gsum", "_gcount", "_info")
+
+
+class PromTextError(ValueError):
+    """A line of exposition text that does not follow the format."""
+
+    def __init__(self, line_no: int, line: str, why: str) -> None:
+        super().__init__(f"line {line_no}: {why}: {line[:200]!r}")
+        self.line_no = line_no
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample line: `name{labels} value [timestamp]`."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+    timestamp_ms: int | None = None
+
+    def matches(self, match: Mapping[str, str]) -> bool:
+        return all(self.labels.get(k) == v for k, v in match.items())
+
+
+@dataclass
+class Family:
+    """A metric family: the `# TYPE`/`# HELP` header and the samples that belong to it."""
+
+    name: str
+    type: str = "untyped"
+    help: str = ""
+    samples: list[Sample] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram summed over label sets: cumulative counts by upper bound, sum and count."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+
+@dataclass
+class Exposition:
+    """Parsed exposition text; families keep the order in which they appeared."""
+
+    families: dict[str, Family] = field(default_factory=dict)
+
+    def samples(self) -> Iterator[Sample]:
+        for family in self.families.values():
+            yield from family.samples
+
+    def find(self, name: str, match: Mapping[str, str] | None = None) -> list[Sample]:
+        """Samples named `name` whose labels include every pair of `match`."""
+        want = match or {}
+        return [s for s in self.samples() if s.name == name and s.matches(want)]
+
+    def total(self, name: str, match: Mapping[str, str] | None = None) -> float | None:
+        """Sum of `name` over its (optionally filtered) label sets; None when no sample matches."""
+        found = self.find(name, match)
+        return math.fsum(s.value for s in found) if found else None
+
+    def histogram(self, name: str, match: Mapping[str, str] | None = None) -> Histogram | None:
+        """Histogram `name` (without suffix) summed over label sets; None when absent."""
+        buckets: dict[float, float] = {}
+        for s in self.find(f"{name}_bucket", match):
+            le = float(s.labels.get("le", "+Inf"))
+            buckets[le] = buckets.get(le, 0.0) + s.value
+        total_sum, count = self.total(f"{name}_sum", match), self.total(f"{name}_count", match)
+        if not buckets and count is None:
+            return None
+        return Histogram(tuple(sorted(buckets.items())), total_sum or 0.0, count or 0.0)
+
+
+def parse(text: str) -> Exposition:
+    """Parse exposition text; raises PromTextError naming the first bad line."""
+    expo = Exposition()
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            _parse_comment(expo, line)
+            continue
+        sample = _parse_sample(line_no, line)
+        _family_for(expo, sample.name).samples.append(sample)
+    return expo
+
+
+def _parse_comment(expo: Exposition, line: str) -> None:
+    parts = line[1:].strip().split(None, 2)
+    if len(parts) < 2 or parts[0] not in ("HELP", "TYPE"):
+        return  # a plain comment, or OpenMetrics' `# EOF`
+    family = expo.families.setdefault(parts[1], Family(parts[1]))
+    rest = parts[2] if len(parts) > 2 else ""
+    if parts[0] == "TYPE":
+        family.type = rest.strip() or "untyped"
+    else:
+        family.help = _unescape(rest)
+
+
+def _unescape(text: str) -> str:
+    # Unknown escapes are kept as written rather than rejected.
+    return _UNESCAPE.sub(lambda m: _UNESCAPES.get(m[1], m[0]), text)
+
+
+def _family_for(expo: Exposition, sample_name: str) -> Family:
+    if sample_name in expo.families:
+        return expo.families[sample_name]
+    for suffix in _SUFFIXES:
+        base = sample_name.removesuffix(suffix)
+        if base != sample_name and base in expo.families:
+            return expo.families[base]
+    return expo.families.setdefault(sample_name, Family(sample_name))
+
+
+def _parse_sample(line_no: int, line: str) -> Sample:
+    m = _NAME.match(line)
+    if m is None:
+        raise PromTextError(line_no, line, "expected a metric name")
+    name, pos = m[0], m.end()
+    labels: dict[str, str] = {}
+    while pos < len(line) and line[pos] in " \t":
+        pos += 1
+    if pos < len(line) and line[pos] == "{":
+        pos += 1
+        while True:
+            while pos < len(line) and line[pos] in " \t":
+                pos += 1
+            if pos < len(line) and line[pos] == "}":
+                pos += 1
+                break
+            lm = _LABEL.match(line, pos)
+            if lm is None:
+                raise PromTextError(line_no, line, 'bad label (want name="value")')
+            labels[lm[1]] = _unescape(lm[2])
+            pos = lm.end()
+            if pos < len(line) and line[pos] == ",":
+                pos += 1
+            elif pos >= len(line) or line[pos] != "}":
+                raise PromTextError(line_no, line, "expected ',' or '}' after a label")
+    # An OpenMetrics exemplar (` # {...} v`) may follow the value; it is not part of the sample.
+    fields = line[pos:].split("#", 1)[0].split()
+    if not fields or len(fields) > 2:
+        raise PromTextError(line_no, line, "expected a value and an optional timestamp")
+    try:
+        # float() takes "+Inf", "-Inf" and "NaN" in any case, as the format allows.
+        value = float(fields[0])
+        timestamp = int(float(fields[1])) if len(fields) == 2 else None
+    except ValueError:
+        raise PromTextError(line_no, line, "value or timestamp is not a number") from None
+    return Sample(name, labels, value, timestamp)
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def format_value(value: float) -> str:
+    """Format like prometheus_client: `+Inf`, `-Inf`, `NaN`, otherwise Python's repr."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def format_sample(sample: Sample) -> str:
+    labels = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sample.labels.items())
+    text = f"{sample.name}{{{labels}}} " if labels else f"{sample.name} "
+    text += format_value(sample.value)
+    return text if sample.timestamp_ms is None else f"{text} {sample.timestamp_ms}"
+
+
+def render(families: Iterable[Family]) -> str:
+    """Write families back as exposition text (HELP, TYPE, then samples), newline-terminated."""
+    lines: list[str] = []
+    for family in families:
+        if family.help:
+            help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+            lines.append(f"# HELP {family.name} {help_text}")
+        if family.type != "untyped":
+            lines.append(f"# TYPE {family.name} {family.type}")
+        lines.extend(format_sample(s) for s in family.samples)
+    return "\n".join(lines) + "\n" if lines else ""

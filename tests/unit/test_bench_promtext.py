@@ -1,0 +1,131 @@
+"""Prometheus text parsing: labels, escapes, special values, comments, histograms, round trips."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.bench.promtext import PromTextError, Sample, format_sample, parse, render
+
+# Shaped like vLLM 0.3x's /metrics (prometheus_client text format 0.0.4), two engines.
+VLLM = """\
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="tiny"} 1200.0
+vllm:prefix_cache_queries_total{engine="1",model_name="tiny"} 800.0
+# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} 960.0
+vllm:prefix_cache_hits_total{engine="1",model_name="tiny"} 640.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.01",model_name="tiny"} 2.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="tiny"} 7.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="tiny"} 9.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="tiny"} 9.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="tiny"} 0.75
+vllm:time_to_first_token_seconds_bucket{engine="1",le="0.01",model_name="tiny"} 1.0
+vllm:time_to_first_token_seconds_bucket{engine="1",le="0.1",model_name="tiny"} 1.0
+vllm:time_to_first_token_seconds_bucket{engine="1",le="+Inf",model_name="tiny"} 3.0
+vllm:time_to_first_token_seconds_count{engine="1",model_name="tiny"} 3.0
+vllm:time_to_first_token_seconds_sum{engine="1",model_name="tiny"} 1.25
+"""
+
+
+def test_counters_are_summed_over_label_sets_and_filtered_by_labels() -> None:
+    expo = parse(VLLM)
+    assert expo.total("vllm:prefix_cache_queries_total") == 2000.0
+    assert expo.total("vllm:prefix_cache_hits_total") == 1600.0
+    assert expo.total("vllm:prefix_cache_hits_total", {"engine": "1"}) == 640.0
+    assert expo.total("vllm:prefix_cache_hits_total", {"engine": "7"}) is None
+    assert expo.total("vllm:gpu_prefix_cache_hits") is None
+    assert expo.families["vllm:kv_cache_usage_perc"].type == "gauge"
+    assert expo.families["vllm:prefix_cache_queries_total"].help.startswith("Prefix cache queries")
+
+
+def test_histogram_samples_join_their_family_and_sum_per_bound() -> None:
+    expo = parse(VLLM)
+    family = expo.families["vllm:time_to_first_token_seconds"]
+    assert family.type == "histogram"
+    assert len(family.samples) == 10
+    hist = expo.histogram("vllm:time_to_first_token_seconds")
+    assert hist is not None
+    assert hist.buckets == ((0.01, 3.0), (0.1, 8.0), (math.inf, 12.0))
+    assert (hist.sum, hist.count) == (2.0, 12.0)
+    only0 = expo.histogram("vllm:time_to_first_token_seconds", {"engine": "0"})
+    assert only0 is not None and only0.count == 9.0
+    assert expo.histogram("vllm:e2e_request_latency_seconds") is None
+
+
+def test_label_values_with_escapes_commas_braces_and_hashes() -> None:
+    text = (
+        'm{path="C:\\\\dir",quote="say \\"hi\\"",nl="a\\nb",odd="x,}{#",} 1\n'
+        'm { a = "spaced" } 2\n'
+    )
+    first, second = parse(text).find("m")
+    assert first.labels == {"path": "C:\\dir", "quote": 'say "hi"', "nl": "a\nb", "odd": "x,}{#"}
+    assert second.labels == {"a": "spaced"} and second.value == 2.0
+
+
+def test_special_values_timestamps_comments_and_exemplars() -> None:
+    text = "\n".join(
+        [
+            "# a free-form comment",
+            "#",
+            "up 1 1700000000000",
+            "pos +Inf",
+            "neg -Inf",
+            "nan NaN",
+            "sci 1.5e3",
+            'req_total{code="200"} 7 # {trace_id="abc"} 1.0 1700000000.5',
+            "# EOF",
+        ]
+    )
+    expo = parse(text)
+    up = expo.find("up")[0]
+    assert (up.value, up.timestamp_ms) == (1.0, 1700000000000)
+    assert expo.total("pos") == math.inf and expo.total("neg") == -math.inf
+    assert math.isnan(expo.find("nan")[0].value)
+    assert expo.total("sci") == 1500.0
+    assert expo.total("req_total", {"code": "200"}) == 7.0
+
+
+def test_openmetrics_counter_family_owns_its_total_sample() -> None:
+    expo = parse("# TYPE requests counter\nrequests_total 3\nrequests_created 1.7e9\n")
+    assert [s.name for s in expo.families["requests"].samples] == [
+        "requests_total",
+        "requests_created",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ("9lives 1", "metric name"),
+        ('m{a="1" 2', "',' or '}'"),
+        ("m{a=1} 2", "bad label"),
+        ("m", "a value"),
+        ("m one", "not a number"),
+        ("m 1 2 3", "a value"),
+    ],
+)
+def test_bad_lines_are_reported_with_their_line_number(line: str, why: str) -> None:
+    with pytest.raises(PromTextError, match=f"line 2: .*{why}") as err:
+        parse(f"ok 1\n{line}\n")
+    assert err.value.line_no == 2
+
+
+def test_render_round_trips_and_escapes() -> None:
+    expo = parse(VLLM + 'weird{v="a\\"b\\\\c\\nd"} NaN\n')
+    again = parse(render(expo.families.values()))
+    assert [(s.name, dict(s.labels)) for s in again.samples()] == [
+        (s.name, dict(s.labels)) for s in expo.samples()
+    ]
+    assert again.total("vllm:prefix_cache_hits_total") == 1600.0
+    assert again.families["vllm:time_to_first_token_seconds"].type == "histogram"
+    assert format_sample(Sample("x", {"q": 'a"b'}, math.inf, 5)) == 'x{q="a\\"b"} +Inf 5'
+    assert format_sample(Sample("y", {}, 2.0)) == "y 2.0"
