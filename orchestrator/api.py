@@ -1,6 +1,7 @@
 """The REST control plane: status, start/stop/restart, logs, reload, metrics."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the real dependency objects.
+
 
 import asyncio
 import logging

@@ -239,6 +239,7 @@ class Engine:
                 await self._terminate(self.ctx.settings.stop_grace_s)
                 raise
         self.ready_at = time.monotonic()
+        self.reason = None  # what went wrong before stays in last_exit
         self._set(State.READY)
         try:
             await self._watch()

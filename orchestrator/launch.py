@@ -62,6 +62,7 @@ def build_launch(
     slc: Slice | None,
     overrides: Mapping[str, object] | None = None,
     base_env: Mapping[str, str] | None = None,
+    read_secrets: bool = True,
 ) -> Launch:
     """Compose argv (never a shell string) and env for model `name` on slice `slc`."""
     m = cfg.models[name]
@@ -84,7 +85,7 @@ def build_launch(
         extra["CUDA_VISIBLE_DEVICES"] = slc.uuid
     if m.api_key_file is not None:
         # The key travels in the environment: argv is readable by every user through ps.
-        extra["VLLM_API_KEY"] = read_secret(m.api_key_file)
+        extra["VLLM_API_KEY"] = read_secret(m.api_key_file) if read_secrets else "***"
     env = {k: v for k, v in (os.environ if base_env is None else base_env).items()}
     for k in _PRIVATE_ENV:
         env.pop(k, None)

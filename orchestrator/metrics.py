@@ -196,7 +196,7 @@ class MetricsCollector:
                     series.setdefault(f"mig_orchestrator_gpu_{key}", []).append(
                         f"mig_orchestrator_gpu_{key}{{{base}}} {value}"
                     )
-                elif isinstance(value, list):
+                elif isinstance(value, list | tuple):
                     for item in value:
                         if not isinstance(item, dict):
                             continue

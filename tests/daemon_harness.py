@@ -1,0 +1,227 @@
+"""Run the real daemon as a subprocess on a simulated topology, and look at what it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+STANDIN = REPO / "tests" / "standin_engine.py"
+TOPOLOGIES = REPO / "deploy" / "topologies"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f'"{k}" = {toml_value(x)}' for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def render_config(
+    orchestrator: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any]],
+    defaults: Mapping[str, Any] | None = None,
+) -> str:
+    lines = ["[orchestrator]", *(f"{k} = {toml_value(v)}" for k, v in orchestrator.items())]
+    if defaults:
+        lines += ["", "[defaults]", *(f"{k} = {toml_value(v)}" for k, v in defaults.items())]
+    for name, m in models.items():
+        lines += ["", f"[models.{name}]", *(f"{k} = {toml_value(v)}" for k, v in m.items())]
+    return "\n".join(lines) + "\n"
+
+
+def engine_pids(served_name: str) -> list[int]:
+    """Live stand-in (or vLLM) processes serving `served_name`, found from their command lines."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == b"Z":
+            continue
+        if b"--served-model-name" in argv:
+            i = argv.index(b"--served-model-name")
+            if i + 1 < len(argv) and argv[i + 1].decode() == served_name:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def group_pids(pgid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            rest = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if rest[0] != b"Z" and int(rest[2]) == pgid:
+            out.append(int(entry.name))
+    return out
+
+
+def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Daemon:
+    """One daemon subprocess with its own config, state and log directories."""
+
+    root: Path
+    models: dict[str, dict[str, Any]]
+    orchestrator: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    topology: Path = TOPOLOGIES / "a100-mixed.toml"
+    token: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = self.root / "models.toml"
+        self.log_path = self.root / "daemon.log"
+        # A private copy: tests hold slice memory through a sidecar file next to the topology.
+        copy = self.root / self.topology.name
+        copy.write_text(self.topology.read_text())
+        self.topology = copy
+        self.write_config()
+
+    def write_config(self) -> None:
+        orch = {
+            "listen": f"127.0.0.1:{self.port}",
+            "state_dir": str(self.root / "state"),
+            "log_dir": str(self.root / "logs"),
+            "topology": str(self.topology),
+            "engine_command": [sys.executable, str(STANDIN)],
+            "health_interval_s": 0.5,
+            "health_timeout_s": 0.5,
+            "backoff_initial_s": 0.2,
+            "backoff_max_s": 1.0,
+            "stop_grace_s": 2.0,
+            "memory_release_timeout_s": 20.0,
+            **self.orchestrator,
+        }
+        self.config_path.write_text(render_config(orch, self.models, self.defaults))
+
+    def start(self, wait_ready: Iterable[str] = ()) -> Daemon:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it until it exits
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("NOTIFY_SOCKET", None)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--log-level",
+                "debug",
+                *self.extra_args,
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        wait_until(self._healthy, 20, "the control plane")
+        for name in wait_ready:
+            self.wait_state(name, "ready")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        t = token or self.token
+        return {"Authorization": f"Bearer {t}"} if t else {}
+
+    def get(self, path: str, token: str | None = None) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers=self.headers(token), timeout=10)
+
+    def post(self, path: str, json: Any = None, token: str | None = None) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=json, headers=self.headers(token), timeout=10)
+
+    def status(self, name: str) -> dict[str, Any]:
+        r = self.get(f"/api/v1/models/{name}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def wait_state(self, name: str, *states: str, timeout: float = 30) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            s = self.status(name)
+            return s if s["state"] in states else None
+
+        try:
+            return dict(wait_until(reached, timeout, f"{name} to be {'/'.join(states)}"))
+        except AssertionError:
+            raise AssertionError(
+                f"{self.status(name)}\n--- daemon log ---\n{self.log()[-4000:]}"
+            ) from None
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
