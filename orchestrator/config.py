@@ -44,6 +44,17 @@ class VllmSettings(_Strict):
     extra_args: list[str] | None = None
     env: dict[str, str] | None = None
 
+    # Checked on the field so [defaults] and runtime overrides are refused too, not only models.
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _one_slice(cls, v: int | None) -> int | None:
+        if v is not None and v > 1:
+            raise ValueError(
+                "tensor_parallel_size > 1 is not possible: each model runs on one slice "
+                "(a MIG device has no peer-to-peer link, and one CUDA process sees one MIG device)"
+            )
+        return v
+
     def set_fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
@@ -111,11 +122,6 @@ class ModelConfig(VllmSettings):
         chosen = [k for k in ("profile", "min_memory_gib", "slice") if getattr(self, k) is not None]
         if len(chosen) > 1:
             raise ValueError(f"choose one slice selector, not {' and '.join(chosen)}")
-        if (self.tensor_parallel_size or 1) > 1:
-            raise ValueError(
-                "tensor_parallel_size > 1 is not possible: each model runs on one slice "
-                "(a MIG device has no peer-to-peer link, and one CUDA process sees one MIG device)"
-            )
         return self
 
     def vllm_settings(self) -> VllmSettings:
