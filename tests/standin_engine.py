@@ -752,7 +752,12 @@ class StandIn:
                 headers[name.strip().lower()] = value.strip()
         if headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        length = int(headers.get("content-length", "0") or 0)
+        length_header = headers.get("content-length", "0")
+        if not length_header.isdigit() or "transfer-encoding" in headers:
+            # OpenAI clients send JSON with a length; other framings are not worth parsing here.
+            writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            return False
+        length = int(length_header)
         body = await reader.readexactly(length) if length else b""
         request = Request(parts[0], parts[1].partition("?")[0], parts[2], headers, body)
         out = Responder(writer, request)

@@ -200,6 +200,8 @@ def test_models_version_and_completions(start: Start) -> None:
     assert too_long.status_code == 400
     assert "maximum context length is 64" in too_long.json()["error"]["message"]
     assert httpx.post(s.url("/v1/completions"), content=b"{").status_code == 400
+    chunked = httpx.post(s.url("/v1/completions"), content=iter([b'{"prompt": "x"}']))
+    assert chunked.status_code == 400
     assert httpx.get(s.url("/nope")).status_code == 404
     assert httpx.get(s.url("/v1/completions")).status_code == 405
 
@@ -239,8 +241,13 @@ def test_connections_are_kept_alive(start: Start) -> None:
     with httpx.Client() as client:
         for _ in range(3):
             assert client.get(s.url("/health")).status_code == 200
-    peers = [line.split(" ")[5] for line in s.stdout().splitlines() if '"GET /health' in line]
-    assert len(peers) == 3 and len(set(peers)) == 1, peers
+
+    def peers() -> list[str]:  # the access line is written just after the response
+        lines = s.stdout().splitlines()
+        found = [line.split(" ")[5] for line in lines if '"GET /health' in line]
+        return found if len(found) == 3 else []
+
+    assert len(set(wait_for("3 access-log lines", peers))) == 1
 
 
 @pytest.mark.parametrize("caching", [True, False])
@@ -286,13 +293,15 @@ def test_api_key_guards_v1_only(start: Start) -> None:
 async def test_queue_and_kv_gauges_while_requests_run(start: Start) -> None:
     slow = {"STANDIN_TOKEN_DELAY": "0.05"}
     s = start("--max-num-seqs", "1", "--num-gpu-blocks-override", "10", env=slow)
-    body = {"prompt": words(30), "max_tokens": 10}
+    body = {"prompt": words(30), "max_tokens": 16}  # 0.8 s each, one at a time
     async with httpx.AsyncClient() as client:
-        calls = [client.post(s.url("/v1/completions"), json=body) for _ in range(2)]
-        pending = asyncio.gather(*calls)
-        await asyncio.sleep(0.2)
+        pending = asyncio.gather(
+            *(client.post(s.url("/v1/completions"), json=body) for _ in range(2))
+        )
+        while metric(s, "vllm:num_requests_waiting") != 1.0:
+            assert not pending.done()
+            await asyncio.sleep(0.01)
         assert metric(s, "vllm:num_requests_running") == 1.0
-        assert metric(s, "vllm:num_requests_waiting") == 1.0
         assert 0.2 <= metric(s, "vllm:kv_cache_usage_perc") <= 0.3  # 2-3 of 10 blocks
         replies = await pending
     assert [r.status_code for r in replies] == [200, 200]
