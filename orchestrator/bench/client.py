@@ -1,0 +1,249 @@
+"""Async OpenAI-compatible load generator: one shared httpx client, streaming, cheap SSE parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from orchestrator.bench.promtext import parse as parse_metrics
+from orchestrator.bench.stats import CacheCounters, RequestResult
+from orchestrator.bench.workloads import Prompt, Workload
+
+Endpoint = Literal["completions", "chat"]
+PATHS: dict[Endpoint, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Sampling settings sent with every request."""
+
+    max_tokens: int = 128
+    ignore_eos: bool = False
+    temperature: float = 0.0
+
+
+class _StreamError(Exception):
+    """The server's event stream was malformed or carried an error event."""
+
+
+class OpenAIClient:
+    """Streams requests to one OpenAI-compatible server over a pool of kept-alive connections."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        endpoint: Endpoint = "completions",
+        api_key: str | None = None,
+        max_connections: int = 8,
+        timeout_s: float = 300.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+        )
+
+    async def __aenter__(self) -> OpenAIClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    def _body(self, prompt: Prompt, gen: Generation) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": gen.max_tokens,
+            "temperature": gen.temperature,
+            "stream": True,
+            # The final chunk then carries exact token counts, so no tokenizer is needed here.
+            "stream_options": {"include_usage": True},
+        }
+        if gen.ignore_eos:
+            body["ignore_eos"] = True  # a vLLM extension; other servers may reject unknown fields
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": r, "content": c} for r, c in prompt.messages]
+        else:
+            body["prompt"] = prompt.text()
+        return body
+
+    async def send(self, prompt: Prompt, gen: Generation, keep_text: bool = False) -> RequestResult:
+        """Send one streamed request; server and network failures are reported, not raised."""
+        start = time.perf_counter()
+        estimate = prompt.estimated_tokens()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._stream(prompt, gen, keep_text, start, estimate)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            kind, detail = "timeout", f"no complete answer within {self.timeout_s:g} s ({exc!r})"
+        except httpx.TransportError as exc:
+            kind, detail = "connection_error", f"{type(exc).__name__}: {exc}"
+        except _StreamError as exc:
+            kind, detail = "stream_error", str(exc)
+        return RequestResult(
+            ok=False,
+            start=start,
+            e2e_s=time.perf_counter() - start,
+            estimated_input_tokens=estimate,
+            error=kind,
+            detail=detail,
+        )
+
+    async def _stream(
+        self, prompt: Prompt, gen: Generation, keep_text: bool, start: float, estimate: int
+    ) -> RequestResult:
+        chat = self.endpoint == "chat"
+        first: float | None = None
+        last = start
+        gaps: list[float] = []
+        pieces: list[str] = []
+        usage: dict[str, Any] = {}
+        chunks = 0
+        done = False
+        body = self._body(prompt, gen)
+        async with self.http.stream("POST", PATHS[self.endpoint], json=body) as r:
+            if r.status_code != 200:
+                answer = (await r.aread()).decode(errors="replace")
+                return RequestResult(
+                    ok=False,
+                    start=start,
+                    e2e_s=time.perf_counter() - start,
+                    estimated_input_tokens=estimate,
+                    error=f"http_{r.status_code}",
+                    detail=answer[:300],
+                )
+            pending = b""
+            async for data in r.aiter_bytes():
+                now = time.perf_counter()
+                # Split on newlines once per network read; SSE events are `data: {...}` lines.
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        continue
+                    event = _load_event(payload)
+                    if choices := event.get("choices"):
+                        choice = choices[0]
+                        piece = choice["delta"].get("content") if chat else choice.get("text")
+                        # Only chunks that carry text are tokens: chat's role-only chunk is not.
+                        if piece:
+                            if first is None:
+                                first = now
+                            else:
+                                gaps.append(now - last)
+                            last = now
+                            chunks += 1
+                            if keep_text:
+                                pieces.append(piece)
+                    if event.get("usage"):
+                        usage = event["usage"]
+        end = time.perf_counter()
+        if not done:
+            raise _StreamError("the event stream ended without data: [DONE]")
+        return RequestResult(
+            ok=True,
+            start=start,
+            e2e_s=end - start,
+            ttft_s=None if first is None else first - start,
+            itl_s=tuple(gaps),
+            output_tokens=int(usage.get("completion_tokens") or chunks),
+            input_tokens=usage.get("prompt_tokens"),
+            estimated_input_tokens=estimate,
+            text="".join(pieces) if keep_text else None,
+        )
+
+    async def served_model(self) -> str:
+        """The first model id the server lists at /v1/models."""
+        r = await self.http.get("/v1/models")
+        r.raise_for_status()
+        data = r.json().get("data") or []
+        if not data:
+            raise ValueError(f"{self.base_url}/v1/models lists no models")
+        return str(data[0]["id"])
+
+    async def prefix_cache_counters(self, metrics_url: str) -> CacheCounters | None:
+        """Prefix-cache counters summed over the engine's label sets; None when it exposes none."""
+        r = await self.http.get(metrics_url)
+        r.raise_for_status()
+        expo = parse_metrics(r.text)
+        queries, hits = expo.total(PREFIX_QUERIES), expo.total(PREFIX_HITS)
+        if queries is None or hits is None:
+            return None
+        return CacheCounters(queries=queries, hits=hits)
+
+
+def _load_event(payload: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise _StreamError(f"not JSON in the event stream: {payload[:200]!r}") from None
+    if not isinstance(event, dict):
+        raise _StreamError(f"unexpected event in the stream: {payload[:200]!r}")
+    if "error" in event:
+        raise _StreamError(f"error event: {json.dumps(event['error'])[:300]}")
+    return event
+
+
+async def run_level(
+    client: OpenAIClient,
+    workload: Workload,
+    gen: Generation,
+    concurrency: int,
+    *,
+    requests: int | None = None,
+    duration_s: float | None = None,
+    first_index: int = 0,
+) -> tuple[list[RequestResult], float]:
+    """Closed loop: `concurrency` workers send until `requests` were issued or `duration_s` passed.
+
+    Returns the results and the wall time from the first send to the last answer.
+    """
+    if (requests is None) == (duration_s is None):
+        raise ValueError("give exactly one of requests or duration_s")
+    results: list[RequestResult] = []
+    # Shared by this call's workers; next() cannot interleave under asyncio.
+    indices = itertools.count(first_index)
+    start = time.perf_counter()
+    deadline = None if duration_s is None else start + duration_s
+
+    async def worker() -> None:
+        for index in indices:
+            if requests is not None and index - first_index >= requests:
+                return
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
+            results.append(await client.send(workload.prompt(index), gen))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, time.perf_counter() - start
+
+
+async def send_all(
+    client: OpenAIClient, prompts: Sequence[Prompt], gen: Generation, keep_text: bool = False
+) -> tuple[list[RequestResult], float]:
+    """Send every prompt at once (one lockstep step); results keep the prompts' order."""
+    start = time.perf_counter()
+    results = await asyncio.gather(*(client.send(p, gen, keep_text) for p in prompts))
+    return list(results), time.perf_counter() - start
