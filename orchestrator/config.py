@@ -170,6 +170,13 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
     where = _loc(loc)
+    if loc[-1] == "[key]" and err["type"] == "string_pattern_mismatch":
+        # Pydantic would print the raw regex; a sysadmin needs the rule in words.
+        return (
+            f"{_loc(loc[:-1])}: invalid model name: use letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, at most 63 characters (it becomes a file name "
+            "and a metric label)"
+        )
     if err["type"] == "extra_forbidden":
         field = str(loc[-1])
         parent: type[BaseModel] = Config
