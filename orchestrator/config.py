@@ -185,11 +185,12 @@ def _describe(err: Any) -> str:
             if ann is None:  # a dict key (model name)
                 parent = ModelConfig
                 continue
-            parent = {
+            tables: dict[str, type[BaseModel]] = {
                 "orchestrator": OrchestratorSettings,
                 "defaults": VllmSettings,
                 "models": ModelConfig,
-            }.get(str(part), parent)
+            }
+            parent = tables.get(str(part), parent)
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{where}: unknown setting{hint}"
