@@ -101,6 +101,19 @@ class GpuSample:
 
 
 @dataclass(frozen=True)
+class MigProfileInfo:
+    """A GPU-instance profile a GPU offers, as a row of `nvidia-smi mig -lgip`."""
+
+    name: str  # NVIDIA's name, computed the go-nvlib way
+    driver_name: str | None  # the driver's own name for it, where the driver gives one
+    id: int  # the lgip ID
+    slices: int
+    instances: int  # how many can exist at once
+    memory_bytes: int
+    sm_count: int
+
+
+@dataclass(frozen=True)
 class _MigDevice:
     handle: Any
     uuid: str
@@ -195,6 +208,36 @@ class Nvml:
         """Telemetry of every GPU now, with the memory of each of its slices."""
         with self._errors("sampling"):
             return [self._sample(i, h) for i, h in self._gpus()]
+
+    def mig_profiles(self, gpu_index: int) -> list[MigProfileInfo]:
+        """The GPU-instance profiles GPU `gpu_index` offers, like `nvidia-smi mig -lgip`."""
+        lib = self._lib
+        with self._errors("MIG profile listing"):
+            handle = lib.nvmlDeviceGetHandleByIndex(gpu_index)
+            memory = self._gpu_memory(handle)
+            profiles = []
+            for (g, suffix), info in self._gi_profiles(handle):
+                raw = getattr(info, "name", "")  # only the v2 query has the driver's name
+                raw = raw.decode() if isinstance(raw, bytes) else raw  # str since nvidia-ml-py 11
+                driver_name = raw.removeprefix("MIG ") if raw else None
+                if memory is not None:
+                    name = mig_profile_name(g, g, info.memorySizeMB, memory[1], suffix)
+                elif driver_name is not None:
+                    name = driver_name
+                else:
+                    continue  # can't be named without the GPU's memory (needs privileges)
+                profiles.append(
+                    MigProfileInfo(
+                        name=name,
+                        driver_name=driver_name,
+                        id=info.id,
+                        slices=info.sliceCount,
+                        instances=info.instanceCount,
+                        memory_bytes=info.memorySizeMB * MIB,
+                        sm_count=info.multiprocessorCount,
+                    )
+                )
+            return profiles
 
     # --- discovery --------------------------------------------------------------------------
     def _discover(self, index: int, handle: Any) -> Gpu:
@@ -311,19 +354,23 @@ class Nvml:
             ).profileId
         except unreadable:
             return None
+        return next((gs for gs, info in self._gi_profiles(parent) if info.id == profile_id), None)
+
+    def _gi_profiles(self, parent: Any) -> Iterator[tuple[tuple[int, str], Any]]:
+        """((G, suffix), profile info) of each GPU-instance profile the GPU offers."""
+        lib = self._lib
         for enum_name, g, suffix in _GI_ENUMS:
             enum = getattr(lib, enum_name, None)
             if enum is None:
-                continue
+                continue  # an older nvidia-ml-py without this enum
             try:
-                info = lib.nvmlDeviceGetGpuInstanceProfileInfo(parent, enum, version=2)
-            except lib.NVMLError_FunctionNotFound:
-                info = lib.nvmlDeviceGetGpuInstanceProfileInfo(parent, enum, version=1)
+                try:
+                    info = lib.nvmlDeviceGetGpuInstanceProfileInfo(parent, enum, version=2)
+                except lib.NVMLError_FunctionNotFound:  # driver before the v2 query
+                    info = lib.nvmlDeviceGetGpuInstanceProfileInfo(parent, enum, version=1)
             except (lib.NVMLError_NotSupported, lib.NVMLError_InvalidArgument):
                 continue  # this GPU has no such profile
-            if info.id == profile_id:
-                return g, suffix
-        return None
+            yield (g, suffix), info
 
     # --- memory and telemetry ---------------------------------------------------------------
     def _memory(self, handle: Any) -> tuple[int, int]:

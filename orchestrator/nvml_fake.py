@@ -101,8 +101,9 @@ def _table(
     )
 
 
-# Memory (MiB) and SM counts as `nvidia-smi mig -lgip` prints them (A100 and H100 from published
-# lgip output; H200 values are representative and round to NVIDIA's names the same way).
+# Memory (MiB) and SM counts as `nvidia-smi mig -lgip` prints them. H100: what driver 580.159.04
+# reported through Nvml.mig_profiles on a real H100; A100: published lgip output; H200: values
+# that round to NVIDIA's names the same way (no H200 lgip output was at hand).
 PROFILE_TABLES: Mapping[str, tuple[GiProfile, ...]] = MappingProxyType(
     {
         "a100-40gb": _table(
@@ -636,7 +637,7 @@ class FakeNvml:
             raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
         if version == 2:
             info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
-            info.name = f"MIG {p.name}".encode()
+            info.name = f"MIG {p.name}"  # pynvml encodes and decodes it
         elif version == 1:
             info = pynvml.c_nvmlGpuInstanceProfileInfo_t()
         else:

@@ -192,6 +192,28 @@ def test_every_profile_gets_nvidias_name(tmp_path: Path, family: str, privileged
     assert "1g.10gb+me" in names or "1g.5gb+me" in names or "1g.18gb+me" in names
 
 
+@pytest.mark.parametrize("family", sorted(nvml_fake.PROFILE_TABLES))
+def test_mig_profiles_lists_what_the_gpu_offers(tmp_path: Path, family: str) -> None:
+    unsupported = """
+[[gpu]]
+name = "NVIDIA L4"
+uuid = "GPU-5a202dcd-451e-4617-bd97-963c60295c1a"
+mig = "unsupported"
+memory_total_mib = 23034
+"""
+    path = write_topology(tmp_path, gpu_toml(0, family, mig="disabled") + unsupported)
+    with Nvml.open(path) as nvml:
+        offered = nvml.mig_profiles(0)
+        assert nvml.mig_profiles(1) == []
+    table = nvml_fake.PROFILE_TABLES[family]
+    assert [(p.name, p.driver_name, p.id) for p in offered] == [
+        (p.name, p.name, p.id) for p in table
+    ]
+    assert [(p.memory_bytes, p.instances) for p in offered] == [
+        (p.memory_mib * MIB, p.instances) for p in table
+    ]
+
+
 def test_unnameable_mig_device_gets_a_name_that_is_not_nvidias(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
