@@ -352,9 +352,8 @@ class Engine:
                 )
             self._probe_now.clear()
             wake = asyncio.ensure_future(self._probe_now.wait())
-            await asyncio.wait(
-                [proc.exited, wake], timeout=READY_POLL_S, return_when="FIRST_COMPLETED"
-            )
+            waiters: list[asyncio.Future[Any]] = [proc.exited, wake]
+            await asyncio.wait(waiters, timeout=READY_POLL_S, return_when="FIRST_COMPLETED")
             wake.cancel()
 
     async def _watch(self) -> None:
@@ -368,7 +367,8 @@ class Engine:
             if done:
                 raise _Failure(self._exit_reason(proc, proc.exited.result(), "while serving"))
             probe = asyncio.ensure_future(self._probe(timeout=s.health_timeout_s))
-            await asyncio.wait([proc.exited, probe], return_when="FIRST_COMPLETED")
+            racing: list[asyncio.Future[Any]] = [proc.exited, probe]
+            await asyncio.wait(racing, return_when="FIRST_COMPLETED")
             if not probe.done():
                 probe.cancel()
                 continue

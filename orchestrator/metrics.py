@@ -179,10 +179,10 @@ class MetricsCollector:
         except Exception as e:  # telemetry must never break the scrape
             log.warning("GPU sampling failed: %s", e)
             return ["mig_orchestrator_gpu_sample_up 0"]
-        assigned = {}
-        for name, e in self.supervisor.engines.items():
-            if e.spec.slice is not None:
-                assigned.setdefault(e.spec.slice.uuid, []).append(name)
+        assigned: dict[str, list[str]] = {}
+        for name, engine in self.supervisor.engines.items():
+            if engine.spec.slice is not None:
+                assigned.setdefault(engine.spec.slice.uuid, []).append(name)
         series: dict[str, list[str]] = {}
         for g in samples:
             fields = dataclasses.asdict(g)

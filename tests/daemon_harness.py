@@ -116,6 +116,7 @@ class Daemon:
     token: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    config_text: str | None = None  # a complete models.toml instead of one rendered from fields
 
     def __post_init__(self) -> None:
         self.port = free_ports(1)[0]
@@ -129,6 +130,9 @@ class Daemon:
         self.write_config()
 
     def write_config(self) -> None:
+        if self.config_text is not None:
+            self.config_path.write_text(self.config_text)
+            return
         orch = {
             "listen": f"127.0.0.1:{self.port}",
             "state_dir": str(self.root / "state"),

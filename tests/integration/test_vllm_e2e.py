@@ -1,0 +1,191 @@
+"""Real vLLM CPU engines under the real daemon: serving, prefix caching, crashes, stop, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator import engine_env
+from orchestrator.bench.promtext import parse
+from orchestrator.demo import cpu_config_text
+from tests.daemon_harness import TOPOLOGIES, Daemon, free_ports, group_pids, wait_until
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+READY_TIMEOUT = 600
+# ~300 tokens of a fixed agent prompt: long enough to fill many 16-token cache blocks.
+PROMPT = " ".join(
+    ["You are a careful coding agent. Read the task, plan, write code, then test it."] * 20
+)
+
+
+def served(d: Daemon, name: str) -> tuple[str, int]:
+    s = d.status(name)
+    return s["served_model_name"], s["port"]
+
+
+def counter(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return parse(text).total(name) or 0.0
+
+
+@pytest.fixture(scope="module")
+def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    try:
+        venv = engine_env.ensure_cpu_venv(engine_env.default_venv()).parent.parent
+    except engine_env.EngineEnvError as e:
+        pytest.skip(f"no vLLM CPU engine venv: {e}")
+    model_dir = engine_env.build_tiny_model(venv, engine_env.default_tiny_model_dir(seed=0))
+    root = tmp_path_factory.mktemp("vllm")
+    p1, p2, p3, control = free_ports(4)
+    topology = root / "a100-mixed.toml"
+    topology.write_text((TOPOLOGIES / "a100-mixed.toml").read_text())
+    text = cpu_config_text(
+        workdir=root,
+        topology=topology,
+        venv=venv,
+        models=[
+            ("cached", "coder", p1, "3g.40gb", True, model_dir),
+            ("nocache", "chat", p2, "2g.20gb", False, model_dir),
+        ],
+        listen=f"127.0.0.1:{control}",
+        extra_orchestrator="max_restarts = 3\nbackoff_initial_s = 1",
+    )
+    text += (
+        f'\n[models.broken]\nmodel = "{model_dir}"\nport = {p3}\nhost = "127.0.0.1"\n'
+        'profile = "1g.10gb"\nautostart = false\nmax_model_len = 1000000\n'
+    )
+    d = Daemon(root, {}, topology=topology, config_text=text)
+    d.port, d.url = control, f"http://127.0.0.1:{control}"
+    d.start()
+    yield d
+    groups = [m["pid"] for m in d.get("/api/v1/models").json() if m["pid"]]
+    assert d.terminate(timeout=120) == 0
+    for pgid in groups:
+        assert group_pids(pgid) == [], "a vLLM process outlived the daemon"
+    leftovers = [p for p in _vllm_pids() if str(root) in _cmdline(p) or _in_model(p, model_dir)]
+    assert leftovers == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _in_model(pid: int, model_dir: Path) -> bool:
+    return str(model_dir) in _cmdline(pid)
+
+
+def _vllm_pids() -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                comm = Path(f"/proc/{entry.name}/comm").read_text()
+            except OSError:
+                continue
+            if comm.startswith("VLLM") or "vllm" in _cmdline(int(entry.name)):
+                out.append(int(entry.name))
+    return out
+
+
+def test_two_real_engines_serve_on_their_own_ports(vllm_daemon: Daemon) -> None:
+    d = vllm_daemon
+    for name in ("cached", "nocache"):
+        d.wait_state(name, "ready", timeout=READY_TIMEOUT)
+    for name in ("cached", "nocache"):
+        model, port = served(d, name)
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert r.json()["data"][0]["id"] == model
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/completions",
+            timeout=60,
+            json={"model": model, "prompt": "def quicksort(", "max_tokens": 8},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 8
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": model,
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Write binary search"}],
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
+    assert "--enable-prefix-caching" in d.status("cached")["argv"]
+    assert "--no-enable-prefix-caching" in d.status("nocache")["argv"]
+
+
+def test_prefix_cache_hits_only_where_enabled(vllm_daemon: Daemon) -> None:
+    d = vllm_daemon
+    for name in ("cached", "nocache"):
+        d.wait_state(name, "ready", timeout=READY_TIMEOUT)
+        model, port = served(d, name)
+        for _ in range(3):
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/completions",
+                timeout=60,
+                json={"model": model, "prompt": PROMPT, "max_tokens": 2},
+            )
+            assert r.status_code == 200, r.text
+    _, p_on = served(d, "cached")
+    _, p_off = served(d, "nocache")
+    assert counter(p_on, "vllm:prefix_cache_hits_total") > 0
+    assert counter(p_off, "vllm:prefix_cache_hits_total") == 0
+    # The control plane re-exports both, labelled by model.
+    text = d.get("/metrics").text
+    assert 'vllm:prefix_cache_hits_total{model="cached"' in text
+
+
+def test_impossible_setting_fails_with_vllms_error_and_others_keep_serving(
+    vllm_daemon: Daemon,
+) -> None:
+    d = vllm_daemon
+    assert d.post("/api/v1/models/broken/start").status_code == 202
+    s = d.wait_state("broken", "failed", timeout=400)
+    assert "max_model_len" in s["reason"], s["reason"]
+    assert "Error" in s["reason"]
+    model, port = served(d, "cached")
+    assert d.status("cached")["state"] == "ready"
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/v1/completions",
+        timeout=60,
+        json={"model": model, "prompt": "still here", "max_tokens": 2},
+    )
+    assert r.status_code == 200
+
+
+def test_sigkill_of_api_server_removes_orphans_and_restarts(vllm_daemon: Daemon) -> None:
+    d = vllm_daemon
+    s = d.wait_state("nocache", "ready", timeout=READY_TIMEOUT)
+    pid = s["pid"]
+    tree = group_pids(pid)
+    assert len(tree) >= 2, "expected VLLM::EngineCore beside the API server"
+    restarts = s["restarts"]
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    wait_until(lambda: d.status("nocache")["restarts"] == restarts + 1, 5, "the daemon to notice")
+    noticed = time.monotonic() - t0
+    wait_until(lambda: all(p not in group_pids(pid) for p in tree), 30, "the orphans to go")
+    assert noticed < 2.0
+    s = d.wait_state("nocache", "ready", timeout=READY_TIMEOUT)
+    assert s["pid"] != pid and s["restarts"] == restarts + 1
+
+
+def test_stop_via_rest_leaves_no_process_of_the_tree(vllm_daemon: Daemon) -> None:
+    d = vllm_daemon
+    s = d.wait_state("cached", "ready", timeout=READY_TIMEOUT)
+    tree = group_pids(s["pid"])
+    assert d.post("/api/v1/models/cached/stop").status_code == 202
+    d.wait_state("cached", "stopped", timeout=120)
+    assert [p for p in tree if Path(f"/proc/{p}").exists() and p in group_pids(s["pid"])] == []

