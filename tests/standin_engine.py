@@ -24,13 +24,14 @@ flag means 1; a flag beats the env; an empty env value is unset; unknown names e
                             Without it, a signal that comes before the "started" event (while
                             Python starts, ~60 ms) kills by default, as during vLLM's imports.
   STANDIN_SIGTERM_DELAY=s   time taken to shut down after SIGTERM (default 0.1), exit 0.
-  STANDIN_SPAWN_GRANDCHILD=1  fork a "VLLM::EngineCore" (/proc comm "VLLM::EngineCor") in the same
-                            process group; it outlives a SIGKILL of the server until the group is
-                            killed, is stopped with the server on SIGTERM, and its death makes the
-                            server answer /health 503 and exit 1 after 0.5 s (vLLM's
+  STANDIN_SPAWN_GRANDCHILD=1  fork a "VLLM::EngineCore" in the same process group and session
+                            (cmdline "VLLM::EngineCore -I -S -c ...", comm "VLLM::EngineCor", no
+                            --served-model-name). It outlives a SIGKILL of the server until the
+                            group is killed, is stopped with the server on SIGTERM, and its death
+                            makes the server answer /health 503 and exit 1 after 0.5 s (vLLM's
                             EngineDeadError).
   STANDIN_TOKEN_DELAY=s     sleep per generated token.
-  STANDIN_STATE_FILE=path   append one JSON object per line per event (see EventLog).
+  STANDIN_STATE_FILE=path   append one JSON object per line per event (below).
 
 Tokens: a string prompt is split on whitespace, one token per word; a list of ints is taken as
 token ids. Chat renders each message as "<|role|>" plus its words, then "<|assistant|>".
@@ -38,6 +39,18 @@ Generated tokens are words cycling through VOCAB, each with a leading space; fin
 always "length". Default max_tokens: 16 for completions, the rest of the context for chat (as
 vLLM). Prefix cache: vLLM's rules (full blocks only, hits capped at prompt_len - 1, prompt and
 generated blocks cached, LRU over the KV capacity); with caching off both counters stay 0.
+
+State file events, each {"event": NAME, "t": unix time, "pid": writer's pid, ...}:
+  grandchild  {ppid, pgid, sid}           written by the grandchild itself, before "started"
+  started     {ppid, pgid, sid, grandchild_pid (or null), host, port (the bound one), model,
+               served_model_names, argv (vLLM args), cmdline (exact /proc argv), cwd,
+               env (all of it; names with KEY/TOKEN/SECRET/PASSWORD show "***")}
+  ready       {host, port}                listening; /health answers 200
+  sigterm / sigint {ignored}              each signal received, ignored or not
+  hang        {mode}                      STANDIN_HANG_AFTER fired
+  grandchild_exit {status}                the grandchild died while the server ran
+  exit        {code, reason, [message]}   last line; reason: sigterm, engine_dead, crash,
+                                          fail_start or bind_failed. None after a SIGKILL.
 """
 
 from __future__ import annotations
@@ -1012,27 +1025,27 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_engine_core(knobs: Knobs, events: EventLog, sock: socket.socket) -> NoReturn:
-    """The forked "VLLM::EngineCore": idles in the server's process group until killed."""
+# What the grandchild runs after exec: rename itself like vLLM's EngineCore and idle until killed.
+ENGINE_CORE_CODE = (
+    "import signal\n"
+    "with open('/proc/self/comm', 'w') as f: f.write('VLLM::EngineCore')\n"
+    "while True: signal.pause()\n"
+)
+
+
+def _run_engine_core(knobs: Knobs, events: EventLog) -> NoReturn:
+    """The forked "VLLM::EngineCore": stays in the server's process group until killed."""
     try:
-        sock.close()  # the port must free as soon as the server dies, as with vLLM
         ignore = signal.SIG_IGN if knobs.ignore_sigterm else signal.SIG_DFL
-        signal.signal(signal.SIGTERM, ignore)
+        signal.signal(signal.SIGTERM, ignore)  # an ignored signal stays ignored across exec
         signal.signal(signal.SIGINT, ignore)
-        try:
-            with open("/proc/self/comm", "w") as f:
-                f.write("VLLM::EngineCore")  # the kernel keeps 15 bytes, as ps shows for vLLM
-        except OSError:
-            pass
         events.emit("grandchild", ppid=os.getppid(), pgid=os.getpgrp(), sid=os.getsid(0))
-        vllm_log(
-            "INFO",
-            "core.py:93",
-            "Initializing a V1 LLM engine (v0.33.0)",
-            f"(EngineCore_DP0 pid={os.getpid()}) ",
-        )
-        while True:
-            signal.pause()
+        prefix = f"(EngineCore_DP0 pid={os.getpid()}) "
+        vllm_log("INFO", "core.py:93", "Initializing a V1 LLM engine (v0.33.0)", prefix)
+        # exec so /proc/PID/cmdline reads "VLLM::EngineCore" as vLLM's setproctitle makes it: tools
+        # that find engines by their argv must not count it. The listening socket is
+        # close-on-exec, so the port still frees as soon as the server dies, as with vLLM.
+        os.execv(sys.executable, ["VLLM::EngineCore", "-I", "-S", "-c", ENGINE_CORE_CODE])
     finally:
         os._exit(1)
 
@@ -1058,7 +1071,7 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         return 1
     grandchild = os.fork() if knobs.spawn_grandchild else None
     if grandchild == 0:
-        _run_engine_core(knobs, events, sock)
+        _run_engine_core(knobs, events)
     events.emit(
         "started",
         ppid=os.getppid(),

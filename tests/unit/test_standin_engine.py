@@ -374,7 +374,10 @@ def test_grandchild_outlives_sigkill_until_its_group_is_killed(start: Start) -> 
     s = start(env={"STANDIN_SPAWN_GRANDCHILD": "1"})
     child = s.event("grandchild")
     pid = child["pid"]
-    assert Path(f"/proc/{pid}/comm").read_text().strip() == "VLLM::EngineCor"
+    comm = Path(f"/proc/{pid}/comm")
+    wait_for("EngineCore's name", lambda: comm.read_text().strip() == "VLLM::EngineCor")
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[0] == b"VLLM::EngineCore" and b"--served-model-name" not in argv
     assert child["ppid"] == s.proc.pid
     assert (child["pgid"], child["sid"]) == (s.proc.pid, s.proc.pid)  # same group and session
     s.proc.kill()
