@@ -49,6 +49,7 @@ def _sort_key(s: Slice) -> tuple[int, int, str]:
 class _Placer:
     def __init__(self, cfg: Config, inv: Inventory) -> None:
         self.cfg = cfg
+        self.gpus = inv.gpus
         self.slices = sorted(inv.slices, key=_sort_key)
         self.plan = Plan()
 
@@ -87,26 +88,25 @@ class _Placer:
         pin = m.slice
         if isinstance(pin, int) or (isinstance(pin, str) and pin.isdigit()):
             idx = int(pin)
-            whole = [s for s in self.slices if s.gpu_index == idx and not s.is_mig]
-            if not whole:
-                on_gpu = [s for s in self.slices if s.gpu_index == idx]
-                self.plan.unplaced[name] = (
-                    f"GPU {idx} has MIG enabled: pin one of its MIG UUIDs or ask for a profile"
-                    if on_gpu
-                    else f"there is no GPU {idx}"
-                )
-                return
-            s = whole[0]
+            gpu = next((g for g in self.gpus if g.index == idx), None)
+            missing = f"there is no GPU {idx}"
         else:
-            match = [
-                s
-                for s in self.slices
-                if pin in (s.uuid, s.gpu_uuid) and (s.uuid == pin or not s.is_mig)
-            ]
-            if not match:
-                self.plan.unplaced[name] = f"slice {pin} does not exist on this host"
-                return
-            s = match[0]
+            gpu = next((g for g in self.gpus if g.uuid == pin), None)
+            missing = f"slice {pin} does not exist on this host"
+        if gpu is not None and gpu.mig_enabled:
+            # Judged on the GPU, not its slices: MIG may be on with no MIG device created yet.
+            self.plan.unplaced[name] = (
+                f"GPU {gpu.index} has MIG enabled: pin one of its MIG UUIDs or ask for a profile"
+            )
+            return
+        if gpu is not None:
+            match = [s for s in self.slices if s.gpu_index == gpu.index and not s.is_mig]
+        else:
+            match = [s for s in self.slices if s.uuid == pin]
+        if not match:
+            self.plan.unplaced[name] = missing
+            return
+        s = match[0]
         if not self.can_take(name, s):
             self.plan.unplaced[name] = f"needs slice {pin}: {self.taken_by([s])}"
             return
