@@ -16,6 +16,7 @@ from orchestrator.client import DEFAULT_URL, ControlClient, ControlError, resolv
 from orchestrator.config import Config, ConfigError, load_config
 from orchestrator.inventory import GIB, Inventory
 from orchestrator.launch import build_launch
+from orchestrator.nvml import Nvml, NvmlError
 from orchestrator.placement import PlacementError, plan_partial
 from orchestrator.state import StateStore
 
@@ -40,8 +41,6 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _inventory(args: argparse.Namespace, cfg: Config | None) -> Inventory:
-    from orchestrator.nvml import Nvml
-
     topology = args.topology or (cfg.orchestrator.topology if cfg else None)
     with Nvml.open(Path(topology) if topology else None) as nv:
         return nv.inventory()
@@ -218,6 +217,11 @@ def cmd_slices(args: argparse.Namespace) -> int:
             f"GPU{g.index}: {g.name} {g.uuid} MIG {'on' if g.mig_enabled else 'off'}, "
             f"{_gib(g.memory_total_bytes)}"
         )
+        if g.mig_enabled and not g.slices:
+            print(
+                f"  note: MIG is enabled on GPU{g.index} but it has no MIG devices, so nothing can "
+                "run there: create instances (nvidia-smi mig -cgi ... -C) or disable MIG"
+            )
     print(_table(rows, ["GPU", "PROFILE", "GI", "CI", "MEMORY", "USED", "UUID"]))
     return 0
 
@@ -459,5 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except NvmlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
