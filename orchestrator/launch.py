@@ -30,7 +30,8 @@ _TOGGLES: dict[str, str] = {
 class Launch:
     argv: list[str]
     env: dict[str, str] = field(repr=False)
-    extra_env: dict[str, str]  # what the daemon adds on top of its own environment
+    # What the daemon adds on top of its own environment; holds VLLM_API_KEY, so kept out of repr.
+    extra_env: dict[str, str] = field(repr=False)
 
     def redacted_env(self) -> dict[str, str]:
         return {k: ("***" if k in _SECRET_ENV else v) for k, v in self.extra_env.items()}
