@@ -1,0 +1,234 @@
+"""The argv and environment of one engine: exact flags, slice pinning, secrets kept out of argv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Config, parse_config
+from orchestrator.inventory import GIB, Slice
+from orchestrator.launch import build_launch
+
+SLICE = Slice(
+    uuid="MIG-11111111-2222-3333-4444-555555555555",
+    gpu_index=0,
+    gpu_uuid="GPU-0",
+    gpu_name="NVIDIA H100 80GB HBM3",
+    profile="3g.40gb",
+    memory_total_bytes=40 * GIB,
+    gi_id=2,
+    ci_id=0,
+)
+BASE = ["vllm", "serve", "--model", "/models/tiny", "--host", "0.0.0.0", "--port", "8001"]
+
+
+def cfg_of(model_lines: str = "", defaults: str = "", orchestrator: str = "") -> Config:
+    return parse_config(
+        f"[orchestrator]\n{orchestrator}\n[defaults]\n{defaults}\n"
+        f'[models.alice]\nmodel = "/models/tiny"\nport = 8001\n{model_lines}\n',
+        "models.toml",
+    )
+
+
+def argv_of(
+    model_lines: str = "", defaults: str = "", overrides: dict[str, object] | None = None
+) -> list[str]:
+    return build_launch(cfg_of(model_lines, defaults), "alice", SLICE, overrides, base_env={}).argv
+
+
+def test_bare_model_gets_only_the_identity_flags() -> None:
+    assert argv_of() == [*BASE, "--served-model-name", "alice"]
+
+
+def test_served_model_name_and_host() -> None:
+    argv = argv_of('served_model_name = "tiny-chat"\nhost = "127.0.0.1"')
+    assert argv == [
+        "vllm",
+        "serve",
+        "--model",
+        "/models/tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8001",
+        "--served-model-name",
+        "tiny-chat",
+    ]
+
+
+def test_every_setting_maps_to_its_vllm_flag_with_extra_args_last() -> None:
+    argv = argv_of(
+        "gpu_memory_utilization = 0.45\nmax_model_len = 4096\ntensor_parallel_size = 1\n"
+        'dtype = "bfloat16"\nmax_num_seqs = 32\nenable_prefix_caching = true\n'
+        "enable_chunked_prefill = true\nenforce_eager = true\n"
+        'extra_args = ["--seed", "7", "--kv-cache-dtype", "fp8"]'
+    )
+    assert argv == [
+        *BASE,
+        "--served-model-name",
+        "alice",
+        "--gpu-memory-utilization",
+        "0.45",
+        "--max-model-len",
+        "4096",
+        "--tensor-parallel-size",
+        "1",
+        "--dtype",
+        "bfloat16",
+        "--max-num-seqs",
+        "32",
+        "--enable-prefix-caching",
+        "--enable-chunked-prefill",
+        "--enforce-eager",
+        "--seed",
+        "7",
+        "--kv-cache-dtype",
+        "fp8",
+    ]
+
+
+def test_false_toggles_become_negative_flags_and_false_eager_is_omitted() -> None:
+    argv = argv_of(
+        "enable_prefix_caching = false\nenable_chunked_prefill = false\nenforce_eager = false"
+    )
+    assert argv[len(BASE) + 2 :] == ["--no-enable-prefix-caching", "--no-enable-chunked-prefill"]
+
+
+def test_unset_settings_leave_vllm_defaults_alone() -> None:
+    argv = argv_of("max_model_len = 2048")
+    assert argv[len(BASE) + 2 :] == ["--max-model-len", "2048"]
+    for flag in ("--gpu-memory-utilization", "--enforce-eager", "--dtype"):
+        assert flag not in argv
+    assert not any("prefix-caching" in a or "chunked-prefill" in a for a in argv)
+
+
+def test_defaults_and_overrides_reach_the_argv() -> None:
+    argv = argv_of(
+        "max_model_len = 1024",
+        defaults="gpu_memory_utilization = 0.3\nenable_prefix_caching = true",
+        overrides={"enable_prefix_caching": False, "max_num_seqs": 4},
+    )
+    assert argv[len(BASE) + 2 :] == [
+        "--gpu-memory-utilization",
+        "0.3",
+        "--max-model-len",
+        "1024",
+        "--max-num-seqs",
+        "4",
+        "--no-enable-prefix-caching",
+    ]
+
+
+def test_disable_log_requests_is_never_passed() -> None:
+    # vLLM 0.33 removed the flag: passing it is an argparse error that kills the engine.
+    everything = (
+        "gpu_memory_utilization = 0.5\nmax_model_len = 64\nenable_prefix_caching = false\n"
+        "enable_chunked_prefill = false\nenforce_eager = true\nmax_num_seqs = 1\ndtype = 'auto'"
+    )
+    for lines in ("", everything):
+        assert not any("log-requests" in a for a in argv_of(lines))
+
+
+def test_per_model_command_overrides_engine_command() -> None:
+    cfg = cfg_of(
+        'command = ["/opt/vllm-cpu/bin/python", "-m", "vllm.entrypoints.openai.api_server"]',
+        orchestrator='engine_command = ["/usr/local/bin/vllm", "serve"]',
+    )
+    argv = build_launch(cfg, "alice", SLICE, base_env={}).argv
+    assert argv[:5] == [
+        "/opt/vllm-cpu/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "/models/tiny",
+    ]
+    other = build_launch(
+        cfg_of(orchestrator='engine_command = ["/usr/local/bin/vllm", "serve"]'),
+        "alice",
+        SLICE,
+        base_env={},
+    )
+    assert other.argv[:3] == ["/usr/local/bin/vllm", "serve", "--model"]
+
+
+def test_engine_sees_only_its_slice() -> None:
+    launch = build_launch(
+        cfg_of(), "alice", SLICE, base_env={"CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin"}
+    )
+    assert launch.env["CUDA_VISIBLE_DEVICES"] == SLICE.uuid
+    assert launch.extra_env == {"CUDA_VISIBLE_DEVICES": SLICE.uuid}
+    assert launch.env["PATH"] == "/bin"
+
+
+def test_settings_env_is_merged_but_cannot_move_the_engine_off_its_slice() -> None:
+    launch = build_launch(
+        cfg_of(
+            'env = { VLLM_LOGGING_LEVEL = "DEBUG", CUDA_VISIBLE_DEVICES = "0" }',
+            defaults='env = { HF_HUB_OFFLINE = "1" }',
+        ),
+        "alice",
+        SLICE,
+        base_env={"HOME": "/root"},
+    )
+    assert launch.env == {
+        "HOME": "/root",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_LOGGING_LEVEL": "DEBUG",
+        "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+    }
+
+
+def test_no_slice_sets_no_cuda_visible_devices() -> None:
+    launch = build_launch(cfg_of(), "alice", None, base_env={})
+    assert "CUDA_VISIBLE_DEVICES" not in launch.env
+
+
+def test_systemd_variables_are_not_inherited() -> None:
+    base = {
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": "1234",
+        "LISTEN_FDS": "1",
+        "LISTEN_PID": "1234",
+        "INVOCATION_ID": "abc",
+    }
+    env = build_launch(cfg_of(), "alice", SLICE, base_env=base).env
+    assert env == {"INVOCATION_ID": "abc", "CUDA_VISIBLE_DEVICES": SLICE.uuid}
+
+
+def test_os_environ_is_the_default_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIG_ORCH_TEST_MARKER", "yes")
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    env = build_launch(cfg_of(), "alice", SLICE).env
+    assert env["MIG_ORCH_TEST_MARKER"] == "yes"
+    assert "NOTIFY_SOCKET" not in env
+
+
+def test_api_key_goes_to_env_never_argv(tmp_path: Path) -> None:
+    key = "sk-student-alice-0123456789"
+    key_file = tmp_path / "alice.key"
+    key_file.write_text(f"{key}\n")
+    key_file.chmod(0o600)
+    launch = build_launch(cfg_of(f'api_key_file = "{key_file}"'), "alice", SLICE, base_env={})
+    assert launch.env["VLLM_API_KEY"] == key
+    assert launch.extra_env["VLLM_API_KEY"] == key
+    assert not any(key in a for a in launch.argv)
+    assert "--api-key" not in launch.argv
+    assert launch.redacted_env() == {"CUDA_VISIBLE_DEVICES": SLICE.uuid, "VLLM_API_KEY": "***"}
+    # A Launch (or a spec holding one) that ends up in a log line must not carry the key.
+    assert key not in repr(launch)
+
+
+def test_api_key_set_through_env_table_is_redacted_too() -> None:
+    launch = build_launch(
+        cfg_of('env = { VLLM_API_KEY = "inline-secret" }'), "alice", SLICE, base_env={}
+    )
+    assert launch.redacted_env()["VLLM_API_KEY"] == "***"
+    assert "inline-secret" not in str(launch.redacted_env())
+
+
+def test_missing_api_key_file_is_an_error(tmp_path: Path) -> None:
+    cfg = cfg_of(f'api_key_file = "{tmp_path / "nope.key"}"')
+    with pytest.raises(FileNotFoundError):
+        build_launch(cfg, "alice", SLICE, base_env={})
