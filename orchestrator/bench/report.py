@@ -1,0 +1,174 @@
+"""Readable tables and JSON for bench and compare reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from orchestrator.bench.compare import CompareReport
+from orchestrator.bench.stats import BenchReport, CacheDelta, Distribution, LevelReport
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses to dicts; NaN and infinities to None, since JSON has neither."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), indent=2)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-align the first column, right-align the rest (numbers)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for row in [header, *rows]:
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _pcts(d: Distribution | None, digits: int = 1) -> str:
+    return "-" if d is None else "/".join(_num(v, digits) for v in (d.p50, d.p90, d.p99))
+
+
+def _rate(cache: CacheDelta | None) -> str:
+    return "-" if cache is None or cache.hit_rate is None else f"{cache.hit_rate:.1%}"
+
+
+LEVEL_HEADER = [
+    "CONC",
+    "OK",
+    "ERR",
+    "REQ/S",
+    "OUT TOK/S",
+    "TOT TOK/S",
+    "TTFT ms p50/90/99",
+    "ITL ms p50/90/99",
+    "TPOT ms p50",
+    "E2E s p50/90/99",
+]
+
+
+def level_row(level: LevelReport, first: str | None = None) -> list[str]:
+    return [
+        first if first is not None else str(level.concurrency),
+        str(level.completed),
+        str(level.failed),
+        _num(level.request_throughput, 2),
+        _num(level.output_throughput),
+        _num(level.total_token_throughput),
+        _pcts(level.ttft_ms),
+        _pcts(level.itl_ms, 2),
+        _num(level.tpot_ms.p50 if level.tpot_ms else None, 2),
+        _pcts(level.e2e_s, 2),
+    ]
+
+
+def _errors(level: LevelReport, where: str) -> list[str]:
+    return [
+        f"  {where}: {kind} x{count}: {level.error_examples.get(kind, '')[:160]}"
+        for kind, count in level.errors.items()
+    ]
+
+
+def render_bench(report: BenchReport) -> str:
+    lines = [
+        f"{report.workload} workload -> {report.target} (model {report.model}, /{report.endpoint})",
+        "",
+    ]
+    if report.ralph is None:
+        lines.append(table(LEVEL_HEADER, [level_row(level) for level in report.levels]))
+        errors = [e for lv in report.levels for e in _errors(lv, f"concurrency {lv.concurrency}")]
+    else:
+        ralph = report.ralph
+        header = [
+            "ITER",
+            "OK",
+            "ERR",
+            "HIT RATE",
+            "QUERIED",
+            "HIT",
+            "TTFT ms p50/90/99",
+            "E2E s p50",
+        ]
+        rows = []
+        for it in ralph.iterations:
+            c = it.cache
+            rows.append(
+                [
+                    str(it.iteration),
+                    str(it.level.completed),
+                    str(it.level.failed),
+                    _rate(c),
+                    "-" if c is None else f"{c.queries:.0f}",
+                    "-" if c is None else f"{c.hits:.0f}",
+                    _pcts(it.level.ttft_ms),
+                    _num(it.level.e2e_s.p50 if it.level.e2e_s else None, 2),
+                ]
+            )
+        if report.levels:
+            total, c = report.levels[0], ralph.cache
+            rows.append(
+                [
+                    "all",
+                    str(total.completed),
+                    str(total.failed),
+                    _rate(c),
+                    "-" if c is None else f"{c.queries:.0f}",
+                    "-" if c is None else f"{c.hits:.0f}",
+                    _pcts(total.ttft_ms),
+                    _num(total.e2e_s.p50 if total.e2e_s else None, 2),
+                ]
+            )
+        lines.append(f"{ralph.loops} Ralph loops in lockstep; hit rate = d(hits)/d(queries)")
+        lines.append(table(header, rows))
+        errors = [
+            e for it in ralph.iterations for e in _errors(it.level, f"iteration {it.iteration}")
+        ]
+    if errors:
+        lines += ["", "errors:", *errors]
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
+def render_compare(report: CompareReport) -> str:
+    header = ["VARIANT", "STATUS", *LEVEL_HEADER, "HIT RATE"]
+    rows = []
+    failures = []
+    for v in report.variants:
+        if v.report is None:
+            rows.append([v.label, v.status] + ["-"] * (len(header) - 2))
+            failures.append(f"  {v.label}: {v.reason}")
+            continue
+        ralph = v.report.ralph
+        for level in v.report.levels:
+            rate = _rate(ralph.cache) if ralph else "-"
+            rows.append([v.label, v.status, *level_row(level), rate])
+    lines = [f"compare on model {report.model}", "", table(header, rows)]
+    if failures:
+        lines += ["", "failed variants:", *failures]
+    if report.restored:
+        lines.append(
+            f"\nrestored {report.model} to overrides {json.dumps(report.original_overrides)}"
+        )
+    elif report.restore_error:
+        lines.append(f"\nRESTORE FAILED for {report.model}: {report.restore_error}")
+    return "\n".join(lines)
