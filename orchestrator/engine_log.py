@@ -10,6 +10,8 @@ from pathlib import Path
 # vLLM ends a failed start with the exception line (e.g. "ValueError: …") or argparse's "error:".
 _ERROR_LINE = re.compile(r"(^|\s)([A-Za-z_][\w.]*(Error|Exception)\b:?.*|.*\berror: .*)$")
 _NOISE = re.compile(r"^\s*(\^+|~+|File \"|Traceback \(most recent call last\))")
+# An engine that never prints a newline must not grow the held-back line without bound.
+_MAX_PARTIAL = 64 * 1024
 
 
 class EngineLog:
@@ -19,6 +21,7 @@ class EngineLog:
         self.backups = backups
         self.lines: deque[str] = deque(maxlen=keep_lines)
         self.count = 0  # lines ever written, so callers can mark a point in the stream
+        self._partial = b""  # output after the last newline, completed by a later write
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
@@ -28,9 +31,15 @@ class EngineLog:
 
     def write(self, data: bytes) -> None:
         """Append raw engine output; rotate once the file passes max_bytes."""
-        for line in data.decode("utf-8", "replace").splitlines():
-            self.lines.append(line)
-            self.count += 1
+        # The pipe is read in chunks that cut lines, even UTF-8 characters, anywhere.
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        if len(self._partial) > _MAX_PARTIAL:
+            complete.append(self._partial)
+            self._partial = b""
+        for chunk in complete:
+            for line in chunk.decode("utf-8", "replace").splitlines() or [""]:
+                self.lines.append(line)
+                self.count += 1
         os.write(self._fd, data)
         self._size += len(data)
         if self._size >= self.max_bytes:
@@ -38,6 +47,8 @@ class EngineLog:
 
     def note(self, text: str) -> None:
         """A line from the daemon itself, marked so readers can tell it from engine output."""
+        if self._partial:
+            self.write(b"\n")  # end the engine's unterminated line so the note stands alone
         self.write(f"[mig-orchestrator] {text}\n".encode())
 
     def _rotate(self) -> None:
@@ -51,15 +62,19 @@ class EngineLog:
         self._fd = self._open()
         self._size = 0
 
+    def _recent(self) -> list[str]:
+        partial = self._partial.decode("utf-8", "replace")
+        return [*self.lines, partial] if partial else list(self.lines)
+
     def tail(self, n: int) -> list[str]:
         if n <= 0:
             return []
-        return list(self.lines)[-n:]
+        return self._recent()[-n:]
 
     def error_reason(self, since: int = 0) -> str | None:
         """The engine's own last error line among those logged after line number `since`."""
-        new = self.count - since
-        recent = list(self.lines)[-new:] if new > 0 else []
+        new = self.count - since + (1 if self._partial else 0)
+        recent = self._recent()[-new:] if new > 0 else []
         for line in reversed(recent):
             text = line.strip()
             if text.startswith("[mig-orchestrator]") or _NOISE.match(text):
