@@ -8,7 +8,10 @@ from collections import deque
 from pathlib import Path
 
 # vLLM ends a failed start with the exception line (e.g. "ValueError: …") or argparse's "error:".
-_ERROR_LINE = re.compile(r"(^|\s)([A-Za-z_][\w.]*(Error|Exception)\b:?.*|.*\berror: .*)$")
+# The name must end the line or be followed by ":", so a traceback's `raise ValueError(` is not one.
+_ERROR_LINE = re.compile(r"(^|\s)([A-Za-z_][\w.]*(Error|Exception)(:.*)?|.*\berror: .*)$")
+# vLLM re-raises a worker's or EngineCore's failure as a RuntimeError that only points back at it.
+_WRAPPER = re.compile(r"see root cause above|check the stack trace above", re.IGNORECASE)
 _NOISE = re.compile(r"^\s*(\^+|~+|File \"|Traceback \(most recent call last\))")
 # An engine that never prints a newline must not grow the held-back line without bound.
 _MAX_PARTIAL = 64 * 1024
@@ -75,12 +78,17 @@ class EngineLog:
         """The engine's own last error line among those logged after line number `since`."""
         new = self.count - since + (1 if self._partial else 0)
         recent = self._recent()[-new:] if new > 0 else []
+        wrapper = None
         for line in reversed(recent):
             text = line.strip()
             if text.startswith("[mig-orchestrator]") or _NOISE.match(text):
                 continue
             if _ERROR_LINE.search(text):
-                return text[-400:]
+                if not _WRAPPER.search(text):
+                    return text[-400:]
+                wrapper = wrapper or text[-400:]
+        if wrapper is not None:
+            return wrapper
         # No exception line: fall back to the last line vLLM's logger wrote at ERROR level.
         return next((ln.strip()[-400:] for ln in reversed(recent) if ln.startswith("ERROR")), None)
 
