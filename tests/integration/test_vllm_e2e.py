@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from orchestrator import engine_env
 from orchestrator.bench.promtext import parse
-from orchestrator.demo import cpu_config_text
-from tests.daemon_harness import TOPOLOGIES, Daemon, free_ports, group_pids, wait_until
+from tests.daemon_harness import Daemon, group_pids, wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 READY_TIMEOUT = 600
@@ -32,68 +29,6 @@ def served(d: Daemon, name: str) -> tuple[str, int]:
 def counter(port: int, name: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return parse(text).total(name) or 0.0
-
-
-@pytest.fixture(scope="module")
-def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    try:
-        venv = engine_env.ensure_cpu_venv(engine_env.default_venv()).parent.parent
-    except engine_env.EngineEnvError as e:
-        pytest.skip(f"no vLLM CPU engine venv: {e}")
-    model_dir = engine_env.build_tiny_model(venv, engine_env.default_tiny_model_dir(seed=0))
-    root = tmp_path_factory.mktemp("vllm")
-    p1, p2, p3, control = free_ports(4)
-    topology = root / "a100-mixed.toml"
-    topology.write_text((TOPOLOGIES / "a100-mixed.toml").read_text())
-    text = cpu_config_text(
-        workdir=root,
-        topology=topology,
-        venv=venv,
-        models=[
-            ("cached", "coder", p1, "3g.40gb", True, model_dir),
-            ("nocache", "chat", p2, "2g.20gb", False, model_dir),
-        ],
-        listen=f"127.0.0.1:{control}",
-        extra_orchestrator="max_restarts = 3\nbackoff_initial_s = 1",
-    )
-    text += (
-        f'\n[models.broken]\nmodel = "{model_dir}"\nport = {p3}\nhost = "127.0.0.1"\n'
-        'profile = "1g.10gb"\nautostart = false\nmax_model_len = 1000000\n'
-    )
-    d = Daemon(root, {}, topology=topology, config_text=text)
-    d.port, d.url = control, f"http://127.0.0.1:{control}"
-    d.start()
-    yield d
-    groups = [m["pid"] for m in d.get("/api/v1/models").json() if m["pid"]]
-    assert d.terminate(timeout=120) == 0
-    for pgid in groups:
-        assert group_pids(pgid) == [], "a vLLM process outlived the daemon"
-    leftovers = [p for p in _vllm_pids() if str(root) in _cmdline(p) or _in_model(p, model_dir)]
-    assert leftovers == []
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _in_model(pid: int, model_dir: Path) -> bool:
-    return str(model_dir) in _cmdline(pid)
-
-
-def _vllm_pids() -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                comm = Path(f"/proc/{entry.name}/comm").read_text()
-            except OSError:
-                continue
-            if comm.startswith("VLLM") or "vllm" in _cmdline(int(entry.name)):
-                out.append(int(entry.name))
-    return out
 
 
 def test_two_real_engines_serve_on_their_own_ports(vllm_daemon: Daemon) -> None:
