@@ -12,6 +12,8 @@ from pathlib import Path
 _ERROR_LINE = re.compile(r"(^|\s)([A-Za-z_][\w.]*(Error|Exception)(:.*)?|.*\berror: .*)$")
 # vLLM re-raises a worker's or EngineCore's failure as a RuntimeError that only points back at it.
 _WRAPPER = re.compile(r"see root cause above|check the stack trace above", re.IGNORECASE)
+# vLLM's ERROR log line; its child processes prefix theirs with "(EngineCore_DP0 pid=…) ".
+_ERROR_LOG = re.compile(r"^(\([^)]*\)\s+)?ERROR\b")
 _NOISE = re.compile(r"^\s*(\^+|~+|File \"|Traceback \(most recent call last\))")
 # An engine that never prints a newline must not grow the held-back line without bound.
 _MAX_PARTIAL = 64 * 1024
@@ -90,7 +92,7 @@ class EngineLog:
         if wrapper is not None:
             return wrapper
         # No exception line: fall back to the last line vLLM's logger wrote at ERROR level.
-        return next((ln.strip()[-400:] for ln in reversed(recent) if ln.startswith("ERROR")), None)
+        return next((ln.strip()[-400:] for ln in reversed(recent) if _ERROR_LOG.match(ln)), None)
 
     def close(self) -> None:
         os.close(self._fd)
