@@ -39,20 +39,21 @@ class StateStore:
     def load(self) -> DaemonState:
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
+            return DaemonState(
+                assignments=dict(raw.get("assignments", {})),
+                desired=dict(raw.get("desired", {})),
+                overrides={k: dict(v) for k, v in raw.get("overrides", {}).items()},
+                engines={k: EngineRecord(**v) for k, v in raw.get("engines", {}).items()},
+            )
         except FileNotFoundError:
             return DaemonState()
-        except (OSError, ValueError) as e:
+        # Valid JSON of the wrong shape (a list, a record missing a field) is damage too.
+        except (OSError, ValueError, TypeError, AttributeError) as e:
             # A damaged file must not keep the service down; say so and start clean.
             log.error(
                 "state file %s is unreadable (%s); starting without saved state", self.path, e
             )
             return DaemonState()
-        return DaemonState(
-            assignments=dict(raw.get("assignments", {})),
-            desired=dict(raw.get("desired", {})),
-            overrides={k: dict(v) for k, v in raw.get("overrides", {}).items()},
-            engines={k: EngineRecord(**v) for k, v in raw.get("engines", {}).items()},
-        )
 
     def save(self, state: DaemonState) -> None:
         data = json.dumps(asdict(state), indent=2, sort_keys=True).encode()
