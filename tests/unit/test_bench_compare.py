@@ -101,7 +101,7 @@ class FakeDaemon:
         if overrides is not None:
             self.status["overrides"] = dict(overrides)
         self.status.update(state="starting", pid=None, reason=None)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(self.status["overrides"].get("start_s", 0.1))
         if self.status["overrides"].get("fail_me"):
             self.status.update(state="failed", reason="engine exited with code 1 during startup")
             return
@@ -141,6 +141,8 @@ class Host:
 
     def __exit__(self, *exc: object) -> None:
         async def down() -> None:
+            if self.daemon.cycle is not None:
+                self.daemon.cycle.cancel()
             self.server.should_exit = True
             await self.serving
             await self.engine.close()
@@ -264,8 +266,8 @@ async def test_a_ready_answer_from_the_old_engine_is_not_taken_for_the_new_one(h
     status = await restart_and_wait(_control(host), "m", {"max_num_seqs": 8}, 10, poll_s=0.01)
     assert status["state"] == "ready" and status["pid"] != old_pid
     assert status["overrides"] == {"max_num_seqs": 8}
-    with pytest.raises(NotReady, match=r"after 0\.05 s"):
-        await restart_and_wait(_control(host), "m", {}, 0.05, poll_s=0.01)
+    with pytest.raises(NotReady, match=r"m is starting after 0\.5 s, not ready"):
+        await restart_and_wait(_control(host), "m", {"start_s": 60}, 0.5, poll_s=0.01)
 
 
 async def test_a_model_that_was_stopped_is_stopped_again(host: Host) -> None:
