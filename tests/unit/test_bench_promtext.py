@@ -62,10 +62,8 @@ def test_histogram_samples_join_their_family_and_sum_per_bound() -> None:
 
 
 def test_label_values_with_escapes_commas_braces_and_hashes() -> None:
-    text = (
-        'm{path="C:\\\\dir",quote="say \\"hi\\"",nl="a\\nb",odd="x,}{#",} 1\n'
-        'm { a = "spaced" } 2\n'
-    )
+    escaped = 'm{path="C:\\\\dir",quote="say \\"hi\\"",nl="a\\nb",odd="x,}{#",} 1\n'
+    text = escaped + 'm { a = "spaced" } 2\n'
     first, second = parse(text).find("m")
     assert first.labels == {"path": "C:\\dir", "quote": 'say "hi"', "nl": "a\nb", "odd": "x,}{#"}
     assert second.labels == {"a": "spaced"} and second.value == 2.0
