@@ -738,6 +738,10 @@ class StandIn:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Only shutdown cancels connections. Ending normally stops Python 3.11's streams
+            # callback from logging the cancellation as an error after "Finished server process".
+            pass
         finally:
             writer.close()
 

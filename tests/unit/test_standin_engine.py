@@ -336,6 +336,9 @@ def test_hang_accepts_connections_but_never_answers(start: Start) -> None:
     with pytest.raises(httpx.ReadTimeout):
         httpx.get(s.url("/metrics"), timeout=0.3)
     assert s.proc.poll() is None
+    s.proc.send_signal(signal.SIGTERM)  # the stalled connections must not spoil a clean stop
+    assert s.wait_exit() == 0
+    assert s.stderr().splitlines()[-1] == f"INFO:     Finished server process [{s.proc.pid}]"
 
 
 def test_hang_mode_503_fails_only_health(start: Start) -> None:
@@ -348,9 +351,13 @@ def test_hang_mode_503_fails_only_health(start: Start) -> None:
 def test_sigterm_stops_cleanly_and_takes_the_grandchild(start: Start) -> None:
     s = start(env={"STANDIN_SPAWN_GRANDCHILD": "1", "STANDIN_SIGTERM_DELAY": "0.3"})
     grandchild = s.event("grandchild")["pid"]
+    idle = httpx.Client()
+    assert idle.get(s.url("/health")).status_code == 200  # leaves a keep-alive connection open
     began = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
     assert s.wait_exit() == 0
+    idle.close()
+    assert s.stderr().splitlines()[-1] == f"INFO:     Finished server process [{s.proc.pid}]"
     assert 0.3 <= time.monotonic() - began < 2.0
     assert "[shutdown] API server: shutdown triggered" in s.stdout()
     assert is_gone(grandchild)
