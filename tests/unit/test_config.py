@@ -352,9 +352,11 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
     assert str(info.value) == f"{path}: cannot read: No such file or directory"
 
 
-@pytest.mark.skipif(not EXAMPLE.exists(), reason="the example models.toml is not written yet")
 def test_example_models_toml_loads() -> None:
     cfg = load_config(EXAMPLE)
-    assert cfg.models
+    assert sorted(cfg.models) == ["student-a", "student-b", "student-c"]
+    assert len({m.port for m in cfg.models.values()}) == len(cfg.models)
     for name in cfg.models:
-        cfg.effective_settings(name)
+        s = cfg.effective_settings(name)
+        assert s.enable_prefix_caching is True  # the course measures prefix caching
+        assert s.env is not None and "HF_HOME" in s.env

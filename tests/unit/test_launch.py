@@ -228,6 +228,13 @@ def test_api_key_set_through_env_table_is_redacted_too() -> None:
     assert "inline-secret" not in str(launch.redacted_env())
 
 
+def test_plan_can_show_the_env_without_reading_the_key(tmp_path: Path) -> None:
+    # `plan` runs away from the server too, where the key file does not exist.
+    cfg = cfg_of(f'api_key_file = "{tmp_path / "nope.key"}"')
+    launch = build_launch(cfg, "alice", SLICE, base_env={}, read_secrets=False)
+    assert launch.redacted_env()["VLLM_API_KEY"] == "***"
+
+
 def test_missing_api_key_file_is_an_error(tmp_path: Path) -> None:
     cfg = cfg_of(f'api_key_file = "{tmp_path / "nope.key"}"')
     with pytest.raises(FileNotFoundError):
