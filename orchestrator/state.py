@@ -60,7 +60,9 @@ class StateStore:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # os.write may stop short; a truncated file must never replace a good one
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
