@@ -128,3 +128,17 @@ def test_unreadable_file_is_an_empty_state_with_an_error_logged(
     with caplog.at_level(logging.ERROR, logger="orchestrator.state"):
         assert store.load() == DaemonState()
     assert "is unreadable" in caplog.text
+
+
+def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # os.write may write less than asked (a full disk does that before it fails outright).
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        return real_write(fd, bytes(data[:7]))
+
+    store = StateStore(tmp_path)
+    monkeypatch.setattr(os, "write", short_write)
+    store.save(full_state())
+    monkeypatch.undo()
+    assert store.load() == full_state()
