@@ -45,7 +45,9 @@ class EngineLog:
             for line in chunk.decode("utf-8", "replace").splitlines() or [""]:
                 self.lines.append(line)
                 self.count += 1
-        os.write(self._fd, data)
+        view = memoryview(data)
+        while view:  # os.write may stop short of the whole chunk
+            view = view[os.write(self._fd, view) :]
         self._size += len(data)
         if self._size >= self.max_bytes:
             self._rotate()
