@@ -317,3 +317,17 @@ def test_error_reason_with_mark_older_than_kept_lines(tmp_path: Path) -> None:
     log.write(b"ValueError: early\n" + b"INFO\n" * 10)
     assert log.error_reason(0) is None  # the error scrolled out of the kept lines
     log.close()
+
+
+def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        return real_write(fd, bytes(data[:5]))
+
+    log = make(tmp_path)
+    monkeypatch.setattr(os, "write", short_write)
+    log.write(b"INFO one line\nINFO another line\n")
+    monkeypatch.undo()
+    log.close()
+    assert (tmp_path / "logs" / "alice.log").read_bytes() == b"INFO one line\nINFO another line\n"
