@@ -63,6 +63,8 @@ class Tokens:
             except ValueError as e:
                 errors.append(f"orchestrator.admin_token_file: {e}")
         students = {}
+        # identify() cannot tell two callers with one token apart, so each token has one owner.
+        owner = {} if admin is None else {admin: "orchestrator.admin_token_file"}
         for name, m in cfg.models.items():
             for attr, what in (("token_file", "token file"), ("api_key_file", "API key file")):
                 path = getattr(m, attr)
@@ -73,8 +75,16 @@ class Tokens:
                 except ValueError as e:
                     errors.append(f"models.{name}.{attr}: {e}")
                     continue
-                if attr == "token_file":
-                    students[name] = secret
+                if attr != "token_file":
+                    continue
+                if secret in owner:
+                    errors.append(
+                        f"models.{name}.token_file: holds the same token as {owner[secret]}; "
+                        "every student needs their own"
+                    )
+                    continue
+                owner[secret] = f"models.{name}.token_file"
+                students[name] = secret
         if not is_loopback(cfg.orchestrator.listen_host) and admin is None:
             errors.append(
                 f"orchestrator.listen: {cfg.orchestrator.listen} is reachable from other hosts; "
