@@ -174,3 +174,25 @@ def test_student_may_manage_only_their_model() -> None:
 def test_admin_token_wins_over_a_student_with_the_same_token() -> None:
     tokens = Tokens(admin="same", students={"alice": "same"})
     assert tokens.identify("Bearer same") == ADMIN
+
+
+def test_a_token_shared_by_two_callers_is_refused(tmp_path: Path) -> None:
+    # identify() could not tell them apart: bob would manage alice's engine, or be the admin.
+    admin = secret(tmp_path, "admin.token", "same-admin")
+    a = secret(tmp_path, "a.token", "shared\n")
+    b = secret(tmp_path, "b.token", "shared")
+    c = secret(tmp_path, "c.token", "same-admin\n")
+    cfg = cfg_of(
+        admin=admin,
+        models={
+            "alice": f'token_file = "{a}"',
+            "bob": f'token_file = "{b}"',
+            "carol": f'token_file = "{c}"',
+        },
+    )
+    assert load_errors(cfg) == [
+        "models.bob.token_file: holds the same token as models.alice.token_file; "
+        "every student needs their own",
+        "models.carol.token_file: holds the same token as orchestrator.admin_token_file; "
+        "every student needs their own",
+    ]
