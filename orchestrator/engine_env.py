@@ -222,7 +222,10 @@ def build_tiny_model(venv: Path, out_dir: Path, seed: int = 0, layers: int = 2) 
         "--layers",
         str(layers),
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise EngineEnvError(f"cannot run the engine venv's python {argv[0]}: {exc}") from exc
     if result.returncode != 0 or not tinymodel.is_built(out_dir, seed, layers):
         detail = result.stderr.strip().splitlines()[-5:]
         raise EngineEnvError(f"building the tiny model in {out_dir} failed: " + " | ".join(detail))
