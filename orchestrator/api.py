@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations`: FastAPI must see the real dependency objects.
 
-
 import asyncio
 import logging
 import time
@@ -137,6 +136,22 @@ def model_status(e: Engine, public_host: str) -> ModelStatus:
     )
 
 
+def unlaunchable(s: VllmSettings) -> list[str]:
+    """Override strings exec() cannot pass to an engine: accepted, they wedged it and broke JSON."""
+    texts = [(f"extra_args.{i}", a) for i, a in enumerate(s.extra_args or [])]
+    problems = []
+    for k, v in (s.env or {}).items():
+        texts += [(f"env.{k!a}", k), (f"env.{k!a}", v)]
+        if "=" in k:
+            problems.append(f"overrides.env.{k!a}: a variable name cannot contain '='")
+    for where, text in texts:
+        if "\0" in text:
+            problems.append(f"overrides.{where}: contains a NUL character")
+        if any("\ud800" <= c <= "\udfff" for c in text):
+            problems.append(f"overrides.{where}: not valid Unicode (a lone surrogate)")
+    return problems
+
+
 def create_app(target: Controlled, public_host: str) -> FastAPI:
     app = FastAPI(
         title="mig-orchestrator",
@@ -242,13 +257,15 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         overrides = None if body is None else body.overrides
         if overrides is not None:
             try:
-                VllmSettings(**overrides)
+                problems = unlaunchable(VllmSettings(**overrides))
                 target.supervisor.validate_overrides(name, overrides)
             except ValidationError as exc:
                 msgs = [
                     f"overrides.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in exc.errors()
                 ]
                 raise HTTPException(422, "; ".join(msgs)) from None
+            if problems:
+                raise HTTPException(422, "; ".join(problems))
         e.desired = "running"
         run_later(target.supervisor.restart(name, overrides), f"restart {name}")
         await asyncio.sleep(0)
