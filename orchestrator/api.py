@@ -256,6 +256,8 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         e = engine_for(name, who)
         overrides = None if body is None else body.overrides
         if overrides is not None:
+            # env tables merge across layers, so a null env can only mean "no env override".
+            overrides = {k: v for k, v in overrides.items() if not (k == "env" and v is None)}
             try:
                 problems = unlaunchable(VllmSettings(**overrides))
                 target.supervisor.validate_overrides(name, overrides)
