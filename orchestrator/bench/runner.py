@@ -52,7 +52,7 @@ class BenchPlan:
     requests: int | None = None  # per level; exactly one of requests and duration_s
     duration_s: float | None = None
     gen: Generation = field(default_factory=Generation)
-    input_len: int = 256  # random workload, approximated by words
+    input_len: int = 256  # random workload: prompt tokens, reached by calibrating a word count
     seed: int = 0
     loops: int = 4  # ralph
     iterations: int = 5  # ralph
@@ -76,11 +76,6 @@ class BenchPlan:
         out["concurrency"] = list(self.concurrency)
         return out
 
-    def make_workload(self) -> Workload:
-        if self.workload == "random":
-            return RandomWorkload(self.input_len, self.seed)
-        return BatchWorkload()
-
 
 async def run_bench(
     target: Target, plan: BenchPlan, report: BenchReport, progress: Progress
@@ -98,7 +93,9 @@ async def run_bench(
         if plan.workload == "ralph":
             await _run_ralph(client, target.metrics_url, plan, report, progress)
             return
-        workload = plan.make_workload()
+        workload: Workload = BatchWorkload()
+        if plan.workload == "random":
+            workload = await _calibrated_random(client, plan, report)
         index = 0
         if plan.warmup:
             await run_level(client, workload, plan.gen, max(plan.concurrency), requests=plan.warmup)
@@ -162,23 +159,39 @@ async def _run_ralph(
     report.levels.append(summarize(everything, elapsed_total, len(loops)))
 
 
+async def _calibrated_random(
+    client: OpenAIClient, plan: BenchPlan, report: BenchReport
+) -> RandomWorkload:
+    """Words per prompt for --input-len tokens, from the server's own token counts (usage) of two
+    probe prompts; the client has no tokenizer, and a chat template adds a constant."""
+    n = plan.input_len
+    one = Generation(max_tokens=1)
+    small = await client.send(RandomWorkload(n, plan.seed).prompt(-1), one)
+    large = await client.send(RandomWorkload(2 * n, plan.seed).prompt(-2), one)
+    if not (small.input_tokens and large.input_tokens and large.input_tokens > small.input_tokens):
+        _note(report, f"random prompts are {n} words: no token counts from the server to calibrate")
+        return RandomWorkload(n, plan.seed)
+    per_word = (large.input_tokens - small.input_tokens) / n
+    fixed = small.input_tokens - per_word * n
+    words = max(1, round((n - fixed) / per_word))
+    _note(
+        report,
+        f"random prompts are {words} words for ~{n} tokens "
+        f"(server's tokenizer: {per_word:.2f} tokens/word + {fixed:.0f}); no client tokenizer",
+    )
+    return RandomWorkload(words, plan.seed)
+
+
 def _note(report: BenchReport, text: str) -> None:
     if text not in report.notes:
         report.notes.append(text)
 
 
 def new_report(target: Target, plan: BenchPlan) -> BenchReport:
-    notes = []
-    if plan.workload == "random":
-        notes.append(
-            "random prompts are sized in words (the client has no tokenizer); "
-            "input token counts come from the server's usage"
-        )
     return BenchReport(
         target=target.base_url,
         model=target.served_model,
         endpoint=plan.endpoint,
         workload=plan.workload,
         settings=plan.settings(),
-        notes=notes,
     )

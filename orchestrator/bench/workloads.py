@@ -79,17 +79,16 @@ _WORDS = tuple(_WORD_LIST.split())
 
 @dataclass
 class RandomWorkload:
-    """Random prompts of about `input_len` tokens (approximated by words), distinct per index."""
+    """Prompts of `words` random common words, distinct per index (negative ones for probes)."""
 
-    input_len: int
+    words: int
     seed: int = 0
     name: str = "random"
 
     def prompt(self, index: int) -> Prompt:
         # One generator per index: reproducible without shared state between concurrent workers.
         rng = random.Random(self.seed * 1_000_003 + index)
-        words = rng.choices(_WORDS, k=max(1, self.input_len))
-        return Prompt((("user", " ".join(words)),))
+        return Prompt((("user", " ".join(rng.choices(_WORDS, k=max(1, self.words)))),))
 
 
 RALPH_INSTRUCTION = "\n\n".join(

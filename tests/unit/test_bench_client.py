@@ -164,7 +164,7 @@ async def test_slow_answer_is_a_timeout() -> None:
 async def test_run_level_sends_exactly_n_or_stops_at_the_deadline(null: NullServer) -> None:
     async with OpenAIClient(null.url, "tiny", max_connections=4) as client:
         results, elapsed = await run_level(
-            client, RandomWorkload(input_len=20), Generation(max_tokens=4), 4, requests=10
+            client, RandomWorkload(words=20), Generation(max_tokens=4), 4, requests=10
         )
         assert len(results) == 10 and all(r.ok for r in results) and elapsed > 0
         timed, elapsed = await run_level(
@@ -174,6 +174,27 @@ async def test_run_level_sends_exactly_n_or_stops_at_the_deadline(null: NullServ
     assert 0.3 <= elapsed < 2
     with pytest.raises(ValueError, match="exactly one"):
         await run_level(client, BatchWorkload(), Generation(), 1)
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+async def test_random_prompts_are_calibrated_to_the_servers_token_count(
+    null: NullServer, endpoint: Endpoint
+) -> None:
+    # The null server counts words as tokens, and its chat rendering adds one ("USER:").
+    plan = BenchPlan(
+        workload="random",
+        endpoint=endpoint,
+        concurrency=(2,),
+        requests=4,
+        input_len=50,
+        gen=Generation(max_tokens=3),
+    )
+    target = Target(null.url, "tiny", f"{null.url}/metrics")
+    report = new_report(target, plan)
+    await run_bench(target, plan, report, lambda _: None)
+    assert report.levels[0].input_tokens == 4 * 50
+    words = 50 if endpoint == "completions" else 49
+    assert any(f"{words} words for ~50 tokens" in note for note in report.notes), report.notes
 
 
 async def test_send_all_keeps_prompt_order(null: NullServer) -> None:
