@@ -13,7 +13,7 @@ from typing import Any
 
 from orchestrator import __version__
 from orchestrator.client import DEFAULT_URL, ControlClient, ControlError, resolve_token
-from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.config import Config, ConfigError, check_local_models, load_config
 from orchestrator.inventory import GIB, Inventory
 from orchestrator.launch import build_launch
 from orchestrator.nvml import Nvml, NvmlError
@@ -69,13 +69,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     problems: list[str] = []
     if not args.skip_secrets:
-        try:
-            Tokens.load(cfg, args.config)
-        except ConfigError as e:
-            problems += str(e).splitlines()
+        for host_check in (Tokens.load, check_local_models):
+            try:
+                host_check(cfg, args.config)
+            except ConfigError as e:
+                problems += str(e).splitlines()
     try:
         inv = _inventory(args, cfg)
-    except Exception as e:
+    except NvmlError as e:
+        if args.topology or cfg.orchestrator.topology:
+            raise  # a topology that was asked for and cannot be read is an error
         print(f"{args.config}: configuration is valid; slices not checked: {e}")
         inv = None
     if inv is not None:
@@ -364,12 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         parents=[local],
         help="validate models.toml (and placement) without starting anything",
-        description="Exit 1 and list every problem, naming file, model and field.",
+        description="List every problem, naming file, model and field. Exit 2 for an invalid "
+        "file, 1 for problems on this host (secrets, model paths, placement), 0 when all is well.",
     )
     s.add_argument(
         "--skip-secrets",
         action="store_true",
-        help="do not read token and API key files (checking a copy away from the server)",
+        help="skip files of this host: token and API key files, local model paths "
+        "(for checking a copy away from the server)",
     )
     s.set_defaults(func=cmd_check)
 

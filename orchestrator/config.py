@@ -272,3 +272,14 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         for name, m in cfg.models.items()
     }
     return cfg.model_copy(update={"orchestrator": orch, "models": models})
+
+
+def check_local_models(cfg: Config, source: str) -> None:
+    """A model given as a path must exist here; vLLM would report a confusing hub error."""
+    errors = [
+        f"models.{name}.model: {m.model} does not exist on this host"
+        for name, m in cfg.models.items()
+        if m.model.startswith(("/", "./", "../", "~")) and not Path(m.model).expanduser().exists()
+    ]
+    if errors:
+        raise ConfigError(source, errors)

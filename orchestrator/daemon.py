@@ -16,7 +16,7 @@ import uvicorn
 from orchestrator import process
 from orchestrator.api import create_app
 from orchestrator.auth import Tokens
-from orchestrator.config import Config, ConfigError, load_config
+from orchestrator.config import Config, ConfigError, check_local_models, load_config
 from orchestrator.metrics import MetricsCollector
 from orchestrator.nvml import Nvml
 from orchestrator.sdnotify import SdNotifier
@@ -76,6 +76,7 @@ class Daemon:
                         }
                     )
                 tokens = Tokens.load(new, str(self.opts.config))
+                check_local_models(new, str(self.opts.config))
                 if new.orchestrator.listen != self.cfg.orchestrator.listen:
                     log.warning("orchestrator.listen changed: takes effect after a daemon restart")
                 result = await self.supervisor.reload(new)
@@ -166,6 +167,7 @@ def serve(opts: ServeOptions) -> int:
     cfg = load_config(opts.config)
     topology = opts.topology or cfg.orchestrator.topology
     tokens = Tokens.load(cfg, str(opts.config))
+    check_local_models(cfg, str(opts.config))
     with Nvml.open(topology) as nvml:
         daemon = Daemon(ServeOptions(opts.config, topology, opts.allow_partial), cfg, nvml, tokens)
         return asyncio.run(daemon.run())

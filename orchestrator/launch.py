@@ -81,7 +81,9 @@ def build_launch(
         m.served_model_name or name,
         *setting_flags(settings),
     ]
-    extra = dict(settings.env or {})
+    # vLLM's tracebacks go to stderr, block-buffered on a pipe: unbuffered keeps them in order
+    # with its log lines, so the daemon reads the real error line the moment the engine exits.
+    extra = {"PYTHONUNBUFFERED": "1", **(settings.env or {})}
     if slc is not None:
         extra["CUDA_VISIBLE_DEVICES"] = slc.uuid
     if m.api_key_file is not None:

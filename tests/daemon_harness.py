@@ -229,3 +229,50 @@ class Daemon:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+
+# Every engine of a test daemon inherits this, so leftovers can be found by their environment.
+SESSION_MARKER = "MIG_ORCH_TEST_ROOT"
+
+
+def cpu_vllm_daemon(
+    root: Path,
+    venv: Path,
+    models: list[tuple[str, str, int, str, bool, Path]],
+    extra_orchestrator: str = "",
+    extra_models: str = "",
+) -> Daemon:
+    """A daemon (not yet started) whose models are real vLLM CPU engines on a100-mixed."""
+    from orchestrator.demo import cpu_config_text
+
+    control = free_ports(1)[0]
+    topology = root / "a100-mixed.toml"
+    topology.write_text((TOPOLOGIES / "a100-mixed.toml").read_text())
+    text = cpu_config_text(
+        workdir=root,
+        topology=topology,
+        venv=venv,
+        models=models,
+        listen=f"127.0.0.1:{control}",
+        extra_orchestrator=extra_orchestrator,
+    ).replace("env = { ", f'env = {{ {SESSION_MARKER} = "{root}", ', 1)
+    d = Daemon(root, {}, topology=topology, config_text=text + extra_models)
+    d.port, d.url = control, f"http://127.0.0.1:{control}"
+    return d
+
+
+def marked_pids(root: Path) -> list[int]:
+    """Live processes whose environment carries this test root's marker (engines and children)."""
+    needle = f"{SESSION_MARKER}={root}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != b"Z":
+            found.append(int(entry.name))
+    return found

@@ -43,6 +43,8 @@ step "lint and types"
 .venv/bin/mypy
 
 step "tests"
+# A broken engine install must fail the vLLM tests, not skip them.
+export MIG_ORCH_REQUIRE_VLLM=1
 if [[ $quick == 1 ]]; then
     exec .venv/bin/pytest -m "not vllm and not systemd" "$@"
 fi

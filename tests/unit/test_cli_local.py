@@ -57,7 +57,7 @@ api_key_file = "alice.key"
 gpu_memory_utilization = 0.9
 
 [models.bob]
-model = "/models/tiny"
+model = "acme/tiny-model"
 port = 8002
 min_memory_gib = 15
 enforce_eager = true
@@ -227,7 +227,11 @@ def test_plan_json_shape(site: Path, capsys: pytest.CaptureFixture[str]) -> None
                     "0.9",
                     "--enable-prefix-caching",
                 ],
-                "env": {"CUDA_VISIBLE_DEVICES": MIG_3G, "VLLM_API_KEY": "***"},
+                "env": {
+                    "PYTHONUNBUFFERED": "1",
+                    "CUDA_VISIBLE_DEVICES": MIG_3G,
+                    "VLLM_API_KEY": "***",
+                },
                 "unplaced": None,
             },
             {
@@ -244,7 +248,7 @@ def test_plan_json_shape(site: Path, capsys: pytest.CaptureFixture[str]) -> None
                     "/opt/vllm/bin/vllm",
                     "serve",
                     "--model",
-                    "/models/tiny",
+                    "acme/tiny-model",
                     "--host",
                     "0.0.0.0",
                     "--port",
@@ -254,7 +258,7 @@ def test_plan_json_shape(site: Path, capsys: pytest.CaptureFixture[str]) -> None
                     "--enable-prefix-caching",
                     "--enforce-eager",
                 ],
-                "env": {"CUDA_VISIBLE_DEVICES": MIG_2G},
+                "env": {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": MIG_2G},
                 "unplaced": None,
             },
         ],
@@ -291,10 +295,10 @@ def test_plan_text(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[1].split()[-2:] == ["8001", MIG_3G]
     assert lines[2].split()[:3] == ["bob", "GPU0", "2g.20gb"]
     assert (
-        "  argv /opt/vllm/bin/vllm serve --model /models/tiny --host 0.0.0.0 --port 8002 "
+        "  argv /opt/vllm/bin/vllm serve --model acme/tiny-model --host 0.0.0.0 --port 8002 "
         "--served-model-name bob --enable-prefix-caching --enforce-eager"
     ) in lines
-    assert f"  env  CUDA_VISIBLE_DEVICES={MIG_2G}" in lines
+    assert f"  env  CUDA_VISIBLE_DEVICES={MIG_2G} PYTHONUNBUFFERED=1" in lines
 
 
 def test_plan_with_unplaced_models(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -370,3 +374,20 @@ def test_example_config_plans_as_its_comments_say(capsys: pytest.CaptureFixture[
     for m in doc["models"]:
         assert m["env"]["CUDA_VISIBLE_DEVICES"] == m["slice"]["uuid"]
         assert not any("log-requests" in a for a in m["argv"])
+
+
+def test_check_missing_local_model_path(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(site, GOOD.replace("acme/tiny-model", "/nonexistent/tiny"))
+    rc, _, err = run(capsys, "check", "-c", str(path))
+    assert rc == 1
+    assert err == f"{path}: models.bob.model: /nonexistent/tiny does not exist on this host\n"
+    rc, _, _ = run(capsys, "check", "-c", str(path), "--skip-secrets")
+    assert rc == 0
+
+
+def test_check_with_an_unreadable_topology_fails(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(site, GOOD)
+    rc, _, err = run(capsys, "check", "-c", str(path), "--topology", str(site / "missing.toml"))
+    assert rc == 2 and "missing.toml" in err

