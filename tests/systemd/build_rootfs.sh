@@ -20,7 +20,11 @@ mirror_from_host() {
     printf '%s\n' "${uri:-http://deb.debian.org/debian}"
 }
 
-if [[ -x $dest/usr/lib/systemd/systemd && -f $dest/.mig-orch-rootfs-ok ]]; then
+# The stamp names what the tree was built with, so changing the package list rebuilds it.
+stamp="$suite $packages"
+is_current() { [[ -x $dest/usr/lib/systemd/systemd && "$(cat "$dest/.mig-orch-rootfs-ok" 2>/dev/null)" == "$stamp" ]]; }
+
+if is_current; then
     echo "rootfs cached at $dest"
     exit 0
 fi
@@ -29,7 +33,7 @@ mkdir -p "$(dirname "$dest")"
 exec 9>"$dest.lock"
 flock 9
 # Another run may have finished the build while this one waited for the lock.
-if [[ -f $dest/.mig-orch-rootfs-ok ]]; then
+if is_current; then
     echo "rootfs cached at $dest"
     exit 0
 fi
@@ -40,16 +44,16 @@ rm -rf "$partial"
 echo "building $suite rootfs in $partial from $mirror (takes a few minutes)"
 start=$SECONDS
 debootstrap --variant=minbase --include="$packages" "$suite" "$partial" "$mirror"
-# A machine-id makes journald and systemd behave like on a real host; an empty securetty-free root is fine.
+# A machine-id gives journald a persistent journal directory, as on a real host.
 rm -f "$partial/etc/machine-id"
 systemd-machine-id-setup --root="$partial" >/dev/null
 echo "mig-orch-test" >"$partial/etc/hostname"
 # Units that only fail or slow the boot inside a container.
 for unit in systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
-    fstrim.timer getty@tty1.service; do
+    fstrim.timer getty@tty1.service console-getty.service; do
     ln -sf /dev/null "$partial/etc/systemd/system/$unit"
 done
-touch "$partial/.mig-orch-rootfs-ok"
+printf '%s\n' "$stamp" >"$partial/.mig-orch-rootfs-ok"
 rm -rf "$dest"
 mv "$partial" "$dest"
 echo "rootfs built in $((SECONDS - start)) s at $dest"

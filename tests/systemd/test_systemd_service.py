@@ -1,0 +1,290 @@
+"""The installed mig-orchestrator.service under a real systemd: install, start, crash, reload, stop.
+
+Engines are the stand-in (tests/standin_engine.py) on a fake NVML topology, so no GPU is needed.
+The tests run in file order and share one container: each step starts from the previous state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nspawn_harness import REPO, Container, wait_for
+
+pytestmark = [pytest.mark.systemd, pytest.mark.slow]
+
+UNIT = "mig-orchestrator.service"
+CONFIG = "/etc/mig-orchestrator/models.toml"
+TOKEN = "/etc/mig-orchestrator/admin.token"
+TOPOLOGY = "deploy/topologies/a100-mixed.toml"
+STANDIN = "/repo/tests/standin_engine.py"
+# argv[0] of the stand-in's grandchild, which plays vLLM's EngineCore: it survives a SIGKILL
+# of its server.
+ENGINE_CORE = "VLLM::EngineCore"
+
+
+@dataclass(frozen=True)
+class Site:
+    container: Container
+    listen_port: int
+    model_ports: dict[str, int]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+
+def _free_ports(count: int) -> list[int]:
+    # The container shares the host's network namespace, so ports must be free on the host.
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _config(site: Site, models: list[str]) -> str:
+    lines = [
+        "[orchestrator]",
+        f'listen = "127.0.0.1:{site.listen_port}"',
+        f'engine_command = ["/usr/bin/python3", "{STANDIN}"]',
+        f'topology = "/repo/{TOPOLOGY}"',
+        f'admin_token_file = "{TOKEN}"',
+        "health_interval_s = 1",
+        "stop_grace_s = 10",
+        "",
+        "[defaults]",
+        'env = { STANDIN_SPAWN_GRANDCHILD = "1" }',
+    ]
+    for name in models:
+        lines += [
+            "",
+            f"[models.{name}]",
+            f'model = "standin/{name}"',
+            'host = "127.0.0.1"',
+            f"port = {site.model_ports[name]}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _show(container: Container, *props: str) -> dict[str, str]:
+    out = container.run(["systemctl", "show", UNIT, "-p", ",".join(props)]).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def _get(site: Site, path: str) -> Any:
+    token = site.container.path(TOKEN).read_text().strip()
+    request = urllib.request.Request(site.url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def _engines(container: Container) -> dict[str, Counter[str]]:
+    """Stand-in servers per served model name, and EngineCore grandchildren per owning server.
+
+    Both are told apart by parentage, so this relies on nothing the daemon does: a core
+    whose server is gone counts as "<orphan>".
+    """
+    out = container.run(["ps", "-eo", "pid=,ppid=,args="]).stdout
+    rows = {pid: (ppid, args) for pid, ppid, *args in (line.split() for line in out.splitlines())}
+    standins = {pid for pid, (_, args) in rows.items() if STANDIN in args}
+    # A just-forked core still runs its server's argv: its parent is a stand-in, a server's isn't.
+    servers = {
+        pid: args[args.index("--served-model-name") + 1]
+        for pid, (ppid, args) in rows.items()
+        if pid in standins and ppid not in standins and "--served-model-name" in args
+    }
+    cores = [ppid for ppid, args in rows.values() if args[0] == ENGINE_CORE]
+    return {
+        "server": Counter(servers.values()),
+        "core": Counter(servers.get(ppid, "<orphan>") for ppid in cores),
+    }
+
+
+def _assert_engines(container: Container, *names: str) -> None:
+    """Exactly one server and one core per model (polled briefly: a core takes a moment to exec)."""
+    expected = {"server": Counter(names), "core": Counter(names)}
+    deadline = time.monotonic() + 15
+    while (found := _engines(container)) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert found == expected
+
+
+def _engine_pids(site: Site) -> dict[str, int]:
+    return {m["name"]: m["pid"] for m in _get(site, "/api/v1/models")}
+
+
+def _status_is(container: Container, text: str) -> bool:
+    return _show(container, "StatusText")["StatusText"] == text
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def site(container: Container) -> Site:
+    """The daemon installed by deploy/install.sh (not started) with two stand-in models."""
+    if not (REPO / TOPOLOGY).exists():
+        pytest.fail(f"{TOPOLOGY} is missing: the service test runs on that fake topology")
+    listen, *ports = _free_ports(4)
+    result = Site(container, listen, dict(zip(["alice", "bob", "carol"], ports, strict=True)))
+    container.path("/root/models.toml").write_text(_config(result, ["alice", "bob"]))
+    container.run(
+        [
+            "/repo/deploy/install.sh",
+            "--source",
+            "/repo",
+            "--vllm",
+            "none",
+            "--config",
+            "/root/models.toml",
+            "--no-start",
+        ],
+        timeout=600,
+    )
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _journal_on_failure(request: pytest.FixtureRequest, container: Container) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        journal = container.run(
+            ["journalctl", "-u", UNIT, "-n", "150", "--no-pager"], check=False
+        ).stdout
+        print(f"--- journal of {UNIT} ---\n{journal}")
+
+
+def test_install_is_idempotent_and_unit_verifies(site: Site) -> None:
+    c = site.container
+    assert c.run(["systemctl", "is-enabled", UNIT]).stdout.strip() == "enabled"
+    assert _show(c, "ActiveState")["ActiveState"] == "inactive"
+    modes = c.run(
+        [
+            "stat",
+            "-c",
+            "%n %a %U %G",
+            "/etc/mig-orchestrator",
+            CONFIG,
+            TOKEN,
+            "/var/lib/mig-orchestrator",
+            "/var/log/mig-orchestrator",
+        ]
+    ).stdout.splitlines()
+    assert modes == [
+        "/etc/mig-orchestrator 750 root mig-orchestrator",
+        f"{CONFIG} 640 root mig-orchestrator",
+        f"{TOKEN} 600 mig-orchestrator mig-orchestrator",
+        "/var/lib/mig-orchestrator 750 mig-orchestrator mig-orchestrator",
+        "/var/log/mig-orchestrator 750 mig-orchestrator mig-orchestrator",
+    ]
+    assert len(c.path(TOKEN).read_text().strip()) >= 32
+
+    before = {p: _sha(c.path(p)) for p in (CONFIG, TOKEN)}
+    c.path(CONFIG).write_text(c.path(CONFIG).read_text() + "# admin's edit\n")
+    before[CONFIG] = _sha(c.path(CONFIG))
+    c.run(["/repo/deploy/install.sh", "--vllm", "none", "--no-start"], timeout=600)
+    assert {p: _sha(c.path(p)) for p in (CONFIG, TOKEN)} == before
+
+    verify = c.run(["systemd-analyze", "verify", f"/etc/systemd/system/{UNIT}"], check=False)
+    complaints = [ln for ln in verify.stderr.splitlines() if UNIT in ln]
+    assert verify.returncode == 0 and not complaints, verify.stderr
+
+
+def test_start_reports_ready_over_sd_notify(site: Site) -> None:
+    c = site.container
+    # Type=notify: start returns once the daemon sent READY=1.
+    c.run(["systemctl", "start", UNIT], timeout=150)
+    state = _show(c, "ActiveState", "SubState", "Type", "NotifyAccess")
+    assert state == {
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "ActiveState": "active",
+        "SubState": "running",
+    }
+    wait_for(lambda: _status_is(c, "2/2 models ready"), 60, 'StatusText "2/2 models ready"')
+    health = _get(site, "/healthz")
+    assert (health["status"], health["models"], health["ready"]) == ("ok", 2, 2)
+    _assert_engines(c, "alice", "bob")
+    users = c.run(["ps", "-o", "user=", "-p", ",".join(map(str, _engine_pids(site).values()))])
+    assert set(users.stdout.split()) == {"mig-orchestrator"}
+
+
+def test_sigkill_of_daemon_restarts_it_without_duplicate_engines(site: Site) -> None:
+    c = site.container
+    before = _show(c, "MainPID", "NRestarts")
+    old_engines = _engine_pids(site)
+    c.run(["kill", "-9", before["MainPID"]])
+
+    def restarted() -> bool:
+        now = _show(c, "MainPID", "NRestarts", "ActiveState", "StatusText")
+        return (
+            now["NRestarts"] == str(int(before["NRestarts"]) + 1)
+            and now["MainPID"] not in ("0", before["MainPID"])
+            and now["ActiveState"] == "active"
+            and now["StatusText"] == "2/2 models ready"
+        )
+
+    # RestartSec=5, then the engines' start-up.
+    wait_for(restarted, 90, "systemd to restart the daemon and both models to be ready")
+    _assert_engines(c, "alice", "bob")
+    alive = c.run(["ps", "-o", "pid=", "-p", ",".join(map(str, old_engines.values()))], check=False)
+    assert alive.stdout.split() == [], "engines of the killed daemon are still running"
+
+
+def test_reload_applies_an_added_model(site: Site) -> None:
+    c = site.container
+    unchanged = _engine_pids(site)
+    c.path(CONFIG).write_text(_config(site, ["alice", "bob", "carol"]))
+    c.run(["systemctl", "reload", UNIT], timeout=60)
+
+    def carol_ready() -> bool:
+        states = {m["name"]: m["state"] for m in _get(site, "/api/v1/models")}
+        return states.get("carol") == "ready"
+
+    wait_for(carol_ready, 60, "the added model carol to be ready")
+    wait_for(lambda: _status_is(c, "3/3 models ready"), 30, 'StatusText "3/3 models ready"')
+    assert _show(c, "ActiveState")["ActiveState"] == "active"
+    pids = _engine_pids(site)
+    assert {k: pids[k] for k in unchanged} == unchanged, "reload restarted unchanged models"
+    _assert_engines(c, "alice", "bob", "carol")
+
+
+def test_stop_leaves_no_engine(site: Site) -> None:
+    c = site.container
+    since = c.run(["date", "+@%s"]).stdout.strip()
+    c.run(["systemctl", "stop", UNIT], timeout=120)
+    state = _show(c, "ActiveState", "Result", "ExecMainStatus")
+    # Result=success with status 0: the daemon exited on its own, nothing timed out.
+    assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    # Everything in the cgroup is gone once stop returns: no waiting here.
+    assert _engines(c) == {"server": Counter(), "core": Counter()}
+    # KillMode=mixed SIGKILLs what the daemon left behind; it must have stopped every engine.
+    journal = c.run(["journalctl", "-u", UNIT, "--since", since, "-o", "cat", "--no-pager"])
+    assert "SIGKILL" not in journal.stdout, journal.stdout
+
+
+def test_uninstall_keeps_config_and_purge_removes_it(site: Site) -> None:
+    c = site.container
+    c.run(["/repo/deploy/install.sh", "--uninstall"], timeout=120)
+    assert not c.path(f"/etc/systemd/system/{UNIT}").exists()
+    assert not c.path("/opt/mig-orchestrator").exists()
+    assert c.path(CONFIG).exists() and c.path(TOKEN).exists()
+    c.run(["/repo/deploy/install.sh", "--uninstall", "--purge"], timeout=120)
+    assert not c.path("/etc/mig-orchestrator").exists()
+    assert not c.path("/var/lib/mig-orchestrator").exists()
+    assert c.run(["getent", "passwd", "mig-orchestrator"], check=False).returncode == 2
