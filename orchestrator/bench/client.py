@@ -146,17 +146,23 @@ class OpenAIClient:
                     event = _load_event(payload)
                     if choices := event.get("choices"):
                         choice = choices[0]
-                        piece = choice["delta"].get("content") if chat else choice.get("text")
-                        # Only chunks that carry text are tokens: chat's role-only chunk is not.
-                        if piece:
-                            if first is None:
-                                first = now
-                            else:
-                                gaps.append(now - last)
-                            last = now
-                            chunks += 1
-                            if keep_text:
-                                pieces.append(piece)
+                        if chat:
+                            delta = choice.get("delta") or {}
+                            if "role" in delta and not delta.get("content"):
+                                continue  # chat's preamble announces the role, not a token
+                            piece = delta.get("content")
+                        else:
+                            piece = choice.get("text")
+                        # Every other chunk is a step of generation, even one whose token
+                        # decodes to no text yet, as vLLM's own benchmark counts them.
+                        if first is None:
+                            first = now
+                        else:
+                            gaps.append(now - last)
+                        last = now
+                        chunks += 1
+                        if keep_text and piece:
+                            pieces.append(piece)
                     if event.get("usage"):
                         usage = event["usage"]
         end = time.perf_counter()

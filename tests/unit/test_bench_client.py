@@ -103,10 +103,12 @@ async def test_sse_lines_split_across_reads_and_crlf_endings() -> None:
     assert (r.text, r.output_tokens, r.input_tokens, len(r.itl_s)) == ("ab", 2, 5, 1)
 
 
-async def test_usage_missing_falls_back_to_counting_text_chunks() -> None:
+async def test_without_usage_every_generation_chunk_counts_even_without_text() -> None:
+    # A token that decodes to no text yet still streams a chunk, as vLLM does mid-character.
     chunks = [_event("x") + b"\n\n", _event("") + b"\n\n", _event("y") + b"\n\ndata: [DONE]\n\n"]
     r = await _send_scripted(chunks)
-    assert r.ok and r.output_tokens == 2 and r.input_tokens is None
+    assert r.ok and r.output_tokens == 3 and r.input_tokens is None
+    assert len(r.itl_s) == 2 and r.text == "xy"
 
 
 @pytest.mark.parametrize(
