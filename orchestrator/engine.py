@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from orchestrator import process
 from orchestrator.config import OrchestratorSettings, VllmSettings
 from orchestrator.engine_log import EngineLog
@@ -63,9 +61,10 @@ class EngineSpec:
         )
 
     @property
-    def health_url(self) -> str:
+    def health_request(self) -> bytes:
         host = f"[{self.probe_host}]" if ":" in self.probe_host else self.probe_host
-        return f"http://{host}:{self.port}/health"
+        head = f"GET /health HTTP/1.1\r\nHost: {host}:{self.port}\r\nConnection: close\r\n\r\n"
+        return head.encode()
 
 
 @dataclass
@@ -80,7 +79,6 @@ class ExitInfo:
 class EngineContext:
     """What an engine needs from the supervisor around it."""
 
-    http: httpx.AsyncClient
     settings: OrchestratorSettings
     slice_lock: Callable[[str], asyncio.Lock]
     slice_memory: Callable[[str], Awaitable[tuple[int, int] | None]]
@@ -337,13 +335,25 @@ class Engine:
 
     async def _probe(self, timeout: float) -> str | None:
         """None when /health answers 200, else what went wrong."""
+        # One bare HTTP/1.1 exchange: an httpx pool costs ~3x the CPU per probe and checks every
+        # pooled connection on each request, a cost that grows with the number of engines.
+        writer = None
         try:
-            r = await self.ctx.http.get(self.spec.health_url, timeout=timeout)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(self.spec.probe_host, self.spec.port)
+                writer.write(self.spec.health_request)
+                status = (await reader.readline()).split()
+        except TimeoutError:
             return f"/health did not answer within {timeout:g}s"
-        except httpx.HTTPError as e:
+        except (OSError, ValueError) as e:
             return f"/health unreachable ({type(e).__name__})"
-        return None if r.status_code == 200 else f"/health returned {r.status_code}"
+        finally:
+            if writer is not None:
+                writer.close()
+        if len(status) < 2 or not status[0].startswith(b"HTTP/"):
+            return "/health closed the connection without an HTTP answer"
+        code = status[1].decode(errors="replace")
+        return None if code == "200" else f"/health returned {code}"
 
     async def _wait_ready(self) -> None:
         proc = self.proc

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
-
 from orchestrator import process
 from orchestrator.config import Config
 from orchestrator.engine import Engine, EngineContext, EngineSpec, State
@@ -73,16 +71,11 @@ class Supervisor:
         self.started_at = time.time()
         self._pids: dict[int, Engine] = {}
         self._slice_locks: dict[str, asyncio.Lock] = {}
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            trust_env=False,
-        )
         self._saved: DaemonState = DaemonState()
         self._save_pending = False
         self._save_task: asyncio.Task[None] | None = None
         self._save_lock = asyncio.Lock()
         self._ctx = EngineContext(
-            http=self._http,
             settings=cfg.orchestrator,
             slice_lock=self._slice_lock,
             slice_memory=self._slice_memory,
@@ -260,7 +253,6 @@ class Supervisor:
         await self.flush()
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
-        await self._http.aclose()
         for e in self.engines.values():
             e.log.close()
 
