@@ -94,15 +94,20 @@ class EngineLog:
                 if _PYDANTIC.search(text):
                     text = _with_pydantic_detail(text, recent[i + 1 : i + 8])
                 if not _WRAPPER.search(text):
-                    return text[-400:]
-                wrapper = wrapper or text[-400:]
+                    return _clip(text)
+                wrapper = wrapper or _clip(text)
         if wrapper is not None:
             return wrapper
         # No exception line: fall back to the last line vLLM's logger wrote at ERROR level.
-        return next((ln.strip()[-400:] for ln in reversed(recent) if _ERROR_LOG.match(ln)), None)
+        return next((_clip(ln.strip()) for ln in reversed(recent) if _ERROR_LOG.match(ln)), None)
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    """Keep the start of a long error line: the exception name and the cause come first."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _with_pydantic_detail(summary: str, following: list[str]) -> str:

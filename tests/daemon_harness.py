@@ -210,8 +210,11 @@ class Daemon:
         try:
             return dict(wait_until(reached, timeout, f"{name} to be {'/'.join(states)}"))
         except AssertionError:
+            lines = self.get(f"/api/v1/models/{name}/logs?tail=40").json().get("lines", [])
+            engine_log = "\n".join(lines)
             raise AssertionError(
-                f"{self.status(name)}\n--- daemon log ---\n{self.log()[-4000:]}"
+                f"{self.status(name)}\n--- {name} log ---\n{engine_log}"
+                f"\n--- daemon log ---\n{self.log()[-4000:]}"
             ) from None
 
     def terminate(self, timeout: float = 30) -> int:
