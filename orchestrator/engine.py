@@ -448,8 +448,10 @@ class Engine:
     ) -> list[int]:
         deadline = time.monotonic() + limit
         # The main process's exit comes as an event; only then is the group worth scanning.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.exited), timeout=limit)
+        # asyncio.wait, not wait_for: 3.11's wait_for drops a cancel that lands as the future
+        # completes, so a stop() racing a crash never ended the runner, which restarted on.
+        if not proc.exited.done():
+            await asyncio.wait([proc.exited], timeout=limit)
         delay = 0.01
         while True:
             left = process.survivors(pgid, tracked)
