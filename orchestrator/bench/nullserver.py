@@ -39,9 +39,9 @@ class _Cache:
     hits: int = 0
 
     def lookup(self, tokens: list[str], block_size: int, enabled: bool) -> None:
-        self.queries += len(tokens)
         if not enabled:
-            return
+            return  # vLLM without prefix caching counts no queries either
+        self.queries += len(tokens)
         # The last prompt token is always recomputed, so at most len-1 tokens can hit.
         parent = 0
         for end in range(block_size, len(tokens), block_size):

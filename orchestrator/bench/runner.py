@@ -157,6 +157,8 @@ async def _run_ralph(
         progress(f"ralph iteration {iteration}/{plan.iterations}: prefix-cache hit rate {rate}")
     ralph.cache = previous.since(first) if previous and first else None
     report.levels.append(summarize(everything, elapsed_total, len(loops)))
+    if ralph.cache is not None and ralph.cache.queries == 0 and report.levels[0].completed:
+        _note(report, "the engine counted no prefix-cache queries: its prefix caching is off")
 
 
 async def _calibrated_random(
