@@ -68,6 +68,20 @@ class BenchPlan:
             raise ValueError("give exactly one of --requests and --duration")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError("concurrency levels must be positive integers")
+        positive = {
+            "--requests": self.requests,
+            "--duration": self.duration_s,
+            "--max-tokens": self.gen.max_tokens,
+            "--input-len": self.input_len,
+            "--loops": self.loops,
+            "--iterations": self.iterations,
+            "--timeout": self.timeout_s,
+        }
+        for option, value in positive.items():
+            if value is not None and value <= 0:
+                raise ValueError(f"{option} must be positive, got {value}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must not be negative, got {self.warmup}")
 
     def settings(self) -> dict[str, Any]:
         """The plan as plain JSON-able values, for the report."""

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -197,6 +198,23 @@ async def test_random_prompts_are_calibrated_to_the_servers_token_count(
     assert report.levels[0].input_tokens == 4 * 50
     words = 50 if endpoint == "completions" else 49
     assert any(f"{words} words for ~50 tokens" in note for note in report.notes), report.notes
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"workload": "bursty"}, "workload must be one of batch, random, ralph"),
+        ({"requests": None}, "exactly one of --requests and --duration"),
+        ({"duration_s": 5.0}, "exactly one of --requests and --duration"),
+        ({"concurrency": (4, 0)}, "positive integers"),
+        ({"gen": Generation(max_tokens=0)}, "--max-tokens must be positive, got 0"),
+        ({"requests": -1}, "--requests must be positive"),
+        ({"warmup": -2}, "--warmup must not be negative"),
+    ],
+)
+def test_bad_plans_are_refused_naming_the_option(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BenchPlan(**{"requests": 8, **changes})
 
 
 async def test_send_all_keeps_prompt_order(null: NullServer) -> None:
