@@ -233,16 +233,24 @@ class Engine:
             self._spawn()
             try:
                 await self._wait_ready()
-            except BaseException:
-                await self._terminate(self.ctx.settings.stop_grace_s)
+            except BaseException as e:
+                await self._cleanup(e)
                 raise
         self.ready_at = time.monotonic()
         self.reason = None  # what went wrong before stays in last_exit
         self._set(State.READY)
         try:
             await self._watch()
-        finally:
-            await self._terminate(self.ctx.settings.stop_grace_s)
+        except BaseException as e:
+            await self._cleanup(e)
+            raise
+
+    async def _cleanup(self, cause: BaseException) -> None:
+        """Take down what is left of a failed engine; say so at once, the tree may take a while."""
+        if isinstance(cause, _Failure):
+            self.reason = cause.reason
+            self._set(State.STOPPING)
+        await self._terminate(self.ctx.settings.stop_grace_s)
 
     async def _await_memory_release(self) -> None:
         spec = self.spec
