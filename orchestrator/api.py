@@ -169,7 +169,8 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         details = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         return JSONResponse({"error": "; ".join(details), "details": details}, status_code=422)
 
-    def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
+    # async dependencies: FastAPI runs plain-def ones in a worker thread, a hand-off per request.
+    async def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
         tokens = target.tokens
         if not tokens.enabled:
             return Caller(admin=True)
@@ -178,7 +179,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token")
         return who
 
-    def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    async def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
         if not who.admin:
             raise HTTPException(403, "this call needs the admin token")
         return who
