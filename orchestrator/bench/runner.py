@@ -37,7 +37,8 @@ class Target:
         cls, status: Mapping[str, Any], api_key: str | None = None, metrics_url: str | None = None
     ) -> Target:
         """From a control-plane ModelStatus (endpoint, served_model_name)."""
-        base = str(status["endpoint"]).rstrip("/")
+        # The daemon publishes the OpenAI base URL (`http://host:port/v1`); /metrics is at the root.
+        base = str(status["endpoint"]).rstrip("/").removesuffix("/v1")
         served = status.get("served_model_name") or status["name"]
         return cls(base, str(served), metrics_url or f"{base}/metrics", api_key)
 

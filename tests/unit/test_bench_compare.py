@@ -58,7 +58,7 @@ class FakeDaemon:
             "state": "ready",
             "desired": "running",
             "pid": next(self.pids),
-            "endpoint": engine.url,
+            "endpoint": f"{engine.url}/v1",  # as the real daemon publishes it
             "served_model_name": "tiny",
             "overrides": dict(overrides),
             "reason": None,
