@@ -103,6 +103,7 @@ class _Proc:
     started_mono: float
     exited: asyncio.Future[int]
     log_mark: int
+    ident: process.ProcessId | None  # read once: every state save records it
     tree: list[process.ProcessId] = field(default_factory=list)
 
 
@@ -295,6 +296,7 @@ class Engine:
             started_mono=time.monotonic(),
             exited=loop.create_future(),
             log_mark=self.log.count,
+            ident=process.ProcessId.of(pid),
         )
         loop.add_reader(fd, self._on_output, self.proc)
         self.ctx.track(pid, self)

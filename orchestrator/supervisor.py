@@ -75,6 +75,7 @@ class Supervisor:
         self._save_pending = False
         self._save_task: asyncio.Task[None] | None = None
         self._save_lock = asyncio.Lock()
+        self._written: DaemonState | None = None
         self._ctx = EngineContext(
             settings=cfg.orchestrator,
             slice_lock=self._slice_lock,
@@ -295,7 +296,7 @@ class Supervisor:
         engines = {}
         for name, e in self.engines.items():
             if e.proc is not None:
-                pid = process.ProcessId.of(e.proc.pid)
+                pid = e.proc.ident
                 if pid is not None:
                     engines[name] = EngineRecord(
                         pid=pid.pid,
@@ -315,8 +316,12 @@ class Supervisor:
         async with self._save_lock:
             self._save_pending = False
             snap = self.snapshot()
+            # Most changes are state transitions, which are not saved: no write (and fsync) then.
+            if snap == self._written:
+                return
             try:
                 await asyncio.to_thread(self.store.save, snap)
+                self._written = snap
             except OSError as e:
                 log.error("cannot save state to %s: %s", self.store.path, e)
 
@@ -324,7 +329,9 @@ class Supervisor:
         if self._save_task is not None:
             await asyncio.gather(self._save_task, return_exceptions=True)
         async with self._save_lock:
-            await asyncio.to_thread(self.store.save, self.snapshot())
+            snap = self.snapshot()
+            await asyncio.to_thread(self.store.save, snap)
+            self._written = snap
 
     def counts(self) -> tuple[int, int]:
         ready = sum(1 for e in self.engines.values() if e.state is State.READY)
