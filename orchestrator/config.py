@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,19 @@ DEFAULT_LISTEN = "127.0.0.1:8700"
 # vLLM sizes its memory from the device total, so two engines on one GPU must leave headroom.
 SHARED_GPU_UTILIZATION_CAP = 0.95
 VLLM_DEFAULT_UTILIZATION = 0.92
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _exec_safe(text: str, where: str) -> None:
+    """exec() cannot pass a NUL or a lone surrogate; such a value would wedge the engine's start."""
+    if "\0" in text:
+        raise ValueError(f"{where}: contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: is not valid Unicode") from None
 
 
 class ConfigError(Exception):
@@ -53,6 +67,22 @@ class VllmSettings(_Strict):
                 "tensor_parallel_size > 1 is not possible: each model runs on one slice "
                 "(a MIG device has no peer-to-peer link, and one CUDA process sees one MIG device)"
             )
+        return v
+
+    @field_validator("extra_args")
+    @classmethod
+    def _args_can_be_passed(cls, v: list[str] | None) -> list[str] | None:
+        for i, arg in enumerate(v or []):
+            _exec_safe(arg, f"item {i}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_can_be_passed(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (v or {}).items():
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!a} is not a valid environment variable name")
+            _exec_safe(value, key)
         return v
 
     def set_fields(self) -> dict[str, Any]:
@@ -140,7 +170,7 @@ class Config(_Strict):
         merged = self.defaults.set_fields()
         layers = [self.models[name].vllm_settings().set_fields(), overrides or {}]
         for layer in layers:
-            env = {**merged.get("env", {}), **layer.get("env", {})}
+            env = {**(merged.get("env") or {}), **(layer.get("env") or {})}
             merged.update(layer)
             if env:
                 merged["env"] = env

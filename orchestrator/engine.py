@@ -280,10 +280,10 @@ class Engine:
 
     def _spawn(self) -> None:
         spec = self.spec
-        self.log.note(f"starting: {' '.join(spec.launch.argv)}")
         try:
+            self.log.note(f"starting: {' '.join(spec.launch.argv)}")
             pid, fd = process.spawn(spec.launch.argv, spec.launch.env)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             raise _Failure(
                 f"cannot run engine command {spec.launch.argv[0]!r}: {e}", final=True
             ) from e

@@ -37,6 +37,12 @@ _SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)(\s+\S+)?$")
 
 
+_SAMPLE_UP_HEADER = (
+    "# HELP mig_orchestrator_gpu_sample_up Whether NVML answered for this scrape.",
+    "# TYPE mig_orchestrator_gpu_sample_up gauge",
+)
+
+
 class GpuSampler(Protocol):
     def sample(self) -> list[Any]: ...
 
@@ -178,7 +184,7 @@ class MetricsCollector:
             samples = await asyncio.to_thread(self.sampler.sample)
         except Exception as e:  # telemetry must never break the scrape
             log.warning("GPU sampling failed: %s", e)
-            return ["mig_orchestrator_gpu_sample_up 0"]
+            return [*_SAMPLE_UP_HEADER, "mig_orchestrator_gpu_sample_up 0"]
         assigned: dict[str, list[str]] = {}
         for name, engine in self.supervisor.engines.items():
             if engine.spec.slice is not None:
@@ -216,7 +222,7 @@ class MetricsCollector:
                                 series.setdefault(f"mig_orchestrator_slice_{k}", []).append(
                                     f"mig_orchestrator_slice_{k}{{{lab}}} {v}"
                                 )
-        out = ["mig_orchestrator_gpu_sample_up 1"]
+        out = [*_SAMPLE_UP_HEADER, "mig_orchestrator_gpu_sample_up 1"]
         for metric, lines in sorted(series.items()):
             out += [f"# TYPE {metric} gauge", *lines]
         return out

@@ -375,6 +375,16 @@ def test_tokens_admin_and_students(daemons, tmp_path: Path) -> None:
     assert d.get("/api/v1/slices", token="tok-alice").status_code == 403
     assert d.post("/api/v1/reload", token="tok-alice").status_code == 403
     assert d.post("/api/v1/models/alice/restart", token="tok-alice").status_code == 202
+    # Students tune typed settings; raw env or argv could run code as the daemon's user.
+    ok = {"overrides": {"max_num_seqs": 4}}
+    assert d.post("/api/v1/models/alice/restart", ok, token="tok-alice").status_code == 202
+    for raw in ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, {"extra_args": ["--port", "1"]}):
+        r = d.post("/api/v1/models/alice/restart", {"overrides": raw}, token="tok-alice")
+        assert r.status_code == 403 and "admin token" in r.json()["error"]
+    assert (
+        d.post("/api/v1/models/alice/restart", {"overrides": {}}, token="adm-123").status_code
+        == 202
+    )
     assert d.get("/api/v1/models/alice/logs?tail=5", token="tok-alice").status_code == 200
     assert len(d.get("/api/v1/models", token="adm-123").json()) == 2
     assert "adm-123" not in d.log()

@@ -360,3 +360,17 @@ def test_example_models_toml_loads() -> None:
         s = cfg.effective_settings(name)
         assert s.enable_prefix_caching is True  # the course measures prefix caching
         assert s.env is not None and "HF_HOME" in s.env
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ('env = { "A=B" = "1" }', "'A=B' is not a valid environment variable name"),
+        ('env = { A = "x\\u0000y" }', "A: contains a NUL character"),
+        ('extra_args = ["--x", "a\\u0000"]', "item 1: contains a NUL character"),
+    ],
+)
+def test_values_exec_cannot_pass_are_refused(setting: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(f'[models.a]\nmodel = "m"\nport = 8001\n{setting}\n')
+    assert message in str(e.value) and "models.a." in str(e.value)
