@@ -18,6 +18,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "tests" / "standin_engine.py"
 TOPOLOGIES = REPO / "deploy" / "topologies"
+# Every engine of a test daemon inherits this, so leftovers can be found by their environment.
+SESSION_MARKER = "MIG_ORCH_TEST_ROOT"
 
 
 def free_ports(n: int) -> list[int]:
@@ -147,7 +149,12 @@ class Daemon:
             "memory_release_timeout_s": 20.0,
             **self.orchestrator,
         }
-        self.config_path.write_text(render_config(orch, self.models, self.defaults))
+        # Engines inherit the marker, so teardown finds exactly this daemon's leftovers.
+        defaults = {
+            **self.defaults,
+            "env": {SESSION_MARKER: str(self.root), **self.defaults.get("env", {})},
+        }
+        self.config_path.write_text(render_config(orch, self.models, defaults))
 
     def start(self, wait_ready: Iterable[str] = ()) -> Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it until it exits
@@ -232,10 +239,6 @@ class Daemon:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
-
-
-# Every engine of a test daemon inherits this, so leftovers can be found by their environment.
-SESSION_MARKER = "MIG_ORCH_TEST_ROOT"
 
 
 def cpu_vllm_daemon(

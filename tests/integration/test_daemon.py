@@ -16,7 +16,14 @@ import httpx
 import pytest
 
 from orchestrator import nvml_fake
-from tests.daemon_harness import Daemon, engine_pids, free_ports, group_pids, wait_until
+from tests.daemon_harness import (
+    Daemon,
+    engine_pids,
+    free_ports,
+    group_pids,
+    marked_pids,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +54,8 @@ def daemons(tmp_path: Path):
     for d in started:
         if d.proc is not None and d.proc.poll() is None:
             d.terminate()
-        for name in d.models:
-            served = d.models[name].get("served_model_name", name)
-            for pid in engine_pids(served):
-                os.kill(pid, signal.SIGKILL)
+        for pid in marked_pids(d.root):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_ready_status_and_openai_on_own_port(daemons) -> None:
