@@ -3,20 +3,22 @@
 # No `from __future__ import annotations`: FastAPI must see the real dependency objects.
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.auth import Caller, Tokens
 from orchestrator.config import ConfigError, VllmSettings
-from orchestrator.engine import Engine
+from orchestrator.engine import Engine, EngineSpec
 from orchestrator.inventory import Slice
 from orchestrator.placement import PlacementError
 from orchestrator.supervisor import ReloadResult, Supervisor, UnknownModel
@@ -109,31 +111,71 @@ def slice_out(s: Slice, models: list[str]) -> SliceOut:
     )
 
 
-def model_status(e: Engine, public_host: str) -> ModelStatus:
-    spec = e.spec
-    host = public_host if spec.host in ("0.0.0.0", "::", "") else spec.host
-    ex = e.last_exit
-    return ModelStatus(
-        name=spec.name,
-        state=e.state.value,
-        desired="running" if e.desired == "running" else "stopped",
-        pid=e.proc.pid if e.proc else None,
-        host=spec.host,
-        port=spec.port,
-        endpoint=f"http://{host}:{spec.port}/v1",
-        model=spec.model,
-        served_model_name=spec.served_model_name,
-        slice=slice_out(spec.slice, [spec.name]) if spec.slice else None,
-        uptime_s=round(u, 3) if (u := e.uptime()) is not None else None,
-        restarts=e.restarts,
-        last_exit=ExitOut(code=ex.code, signal=ex.signal, at=_iso(ex.at), reason=ex.reason)
-        if ex
-        else None,
-        reason=e.reason,
-        settings=spec.settings.set_fields(),
-        overrides=spec.overrides,
-        argv=spec.launch.argv,
-    )
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+class StatusView:
+    """ModelStatus as JSON without pydantic. What comes from the spec (argv, settings, slice: most
+    of the bytes) is serialized once per spec; a request only serializes the few live fields.
+    """
+
+    def __init__(self, public_host: str) -> None:
+        self.public_host = public_host
+        self._of_spec: weakref.WeakKeyDictionary[Engine, tuple[EngineSpec, dict[str, Any], str]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _live(self, e: Engine) -> dict[str, Any]:
+        ex = e.last_exit
+        return {
+            "name": e.spec.name,
+            "state": e.state.value,
+            "desired": "running" if e.desired == "running" else "stopped",
+            "pid": e.proc.pid if e.proc else None,
+            "uptime_s": round(u, 3) if (u := e.uptime()) is not None else None,
+            "restarts": e.restarts,
+            "last_exit": (
+                {"code": ex.code, "signal": ex.signal, "at": _iso(ex.at), "reason": ex.reason}
+                if ex
+                else None
+            ),
+            "reason": e.reason,
+        }
+
+    def _of(self, e: Engine) -> tuple[EngineSpec, dict[str, Any], str]:
+        spec = e.spec
+        cached = self._of_spec.get(e)
+        if cached is None or cached[0] is not spec:
+            host = self.public_host if spec.host in ("0.0.0.0", "::", "") else spec.host
+            part = {
+                "host": spec.host,
+                "port": spec.port,
+                "endpoint": f"http://{host}:{spec.port}/v1",
+                "model": spec.model,
+                "served_model_name": spec.served_model_name,
+                "slice": slice_out(spec.slice, [spec.name]).model_dump() if spec.slice else None,
+                "settings": spec.settings.set_fields(),
+                "overrides": spec.overrides,
+                "argv": spec.launch.argv,
+            }
+            cached = (spec, part, _json(part)[1:-1])
+            self._of_spec[e] = cached
+        return cached
+
+    def _text(self, e: Engine) -> str:
+        return "{" + _json(self._live(e))[1:-1] + "," + self._of(e)[2] + "}"
+
+    def model(self, e: Engine) -> ModelStatus:
+        return ModelStatus(**self._live(e), **self._of(e)[1])
+
+    def response(self, engines: Iterable[Engine] | Engine) -> Response:
+        """One status or a list, as JSON text: FastAPI passes a Response through untouched."""
+        if isinstance(engines, Engine):
+            body = self._text(engines)
+        else:
+            body = "[" + ",".join(map(self._text, engines)) + "]"
+        return Response(body, media_type="application/json")
 
 
 def create_app(target: Controlled, public_host: str) -> FastAPI:
@@ -143,6 +185,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         version="1",
     )
     background: set[asyncio.Task[None]] = set()
+    view = StatusView(public_host)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -204,16 +247,14 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         return [slice_out(s, sup.plan.models_on(s.uuid)) for s in sup.inventory.slices]
 
     @app.get("/api/v1/models", response_model=list[ModelStatus])
-    async def models(who: Annotated[Caller, Depends(caller)]) -> list[ModelStatus]:
-        return [
-            model_status(e, public_host)
-            for name, e in sorted(target.supervisor.engines.items())
-            if who.may_manage(name)
-        ]
+    async def models(who: Annotated[Caller, Depends(caller)]) -> Response:
+        return view.response(
+            e for name, e in sorted(target.supervisor.engines.items()) if who.may_manage(name)
+        )
 
     @app.get("/api/v1/models/{name}", response_model=ModelStatus)
-    async def one_model(name: str, who: Annotated[Caller, Depends(caller)]) -> ModelStatus:
-        return model_status(engine_for(name, who), public_host)
+    async def one_model(name: str, who: Annotated[Caller, Depends(caller)]) -> Response:
+        return view.response(engine_for(name, who))
 
     def command(
         verb: str, op: Callable[[str], Awaitable[None]], desired: str
@@ -223,7 +264,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
             e.desired = desired
             run_later(op(name), f"{verb} {name}")
             await asyncio.sleep(0)  # let the command take the model's lock and show its state
-            return model_status(e, public_host)
+            return view.model(e)
 
         handler.__name__ = f"{verb}_model"
         return handler
@@ -262,7 +303,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         e.desired = "running"
         run_later(target.supervisor.restart(name, overrides), f"restart {name}")
         await asyncio.sleep(0)
-        return model_status(e, public_host)
+        return view.model(e)
 
     @app.get("/api/v1/models/{name}/logs", response_model=LogsOut)
     async def logs(
