@@ -372,6 +372,9 @@ class Engine:
         while True:
             if proc.exited.done():
                 raise _Failure(self._exit_reason(proc, proc.exited.result(), "during startup"))
+            # Cleared before the probe, not after: a "listening" line that comes while a refused
+            # probe is under way then cuts the wait below short instead of being lost.
+            self._probe_now.clear()
             if await self._probe(timeout=2.0) is None:
                 # The listener may have come up after the exit check; make sure it is ours.
                 if not proc.exited.done():
@@ -381,7 +384,6 @@ class Engine:
                 raise _Failure(
                     f"not ready within startup_timeout_s={self.spec.startup_timeout_s:g}s"
                 )
-            self._probe_now.clear()
             wake = asyncio.ensure_future(self._probe_now.wait())
             waiters: list[asyncio.Future[Any]] = [proc.exited, wake]
             await asyncio.wait(waiters, timeout=READY_POLL_S, return_when="FIRST_COMPLETED")
