@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: FastAPI must see the real dependency objects.
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -97,18 +98,7 @@ def _iso(ts: float) -> str:
 
 
 def slice_out(s: Slice, models: list[str]) -> SliceOut:
-    return SliceOut(
-        uuid=s.uuid,
-        gpu_index=s.gpu_index,
-        gpu_uuid=s.gpu_uuid,
-        gpu_name=s.gpu_name,
-        profile=s.profile,
-        memory_total_bytes=s.memory_total_bytes,
-        memory_used_bytes=s.memory_used_bytes,
-        gi_id=s.gi_id,
-        ci_id=s.ci_id,
-        models=models,
-    )
+    return SliceOut(**dataclasses.asdict(s), models=models)
 
 
 def _json(data: Any) -> str:

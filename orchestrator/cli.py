@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.client import DEFAULT_URL, ControlClient, ControlError, resolve_token
+from orchestrator.client import ControlClient, ControlError, add_daemon_options, resolve_token
 from orchestrator.config import Config, ConfigError, check_local_models, load_config
 from orchestrator.inventory import GIB, Inventory
 from orchestrator.launch import build_launch
@@ -323,17 +323,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=os.environ.get("MIG_ORCH_URL", DEFAULT_URL),
-        help="control plane URL (env MIG_ORCH_URL; default %(default)s)",
-    )
-    common.add_argument(
-        "--token-file",
-        default=os.environ.get("MIG_ORCH_TOKEN_FILE"),
-        help="file holding a bearer token (env MIG_ORCH_TOKEN_FILE; else $MIG_ORCH_TOKEN, "
-        "else /etc/mig-orchestrator/admin.token when readable)",
-    )
+    add_daemon_options(common)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     local = argparse.ArgumentParser(add_help=False)
     local.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,21 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 DEFAULT_TOKEN_FILE = Path("/etc/mig-orchestrator/admin.token")
+
+
+def add_daemon_options(p: argparse.ArgumentParser) -> None:
+    """--url and --token-file, for every command that talks to the daemon."""
+    p.add_argument(
+        "--url",
+        default=os.environ.get("MIG_ORCH_URL", DEFAULT_URL),
+        help="control plane URL (env MIG_ORCH_URL; default %(default)s)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=os.environ.get("MIG_ORCH_TOKEN_FILE"),
+        help="file holding a bearer token (env MIG_ORCH_TOKEN_FILE; else $MIG_ORCH_TOKEN, "
+        "else /etc/mig-orchestrator/admin.token when readable)",
+    )
 
 
 class ControlError(Exception):

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,38 +61,34 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def engine_pids(served_name: str) -> list[int]:
-    """Live stand-in (or vLLM) processes serving `served_name`, found from their command lines."""
-    found = []
+def _live(field: str) -> Iterator[tuple[int, bytes, list[bytes]]]:
+    """(pid, contents of /proc/PID/<field>, stat fields after the name) of non-zombie processes."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            data = Path(f"/proc/{entry.name}/{field}").read_bytes()
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if state == b"Z":
-            continue
+        if stat[0] != b"Z":
+            yield int(entry.name), data, stat
+
+
+def engine_pids(served_name: str) -> list[int]:
+    """Live stand-in (or vLLM) processes serving `served_name`, found from their command lines."""
+    found = []
+    for pid, cmdline, _ in _live("cmdline"):
+        argv = cmdline.split(b"\0")
         if b"--served-model-name" in argv:
             i = argv.index(b"--served-model-name")
             if i + 1 < len(argv) and argv[i + 1].decode() == served_name:
-                found.append(int(entry.name))
+                found.append(pid)
     return sorted(found)
 
 
 def group_pids(pgid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            rest = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if rest[0] != b"Z" and int(rest[2]) == pgid:
-            out.append(int(entry.name))
-    return out
+    return [pid for pid, _, stat in _live("stat") if int(stat[2]) == pgid]
 
 
 def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -270,15 +266,4 @@ def cpu_vllm_daemon(
 def marked_pids(root: Path) -> list[int]:
     """Live processes whose environment carries this test root's marker (engines and children)."""
     needle = f"{SESSION_MARKER}={root}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state != b"Z":
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, environ, _ in _live("environ") if needle in environ.split(b"\0")]

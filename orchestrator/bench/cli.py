@@ -33,7 +33,7 @@ from orchestrator.bench.runner import (
     run_bench,
 )
 from orchestrator.bench.stats import BenchReport
-from orchestrator.client import DEFAULT_URL, ControlClient, ControlError, resolve_token
+from orchestrator.client import ControlClient, ControlError, add_daemon_options, resolve_token
 
 EXIT_INTERRUPTED = 130
 
@@ -46,19 +46,6 @@ def _levels(text: str) -> tuple[int, ...]:
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError(f"want positive integers, got {text!r}")
     return levels
-
-
-def _add_daemon_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--url",
-        default=os.environ.get("MIG_ORCH_URL", DEFAULT_URL),
-        help="control plane URL (env MIG_ORCH_URL; default %(default)s)",
-    )
-    p.add_argument(
-        "--token-file",
-        default=os.environ.get("MIG_ORCH_TOKEN_FILE"),
-        help="bearer token file for the control plane (env MIG_ORCH_TOKEN_FILE)",
-    )
 
 
 def _add_workload_options(p: argparse.ArgumentParser) -> None:
@@ -123,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--model", help="a model of the daemon (its endpoint is looked up)")
     where.add_argument("--target", metavar="URL", help="an OpenAI server, e.g. http://host:8000")
     p.add_argument("--served-model-name", help="with --target (default: first of /v1/models)")
-    _add_daemon_options(p)
+    add_daemon_options(p)
     _add_workload_options(p)
     p.set_defaults(func=cmd_bench)
 
@@ -154,7 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ready-timeout", type=float, default=900.0, help="seconds to wait for each restart"
     )
-    _add_daemon_options(p)
+    add_daemon_options(p)
     _add_workload_options(p)
     p.set_defaults(func=cmd_compare)
 
