@@ -68,15 +68,32 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI), in %."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+    except OSError:
+        return None
+    return float(some[1].partition("=")[2])
+
+
 def verdict(value: float, target: float) -> str:
     return "met" if value <= target else "MISSED"
 
 
 def report(benchmark: str, result: Mapping[str, Any], summary: str) -> None:
     """Print the numbers as JSON, then one summary line with the machine's load."""
-    out = {"benchmark": benchmark, **result, "load_avg_end": load_avg(), "cpus": os.cpu_count()}
+    out = {
+        "benchmark": benchmark,
+        **result,
+        "load_avg_end": load_avg(),
+        "cpu_pressure_pct_end": cpu_pressure(),
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(out, indent=2))
-    print(f"{benchmark}: {summary} [load {' '.join(map(str, out['load_avg_end']))}]", flush=True)
+    load = " ".join(map(str, out["load_avg_end"]))
+    print(f"{benchmark}: {summary} [load {load}, cpu pressure {out['cpu_pressure_pct_end']}%]")
 
 
 class Fleet:
@@ -158,6 +175,7 @@ class Fleet:
             for raw in self.proc.stdout:
                 t = time.time()
                 tee.write(raw)
+                tee.flush()
                 m = _TRANSITION.search(raw.decode(errors="replace").rstrip())
                 if m is None:
                     continue

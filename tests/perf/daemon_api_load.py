@@ -5,8 +5,9 @@ Of the 56 engines, 8 crash-loop (crash 1 s after ready, relaunched after a 0.2-0
 8 stay loading (probed all along) and 40 are ready. The load comes from tests/perf/_loadgen.py in
 its own process: 100 keep-alive clients polling on Poisson schedules of 1, 2 and 5 requests/s
 each (100, 200, 500 requests/s offered; latency from the scheduled send, so queueing counts),
-then a closed loop (each client re-asks at once) for the throughput limit. The loadgen's own CPU
-use is reported, to show it was not the bottleneck.
+then a closed loop (each client re-asks at once) for the throughput limit. Also reported: the
+daemon's CPU per request (which the machine's load does not change much) and the loadgen's own
+CPU use, to show it was not the bottleneck.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import subprocess
 import sys
 from typing import Any
+
+import psutil
 
 from tests.perf._fleet import ENGINES, Fleet, load_avg, report, stats_ms, verdict
 
@@ -38,13 +41,18 @@ def load(fleet: Fleet, duration: float, rate: float | None) -> dict[str, Any]:
     if rate is not None:
         argv += ["--rate-per-client", str(rate)]
     before = len(fleet.transitions)
+    daemon = psutil.Process(fleet.pid)
+    cpu0 = sum(daemon.cpu_times()[:2])
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    cpu = sum(daemon.cpu_times()[:2]) - cpu0
     got = json.loads(done.stdout)
     churn = fleet.transitions[before:]
     return {
         "offered_rps": got["offered_rps"],
         "achieved_rps": got["achieved_rps"],
         "latency": stats_ms(got.pop("latencies_s")),
+        "daemon_cpu_pct": round(100 * cpu / got["wall_s"], 1),
+        "daemon_cpu_ms_per_request": round(1000 * cpu / max(got["requests"], 1), 3),
         "failed": got["failed"],
         "failures": got["failures"],
         "loadgen_cpu_fraction": got["loadgen_cpu_fraction"],
