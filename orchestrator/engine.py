@@ -464,7 +464,7 @@ class Engine:
         # completes, so a stop() racing a crash never ended the runner, which restarted on.
         if not proc.exited.done():
             await asyncio.wait([proc.exited], timeout=limit)
-        delay = 0.01
+        delay = 0.001  # a check costs one kill(0): look again soon, the tree is usually gone
         scanned = time.monotonic()
         while True:
             # kill(0) on the group is one syscall; the /proc scan that tells zombies apart runs
