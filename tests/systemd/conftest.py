@@ -38,3 +38,18 @@ def pytest_runtest_makereport(
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _journal_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a failed test, print the container's journal: the daemon's side of the story."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed:
+        return
+    for value in request.node.funcargs.values():
+        container = getattr(value, "container", value)
+        if isinstance(container, Container) and container.leader is not None:
+            journal = container.run(["journalctl", "-n", "200", "--no-pager"], check=False)
+            print(f"--- container journal ---\n{journal.stdout}")
+            return

@@ -25,11 +25,9 @@ from typing import TypeVar
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 BUILD_SCRIPT = HERE / "build_rootfs.sh"
-DEFAULT_ROOTFS = Path(
-    os.environ.get("MIG_ORCH_ROOTFS", "/var/cache/mig-orchestrator/rootfs-bookworm")
-)
-# pip's download cache survives the throwaway containers, so reruns don't refetch wheels.
-PIP_CACHE = DEFAULT_ROOTFS.parent / "pip-cache"
+# Outside the checkout, shared by clones and reused across runs.
+CACHE_DIR = Path(os.environ.get("MIG_ORCH_CACHE", "/var/cache/mig-orchestrator"))
+PIP_CACHE = CACHE_DIR / "pip-cache"
 # host tool -> Debian package that provides it
 HOST_TOOLS = {
     "debootstrap": "debootstrap",
@@ -77,14 +75,14 @@ def ensure_host_tools() -> None:
         raise HarnessError(f"still missing after apt-get install: {', '.join(still)}")
 
 
-def ensure_rootfs(path: Path = DEFAULT_ROOTFS) -> Path:
-    """Build the cached rootfs unless it is already there (a few minutes the first time)."""
+def ensure_rootfs(cache: Path = CACHE_DIR) -> Path:
+    """The cached rootfs, built first if missing (a minute or two); returns its path."""
     result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), str(path)], capture_output=True, text=True, check=False
+        ["bash", str(BUILD_SCRIPT), str(cache)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise HarnessError(f"building the rootfs failed:\n{result.stdout}{result.stderr}")
-    return path
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
@@ -113,9 +111,16 @@ def _pip_host_paths() -> list[str]:
 class Container:
     """A booted, throwaway systemd container; use as a context manager."""
 
-    def __init__(self, rootfs: Path, binds_ro: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        rootfs: Path,
+        binds_ro: Mapping[str, str] | None = None,
+        binds_rw: Mapping[str, str] | None = None,
+    ) -> None:
         self.rootfs = rootfs
         self.binds_ro = {**{p: p for p in _pip_host_paths()}, **(binds_ro or {})}
+        # pip's download cache survives the throwaway containers, so reruns don't refetch wheels.
+        self.binds_rw = {str(PIP_CACHE): "/root/.cache/pip", **(binds_rw or {})}
         self.workdir = Path(tempfile.mkdtemp(prefix="mig-orch-nspawn."))
         self.root = self.workdir / "root"
         self.console_log = self.workdir / "console.log"
@@ -136,7 +141,8 @@ class Container:
 
     def start(self, boot_timeout: float = 120) -> None:
         self._prepare_root()
-        PIP_CACHE.mkdir(parents=True, exist_ok=True)
+        for host_dir in self.binds_rw:
+            Path(host_dir).mkdir(parents=True, exist_ok=True)
         argv = [
             "systemd-nspawn",
             "--quiet",
@@ -147,7 +153,7 @@ class Container:
             "--keep-unit",
             "--console=read-only",
             "--resolv-conf=copy-host",
-            f"--bind={PIP_CACHE}:/root/.cache/pip",
+            *(f"--bind={src}:{dst}" for src, dst in self.binds_rw.items()),
             *(f"--bind-ro={src}:{dst}" for src, dst in self.binds_ro.items()),
             "-b",
         ]

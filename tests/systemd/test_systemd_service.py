@@ -7,88 +7,43 @@ The tests run in file order and share one container: each step starts from the p
 from __future__ import annotations
 
 import hashlib
-import json
-import socket
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nspawn_harness import REPO, Container, wait_for
+from service_support import (
+    CONFIG,
+    INSTALL,
+    TOKEN,
+    TOPOLOGY,
+    UNIT,
+    Site,
+    free_ports,
+    journal_since,
+    model_table,
+    orchestrator_table,
+    show,
+    status_is,
+)
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
-UNIT = "mig-orchestrator.service"
-CONFIG = "/etc/mig-orchestrator/models.toml"
-TOKEN = "/etc/mig-orchestrator/admin.token"
-TOPOLOGY = "deploy/topologies/a100-mixed.toml"
 STANDIN = "/repo/tests/standin_engine.py"
 # argv[0] of the stand-in's grandchild, which plays vLLM's EngineCore: it survives a SIGKILL
 # of its server.
 ENGINE_CORE = "VLLM::EngineCore"
 
 
-@dataclass(frozen=True)
-class Site:
-    container: Container
-    listen_port: int
-    model_ports: dict[str, int]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
-
-
-def _free_ports(count: int) -> list[int]:
-    # The container shares the host's network namespace, so ports must be free on the host.
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _config(site: Site, models: list[str]) -> str:
-    lines = [
-        "[orchestrator]",
-        f'listen = "127.0.0.1:{site.listen_port}"',
-        f'engine_command = ["/usr/bin/python3", "{STANDIN}"]',
-        f'topology = "/repo/{TOPOLOGY}"',
-        f'admin_token_file = "{TOKEN}"',
-        "health_interval_s = 1",
-        "stop_grace_s = 10",
-        "",
-        "[defaults]",
-        'env = { STANDIN_SPAWN_GRANDCHILD = "1" }',
-    ]
+    lines = orchestrator_table(
+        site, ["/usr/bin/python3", STANDIN], "health_interval_s = 1", "stop_grace_s = 10"
+    )
+    lines += ["", "[defaults]", 'env = { STANDIN_SPAWN_GRANDCHILD = "1" }']
     for name in models:
-        lines += [
-            "",
-            f"[models.{name}]",
-            f'model = "standin/{name}"',
-            'host = "127.0.0.1"',
-            f"port = {site.model_ports[name]}",
-        ]
+        lines += model_table(site, name, f"standin/{name}")
     return "\n".join(lines) + "\n"
-
-
-def _show(container: Container, *props: str) -> dict[str, str]:
-    out = container.run(["systemctl", "show", UNIT, "-p", ",".join(props)]).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def _get(site: Site, path: str) -> Any:
-    token = site.container.path(TOKEN).read_text().strip()
-    request = urllib.request.Request(site.url + path, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
 
 
 def _engines(container: Container) -> dict[str, Counter[str]]:
@@ -123,11 +78,7 @@ def _assert_engines(container: Container, *names: str) -> None:
 
 
 def _engine_pids(site: Site) -> dict[str, int]:
-    return {m["name"]: m["pid"] for m in _get(site, "/api/v1/models")}
-
-
-def _status_is(container: Container, text: str) -> bool:
-    return _show(container, "StatusText")["StatusText"] == text
+    return {m["name"]: m["pid"] for m in site.get("/api/v1/models")}
 
 
 def _sha(path: Path) -> str:
@@ -139,40 +90,18 @@ def site(container: Container) -> Site:
     """The daemon installed by deploy/install.sh (not started) with two stand-in models."""
     if not (REPO / TOPOLOGY).exists():
         pytest.fail(f"{TOPOLOGY} is missing: the service test runs on that fake topology")
-    listen, *ports = _free_ports(4)
+    listen, *ports = free_ports(4)
     result = Site(container, listen, dict(zip(["alice", "bob", "carol"], ports, strict=True)))
     container.path("/root/models.toml").write_text(_config(result, ["alice", "bob"]))
-    container.run(
-        [
-            "/repo/deploy/install.sh",
-            "--source",
-            "/repo",
-            "--vllm",
-            "none",
-            "--config",
-            "/root/models.toml",
-            "--no-start",
-        ],
-        timeout=600,
-    )
+    argv = [INSTALL, "--source", "/repo", "--vllm", "none", "--config", "/root/models.toml"]
+    container.run([*argv, "--no-start"], timeout=600)
     return result
-
-
-@pytest.fixture(autouse=True)
-def _journal_on_failure(request: pytest.FixtureRequest, container: Container) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        journal = container.run(
-            ["journalctl", "-u", UNIT, "-n", "150", "--no-pager"], check=False
-        ).stdout
-        print(f"--- journal of {UNIT} ---\n{journal}")
 
 
 def test_install_is_idempotent_and_unit_verifies(site: Site) -> None:
     c = site.container
     assert c.run(["systemctl", "is-enabled", UNIT]).stdout.strip() == "enabled"
-    assert _show(c, "ActiveState")["ActiveState"] == "inactive"
+    assert show(c, "ActiveState")["ActiveState"] == "inactive"
     modes = c.run(
         [
             "stat",
@@ -197,8 +126,14 @@ def test_install_is_idempotent_and_unit_verifies(site: Site) -> None:
     before = {p: _sha(c.path(p)) for p in (CONFIG, TOKEN)}
     c.path(CONFIG).write_text(c.path(CONFIG).read_text() + "# admin's edit\n")
     before[CONFIG] = _sha(c.path(CONFIG))
-    c.run(["/repo/deploy/install.sh", "--vllm", "none", "--no-start"], timeout=600)
+    c.run([INSTALL, "--vllm", "none", "--no-start"], timeout=600)
     assert {p: _sha(c.path(p)) for p in (CONFIG, TOKEN)} == before
+
+    # Engines must still open /dev/nvidia*: no device allow-list or private /dev sneaked in.
+    sandbox = show(c, "DevicePolicy", "DeviceAllow", "PrivateDevices")
+    # (systemctl show leaves out an empty DeviceAllow=)
+    devices = (sandbox["DevicePolicy"], sandbox.get("DeviceAllow", ""), sandbox["PrivateDevices"])
+    assert devices == ("auto", "", "no")
 
     verify = c.run(["systemd-analyze", "verify", f"/etc/systemd/system/{UNIT}"], check=False)
     complaints = [ln for ln in verify.stderr.splitlines() if UNIT in ln]
@@ -209,15 +144,15 @@ def test_start_reports_ready_over_sd_notify(site: Site) -> None:
     c = site.container
     # Type=notify: start returns once the daemon sent READY=1.
     c.run(["systemctl", "start", UNIT], timeout=150)
-    state = _show(c, "ActiveState", "SubState", "Type", "NotifyAccess")
+    state = show(c, "ActiveState", "SubState", "Type", "NotifyAccess")
     assert state == {
         "Type": "notify",
         "NotifyAccess": "main",
         "ActiveState": "active",
         "SubState": "running",
     }
-    wait_for(lambda: _status_is(c, "2/2 models ready"), 60, 'StatusText "2/2 models ready"')
-    health = _get(site, "/healthz")
+    wait_for(lambda: status_is(c, "2/2 models ready"), 60, 'StatusText "2/2 models ready"')
+    health = site.get("/healthz")
     assert (health["status"], health["models"], health["ready"]) == ("ok", 2, 2)
     _assert_engines(c, "alice", "bob")
     users = c.run(["ps", "-o", "user=", "-p", ",".join(map(str, _engine_pids(site).values()))])
@@ -226,12 +161,12 @@ def test_start_reports_ready_over_sd_notify(site: Site) -> None:
 
 def test_sigkill_of_daemon_restarts_it_without_duplicate_engines(site: Site) -> None:
     c = site.container
-    before = _show(c, "MainPID", "NRestarts")
+    before = show(c, "MainPID", "NRestarts")
     old_engines = _engine_pids(site)
     c.run(["kill", "-9", before["MainPID"]])
 
     def restarted() -> bool:
-        now = _show(c, "MainPID", "NRestarts", "ActiveState", "StatusText")
+        now = show(c, "MainPID", "NRestarts", "ActiveState", "StatusText")
         return (
             now["NRestarts"] == str(int(before["NRestarts"]) + 1)
             and now["MainPID"] not in ("0", before["MainPID"])
@@ -253,12 +188,12 @@ def test_reload_applies_an_added_model(site: Site) -> None:
     c.run(["systemctl", "reload", UNIT], timeout=60)
 
     def carol_ready() -> bool:
-        states = {m["name"]: m["state"] for m in _get(site, "/api/v1/models")}
+        states = {m["name"]: m["state"] for m in site.get("/api/v1/models")}
         return states.get("carol") == "ready"
 
     wait_for(carol_ready, 60, "the added model carol to be ready")
-    wait_for(lambda: _status_is(c, "3/3 models ready"), 30, 'StatusText "3/3 models ready"')
-    assert _show(c, "ActiveState")["ActiveState"] == "active"
+    wait_for(lambda: status_is(c, "3/3 models ready"), 30, 'StatusText "3/3 models ready"')
+    assert show(c, "ActiveState")["ActiveState"] == "active"
     pids = _engine_pids(site)
     assert {k: pids[k] for k in unchanged} == unchanged, "reload restarted unchanged models"
     _assert_engines(c, "alice", "bob", "carol")
@@ -268,23 +203,23 @@ def test_stop_leaves_no_engine(site: Site) -> None:
     c = site.container
     since = c.run(["date", "+@%s"]).stdout.strip()
     c.run(["systemctl", "stop", UNIT], timeout=120)
-    state = _show(c, "ActiveState", "Result", "ExecMainStatus")
+    state = show(c, "ActiveState", "Result", "ExecMainStatus")
     # Result=success with status 0: the daemon exited on its own, nothing timed out.
     assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
     # Everything in the cgroup is gone once stop returns: no waiting here.
     assert _engines(c) == {"server": Counter(), "core": Counter()}
     # KillMode=mixed SIGKILLs what the daemon left behind; it must have stopped every engine.
-    journal = c.run(["journalctl", "-u", UNIT, "--since", since, "-o", "cat", "--no-pager"])
-    assert "SIGKILL" not in journal.stdout, journal.stdout
+    journal = journal_since(c, since)
+    assert "SIGKILL" not in journal, journal
 
 
 def test_uninstall_keeps_config_and_purge_removes_it(site: Site) -> None:
     c = site.container
-    c.run(["/repo/deploy/install.sh", "--uninstall"], timeout=120)
+    c.run([INSTALL, "--uninstall"], timeout=120)
     assert not c.path(f"/etc/systemd/system/{UNIT}").exists()
     assert not c.path("/opt/mig-orchestrator").exists()
     assert c.path(CONFIG).exists() and c.path(TOKEN).exists()
-    c.run(["/repo/deploy/install.sh", "--uninstall", "--purge"], timeout=120)
+    c.run([INSTALL, "--uninstall", "--purge"], timeout=120)
     assert not c.path("/etc/mig-orchestrator").exists()
     assert not c.path("/var/lib/mig-orchestrator").exists()
     assert c.run(["getent", "passwd", "mig-orchestrator"], check=False).returncode == 2
