@@ -69,7 +69,14 @@ async def _client(
                 t0 = loop.time()
                 if t0 > until:
                     break
-            status, size = await _one_request(reader, writer, request)
+            try:
+                status, size = await _one_request(reader, writer, request)
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                # The server closed a keep-alive connection idle past its timeout (uvicorn: 5 s);
+                # a real client reconnects and pays for it, so this request does too.
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                status, size = await _one_request(reader, writer, request)
             latencies.append(loop.time() - t0)
             if status != 200:
                 failures.append(f"HTTP {status}")
