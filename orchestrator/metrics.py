@@ -127,10 +127,13 @@ class MetricsCollector:
             "# TYPE mig_orchestrator_engine_scrape_up gauge",
             *up,
         ]
+        # One pass to sort samples into families: a pass per family cost 13 x 56 engines' samples.
+        by_family: dict[str, list[str]] = {}
+        for sample in samples:
+            by_family.setdefault(_family(sample.split("{", 1)[0]), []).append(sample)
         for fam in ENGINE_METRICS:
-            fam_samples = [s for s in samples if _family(s.split("{", 1)[0]) == fam]
-            if fam_samples:
-                out += meta.get(fam, []) + fam_samples
+            if fam in by_family:
+                out += meta.get(fam, []) + by_family[fam]
         out.append("# HELP mig_orchestrator_scrape_duration_seconds Time to build this page.")
         out.append("# TYPE mig_orchestrator_scrape_duration_seconds gauge")
         out.append(f"mig_orchestrator_scrape_duration_seconds {time.perf_counter() - started:.6f}")
