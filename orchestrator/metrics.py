@@ -10,9 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-import httpx
-
-from orchestrator.engine import Engine, State
+from orchestrator.engine import Engine, State, http_get
 from orchestrator.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -89,15 +87,14 @@ class MetricsCollector:
         self.supervisor = supervisor
         self.sampler = sampler
         self.timeout_s = timeout_s or supervisor.cfg.orchestrator.metrics_timeout_s
-        self._client = httpx.AsyncClient(trust_env=False)
 
     async def _scrape(self, e: Engine) -> str | None:
-        url = f"http://{e.spec.probe_host}:{e.spec.port}/metrics"
         try:
-            r = await self._client.get(url, timeout=self.timeout_s)
-        except httpx.HTTPError:
+            async with asyncio.timeout(self.timeout_s):
+                code, body = await http_get(e.spec.probe_host, e.spec.port, "/metrics", body=True)
+        except (OSError, ValueError):  # TimeoutError is an OSError
             return None
-        return r.text if r.status_code == 200 else None
+        return body.decode(errors="replace") if code == "200" else None
 
     async def render(self) -> str:
         started = time.perf_counter()
