@@ -156,7 +156,7 @@ def _show(setup: DemoSetup) -> None:
         )
     print(
         f"\nControl plane: {setup.control_url}  (MIG_ORCH_URL={setup.control_url} "
-        "mig-orchestrator status | logs NAME | restart NAME | stop NAME)"
+        f"{Path(sys.executable).parent / 'mig-orchestrator'} status | logs NAME | restart NAME)"
     )
     print(f"Metrics:       curl -s {setup.control_url}/metrics")
 
