@@ -9,7 +9,15 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("readiness_lag", "crash_detection", "api_load", "footprint", "start_all", "stop_all")
+BENCHMARKS = (
+    "readiness_lag",
+    "crash_detection",
+    "api_load",
+    "footprint",
+    "start_all",
+    "stop_all",
+    "metrics_scrape",
+)
 
 
 def main(argv: list[str]) -> int:
