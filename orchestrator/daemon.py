@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -122,6 +123,10 @@ class Daemon:
         o = self.cfg.orchestrator
         public = socket.getfqdn()
         app = create_app(self, public_host=public)
+        # Everything built so far lives as long as the daemon: keep the collector from walking it
+        # again in every full collection (30-60 ms pauses in the control plane's p99 otherwise).
+        gc.collect()
+        gc.freeze()
         server = _Server(
             uvicorn.Config(
                 app,
