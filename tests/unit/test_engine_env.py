@@ -110,7 +110,7 @@ def test_broken_venv_is_rebuilt_and_says_why(tmp_path: Path, fake_base: str) -> 
     (venv / "stale-file").touch()
     python, log = _ensure(venv, fake_base)
     assert python == venv / "bin" / "python"
-    assert "is broken (`import vllm, vllm._C, transformers, tokenizers` failed: ModuleNotFoundError" in log
+    assert f"is broken (`{engine_env.HEALTH_IMPORTS}` failed: ModuleNotFoundError" in log
     assert "rebuilding" in log
     assert not (venv / "stale-file").exists()  # rebuilt with --clear, not patched in place
     pip = [c for c in _calls(venv) if c.startswith("-m pip")]
