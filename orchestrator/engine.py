@@ -160,7 +160,6 @@ class Engine:
         self._probe_now = asyncio.Event()
         self._baseline_used: int | None = None
         self._stopping = False
-        self.state_changed = asyncio.Event()  # pulsed on every transition (tests, waiters)
 
     # ----- commands (callers hold self.lock) -----
 
@@ -213,8 +212,6 @@ class Engine:
             log.info("%s: %s -> %s", self.spec.name, self.state.value, state.value)
             self.state = state
             self.ctx.changed()
-        self.state_changed.set()
-        self.state_changed = asyncio.Event()
 
     # ----- the lifecycle -----
 
