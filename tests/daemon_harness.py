@@ -22,6 +22,13 @@ TOPOLOGIES = REPO / "deploy" / "topologies"
 SESSION_MARKER = "MIG_ORCH_TEST_ROOT"
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """A token or key file as the daemon accepts it: readable by its owner only."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
 def free_ports(n: int) -> list[int]:
     socks = []
     for _ in range(n):

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from orchestrator.config import VllmSettings
-from tests.daemon_harness import Daemon, engine_pids, free_ports
+from tests.daemon_harness import Daemon, engine_pids, free_ports, write_secret
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +38,7 @@ EXAMPLES = 30
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("fuzz")
-    token_file = root / "admin.token"
-    token_file.write_text(TOKEN)
-    token_file.chmod(0o600)
+    token_file = write_secret(root / "admin.token", TOKEN)
     ports = free_ports(len(MODELS))
     d = Daemon(
         root,

@@ -23,6 +23,7 @@ from tests.daemon_harness import (
     group_pids,
     marked_pids,
     wait_until,
+    write_secret,
 )
 
 pytestmark = pytest.mark.slow
@@ -87,9 +88,7 @@ def test_ready_status_and_openai_on_own_port(daemons) -> None:
 def test_engine_env_and_argv(daemons, tmp_path: Path) -> None:
     (port,) = free_ports(1)
     state = tmp_path / "events.jsonl"
-    key = tmp_path / "alice.key"
-    key.write_text("sk-alice\n")
-    key.chmod(0o600)
+    key = write_secret(tmp_path / "alice.key", "sk-alice\n")
     d = daemons(
         {
             "alice": model(
@@ -363,8 +362,7 @@ def test_tokens_admin_and_students(daemons, tmp_path: Path) -> None:
     files = {}
     for who, secret in (("admin", "adm-123"), ("alice", "tok-alice"), ("bob", "tok-bob")):
         f = tmp_path / f"{who}.token"
-        f.write_text(secret)
-        f.chmod(0o600)
+        write_secret(f, secret)
         files[who] = str(f)
     d = daemons(
         {"alice": model(p1, token_file=files["alice"]), "bob": model(p2, token_file=files["bob"])},

@@ -21,7 +21,7 @@ from orchestrator import nvml_fake
 from orchestrator.bench import promtext
 from orchestrator.config import DEFAULT_LISTEN, OrchestratorSettings
 from orchestrator.metrics import ENGINE_METRICS, relabel
-from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_until
+from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_until, write_secret
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +61,7 @@ class Host:
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     root = tmp_path_factory.mktemp("metrics")
-    token_file = root / "admin.token"
-    token_file.write_text(TOKEN)
-    token_file.chmod(0o600)
+    token_file = write_secret(root / "admin.token", TOKEN)
     events = root / "hung.events.jsonl"
     names = (A, B, HUNG)
     ports = dict(zip(names, free_ports(len(names)), strict=True))
