@@ -29,7 +29,7 @@ from tests.daemon_harness import Daemon, engine_pids, free_ports, write_secret
 pytestmark = pytest.mark.slow
 
 TOKEN = "fuzz-admin-token"
-# Names no other test uses: test teardowns kill leftover engines by served name, machine-wide.
+# Names no other test uses, so engines of parallel runs are easy to tell apart in ps.
 MODELS = ("fuzz-a", "fuzz-b")
 STARTUP_TIMEOUT_S = 5.0  # a fuzzed --port in extra_args never answers: give up on it quickly
 EXAMPLES = 30
