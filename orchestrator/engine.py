@@ -486,18 +486,4 @@ class Engine:
         # completes, so a stop() racing a crash never ended the runner, which restarted on.
         if not proc.exited.done():
             await asyncio.wait([proc.exited], timeout=limit)
-        delay = 0.001  # a check costs one kill(0): look again soon, the tree is usually gone
-        scanned = time.monotonic()
-        while True:
-            # kill(0) on the group is one syscall; the /proc scan that tells zombies apart runs
-            # once a second at most: 56 engines scanning every few ms saturated the daemon.
-            if not process.any_left(pgid, tracked):
-                return []
-            now = time.monotonic()
-            if now >= deadline or now - scanned >= 1.0:
-                scanned = now
-                left = process.survivors(pgid, tracked)
-                if not left or now >= deadline:
-                    return left
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+        return await process.wait_gone(pgid, tracked, deadline)

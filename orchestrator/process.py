@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -9,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +161,25 @@ def survivors(pgid: int, tracked: Iterable[ProcessId]) -> list[int]:
     left = set(group_members(pgid)) if group_exists(pgid) else set()
     left.update(p.pid for p in tracked if p.alive())
     return sorted(left)
+
+
+async def wait_gone(pgid: int, tracked: list[ProcessId], deadline: float) -> list[int]:
+    """Wait until the tree is gone or time.monotonic() passes deadline; return what is left."""
+    delay = 0.001  # a check costs one kill(0): look again soon, the tree is usually gone
+    scanned = time.monotonic()
+    while True:
+        # kill(0) on the group is one syscall; the /proc scan that tells zombies apart runs
+        # once a second at most: 56 engines scanning every few ms saturated the daemon.
+        if not any_left(pgid, tracked):
+            return []
+        now = time.monotonic()
+        if now >= deadline or now - scanned >= 1.0:
+            scanned = now
+            left = survivors(pgid, tracked)
+            if not left or now >= deadline:
+                return left
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
 
 
 def describe(pids: Iterable[int]) -> str:

@@ -114,11 +114,15 @@ class Supervisor:
             tracked = [pid, *process.descendants(rec.pid)]
             process.signal_group(rec.pgid, signal.SIGTERM)
             process.signal_each(tracked, signal.SIGTERM)
-            deadline = time.monotonic() + self.cfg.orchestrator.stop_grace_s
-            while process.survivors(rec.pgid, tracked) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            process.signal_group(rec.pgid, signal.SIGKILL)
-            process.signal_each(tracked, signal.SIGKILL)
+            grace = self.cfg.orchestrator.stop_grace_s
+            if await process.wait_gone(rec.pgid, tracked, time.monotonic() + grace):
+                process.signal_group(rec.pgid, signal.SIGKILL)
+                process.signal_each(tracked, signal.SIGKILL)
+                left = await process.wait_gone(rec.pgid, tracked, time.monotonic() + 10.0)
+                if left:
+                    log.error(
+                        "leftover engine of %s survives SIGKILL: %s", name, process.describe(left)
+                    )
 
         await asyncio.gather(*(stop_one(n, r) for n, r in records.items()))
 
