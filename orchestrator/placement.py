@@ -11,7 +11,7 @@ from orchestrator.config import (
     Config,
     ModelConfig,
 )
-from orchestrator.inventory import Inventory, Slice
+from orchestrator.gpu.inventory import Inventory, Slice
 
 
 class PlacementError(Exception):

@@ -17,7 +17,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "tests" / "standin_engine.py"
-TOPOLOGIES = REPO / "deploy" / "topologies"
+TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
 # Every engine of a test daemon inherits this, so leftovers can be found by their environment.
 SESSION_MARKER = "MIG_ORCH_TEST_ROOT"
 
@@ -252,7 +252,7 @@ def cpu_vllm_daemon(
     extra_models: str = "",
 ) -> Daemon:
     """A daemon (not yet started) whose models are real vLLM CPU engines on a100-mixed."""
-    from orchestrator.demo import cpu_config_text
+    from orchestrator.tooling.demo import cpu_config_text
 
     control = free_ports(1)[0]
     topology = root / "a100-mixed.toml"

@@ -21,7 +21,7 @@ step "daemon venv (.venv)"
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
     | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import orchestrator.cli, fastapi, pynvml'
+.venv/bin/python -c 'import orchestrator.cli.main, fastapi, pynvml'
 
 if [[ $quick == 0 ]]; then
     step "vLLM CPU engine venv"
@@ -30,7 +30,7 @@ if [[ $quick == 0 ]]; then
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnuma1
     fi
-    .venv/bin/python -m orchestrator.engine_env install-cpu
+    .venv/bin/python -m orchestrator.tooling.cpu_venv install-cpu
     if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then
         step "Debian packages for the systemd tests"
         if [[ $(id -u) == 0 ]]; then

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 
-from orchestrator.bench.client import Generation, OpenAIClient
 from orchestrator.bench.compare import (
     CompareReport,
     ThreadedControl,
@@ -23,6 +22,7 @@ from orchestrator.bench.compare import (
     run_compare,
     sweep_variants,
 )
+from orchestrator.bench.openai_stream import Generation, OpenAIClient
 from orchestrator.bench.report import render_bench, render_compare, to_json
 from orchestrator.bench.runner import (
     WORKLOADS,
@@ -33,7 +33,12 @@ from orchestrator.bench.runner import (
     run_bench,
 )
 from orchestrator.bench.stats import BenchReport
-from orchestrator.client import ControlClient, ControlError, add_daemon_options, resolve_token
+from orchestrator.control.client import (
+    ControlClient,
+    ControlError,
+    add_daemon_options,
+    resolve_token,
+)
 
 EXIT_INTERRUPTED = 130
 

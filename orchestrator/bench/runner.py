@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.bench.client import Endpoint, Generation, OpenAIClient, run_level, send_all
+from orchestrator.bench.openai_stream import Endpoint, Generation, OpenAIClient, run_level, send_all
 from orchestrator.bench.stats import (
     BenchReport,
     CacheCounters,

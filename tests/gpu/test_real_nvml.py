@@ -11,7 +11,7 @@ from pprint import pformat
 
 import pytest
 
-from orchestrator.nvml import Nvml, NvmlUnavailable
+from orchestrator.gpu.nvml import Nvml, NvmlUnavailable
 
 pytestmark = pytest.mark.gpu
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from tests.daemon_harness import Daemon
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import nvml_fake
+from orchestrator.gpu import nvml_fake
 from tests.daemon_harness import (
     Daemon,
     engine_pids,
@@ -138,7 +138,7 @@ def test_crash_restarts_with_backoff_then_fails(daemons, tmp_path: Path) -> None
     # The daemon's own transition times: each backoff -> starting comes 0.5, 1, 2 s after the
     # crash put it in backoff.
     stamps = re.findall(
-        r"^\S+ (\d\d:\d\d:\d\d,\d+) \w+ orchestrator.engine: crashy: (\w+) -> (\w+)$",
+        r"^\S+ (\d\d:\d\d:\d\d,\d+) \w+ orchestrator.engine.lifecycle: crashy: (\w+) -> (\w+)$",
         d.log(),
         re.MULTILINE,
     )

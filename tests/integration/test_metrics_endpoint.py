@@ -17,10 +17,10 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator import nvml_fake
-from orchestrator.bench import promtext
+from orchestrator import promtext
 from orchestrator.config import DEFAULT_LISTEN, OrchestratorSettings
-from orchestrator.metrics import ENGINE_METRICS, relabel
+from orchestrator.control.metrics import ENGINE_METRICS, relabel
+from orchestrator.gpu import nvml_fake
 from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_until, write_secret
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.bench.promtext import parse
+from orchestrator.promtext import parse
 from tests.daemon_harness import Daemon, group_pids, wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

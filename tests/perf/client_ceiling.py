@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bench.client import Generation, OpenAIClient, run_level
 from orchestrator.bench.nullserver import NullServer
+from orchestrator.bench.openai_stream import Generation, OpenAIClient, run_level
 from orchestrator.bench.stats import summarize
 from orchestrator.bench.workloads import BatchWorkload
 

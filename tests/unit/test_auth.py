@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.auth import ADMIN, ANONYMOUS, Caller, Tokens
 from orchestrator.config import Config, ConfigError, parse_config
+from orchestrator.control.auth import ADMIN, ANONYMOUS, Caller, Tokens
 
 SRC = "/etc/mig-orchestrator/models.toml"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bench.client import Endpoint, Generation, OpenAIClient, run_level, send_all
 from orchestrator.bench.nullserver import NullServer, NullServerConfig
+from orchestrator.bench.openai_stream import Endpoint, Generation, OpenAIClient, run_level, send_all
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
 from orchestrator.bench.stats import BenchReport, RequestResult
 from orchestrator.bench.workloads import BatchWorkload, Prompt, RandomWorkload

@@ -21,7 +21,6 @@ import pytest
 import uvicorn
 from fastapi import Body, FastAPI, HTTPException
 
-from orchestrator.bench.client import Generation
 from orchestrator.bench.compare import (
     CompareReport,
     NotReady,
@@ -34,10 +33,11 @@ from orchestrator.bench.compare import (
     sweep_variants,
 )
 from orchestrator.bench.nullserver import NullServer, NullServerConfig
+from orchestrator.bench.openai_stream import Generation
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
 from orchestrator.bench.stats import BenchReport
-from orchestrator.cli import main
-from orchestrator.client import ControlClient
+from orchestrator.cli.main import main
+from orchestrator.control.client import ControlClient
 
 T = TypeVar("T")
 ORIGINAL = {"max_num_seqs": 4}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from orchestrator.bench.promtext import PromTextError, Sample, format_sample, parse, render
+from orchestrator.promtext import PromTextError, Sample, format_sample, parse, render
 
 # Shaped like vLLM 0.3x's /metrics (prometheus_client text format 0.0.4), two engines.
 VLLM = """\

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator import nvml
-from orchestrator.cli import main
-from orchestrator.state import DaemonState, StateStore
+from orchestrator.cli.main import main
+from orchestrator.gpu import nvml
+from orchestrator.supervisor.store import DaemonState, StateStore
 
 REPO = Path(__file__).resolve().parents[2]
-TOPOLOGIES = REPO / "deploy" / "topologies"
+TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
 # a100-mixed.toml: one A100-80GB split 3g.40gb + 2g.20gb + 1g.10gb + 1g.10gb.
 MIG_3G = "MIG-31b2252a-f41b-47f9-8b11-f2fca23e49d2"
 MIG_2G = "MIG-d5c1d7d2-70d1-4e7c-9e77-e14baa90f8bd"

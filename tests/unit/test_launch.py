@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.inventory import GIB, Slice
-from orchestrator.launch import build_launch
+from orchestrator.engine.launch import build_launch
+from orchestrator.gpu.inventory import GIB, Slice
 
 SLICE = Slice(
     uuid="MIG-11111111-2222-3333-4444-555555555555",

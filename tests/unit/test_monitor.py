@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import monitor, nvml_fake
+from orchestrator.gpu import monitor, nvml_fake
 
-TOPOLOGIES = Path(__file__).resolve().parents[2] / "deploy" / "topologies"
+TOPOLOGIES = Path(__file__).resolve().parents[2] / "orchestrator" / "gpu" / "topologies"
 A100_MIXED = TOPOLOGIES / "a100-mixed.toml"
 A100_3G = "MIG-31b2252a-f41b-47f9-8b11-f2fca23e49d2"
 
@@ -148,7 +148,7 @@ def test_bad_arguments_are_rejected(
 
 
 def test_wired_into_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     topology = str(TOPOLOGIES / "h200-3g71.toml")
     assert main(["monitor", "--topology", topology, "--count", "1", "--per-slice"]) == 0

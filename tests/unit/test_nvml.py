@@ -12,8 +12,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from orchestrator import nvml_fake
-from orchestrator.nvml import (
+from orchestrator.gpu import nvml_fake
+from orchestrator.gpu.nvml import (
     MIB,
     Nvml,
     NvmlError,
@@ -24,7 +24,7 @@ from orchestrator.nvml import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-TOPOLOGIES = REPO / "deploy" / "topologies"
+TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
 GIB = 1024**3
 
 # (gpu index, profile, gi_id, ci_id) of every slice each shipped topology must yield, in order.
@@ -246,7 +246,7 @@ def test_mig_enabled_without_slices_offers_no_slice(
     path = write_topology(
         tmp_path, gpu_toml(0, "h100-80gb") + gpu_toml(1, "h100-80gb", mig="disabled")
     )
-    with caplog.at_level(logging.WARNING, logger="orchestrator.nvml"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.gpu.nvml"):
         inv = load_inventory(path)
     empty, whole = inv.gpus
     assert empty.mig_enabled and empty.slices == ()
@@ -259,7 +259,7 @@ def test_mig_enabled_without_slices_offers_no_slice(
 def test_pending_mig_change_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     devices = 'mig_pending = "disabled"\n' + mig_toml(0, 0, "7g.80gb", 0)
     path = write_topology(tmp_path, gpu_toml(0, "h100-80gb", devices))
-    with caplog.at_level(logging.WARNING, logger="orchestrator.nvml"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.gpu.nvml"):
         inv = load_inventory(path)
     assert [s.profile for s in inv.slices] == ["7g.80gb"]
     assert "MIG mode change pending" in caplog.text
@@ -296,7 +296,7 @@ def test_held_memory_is_seen_by_a_running_process(shipped) -> None:
         f"""
         import sys
         from pathlib import Path
-        from orchestrator.nvml import Nvml
+        from orchestrator.gpu.nvml import Nvml
         with Nvml.open(Path({str(path)!r})) as nvml:
             for _ in sys.stdin:
                 print(nvml.slice_memory({A100_3G!r})[0], flush=True)
@@ -359,12 +359,12 @@ def test_no_driver_is_nvml_unavailable_with_a_hint(monkeypatch: pytest.MonkeyPat
     with pytest.raises(NvmlUnavailable) as err:
         Nvml.open(None)
     assert "NVML Shared Library Not Found" in str(err.value)
-    assert "driver" in str(err.value) and "--topology FILE" in str(err.value)
+    assert "driver" in str(err.value) and "--topology" in str(err.value)
 
 
 def test_missing_nvidia_ml_py_is_nvml_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)
-    with pytest.raises(NvmlUnavailable, match=r"nvidia-ml-py.*--topology FILE"):
+    with pytest.raises(NvmlUnavailable, match=r"nvidia-ml-py.*--topology"):
         Nvml.open(None)
 
 

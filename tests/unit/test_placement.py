@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.inventory import GIB, Gpu, Inventory, Slice
+from orchestrator.gpu.inventory import GIB, Gpu, Inventory, Slice
 from orchestrator.placement import PlacementError, Plan, place, plan_partial
 
-TOPOLOGIES = sorted((Path(__file__).resolve().parents[2] / "deploy" / "topologies").glob("*.toml"))
+TOPOLOGIES = sorted(
+    (Path(__file__).resolve().parents[2] / "orchestrator" / "gpu" / "topologies").glob("*.toml")
+)
 
 
 def mig(gpu: int, gi: int, profile: str, gib: float) -> Slice:
@@ -363,10 +365,10 @@ def test_sharers_pack_so_a_whole_gpu_stays_free_for_a_model_that_wont_share() ->
 # ----- shipped topologies -----
 
 
-@pytest.mark.skipif(not TOPOLOGIES, reason="no topology files under deploy/topologies yet")
+@pytest.mark.skipif(not TOPOLOGIES, reason="no topology files shipped yet")
 @pytest.mark.parametrize("topology", TOPOLOGIES, ids=lambda p: p.stem)
 def test_one_unconstrained_model_per_slice_on_shipped_topologies(topology: Path) -> None:
-    from orchestrator.nvml import Nvml
+    from orchestrator.gpu.nvml import Nvml
 
     with Nvml.open(topology) as nv:
         inv = nv.inventory()
@@ -384,10 +386,10 @@ def test_one_unconstrained_model_per_slice_on_shipped_topologies(topology: Path)
     assert list(info.value.problems) == [f"s{len(slices):02d}"]
 
 
-@pytest.mark.skipif(not TOPOLOGIES, reason="no topology files under deploy/topologies yet")
+@pytest.mark.skipif(not TOPOLOGIES, reason="no topology files shipped yet")
 @pytest.mark.parametrize("topology", TOPOLOGIES, ids=lambda p: p.stem)
 def test_every_profile_of_shipped_topologies_can_be_requested(topology: Path) -> None:
-    from orchestrator.nvml import Nvml
+    from orchestrator.gpu.nvml import Nvml
 
     with Nvml.open(topology) as nv:
         inv = nv.inventory()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sdnotify import SdNotifier
+from orchestrator.control.sdnotify import SdNotifier
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_missing_socket_logs_and_continues(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = SdNotifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "gone")})
-    with caplog.at_level(logging.WARNING, logger="orchestrator.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.control.sdnotify"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
     assert "sd_notify" in caplog.text

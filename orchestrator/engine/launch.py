@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.config import Config, VllmSettings
-from orchestrator.inventory import Slice
+from orchestrator.gpu.inventory import Slice
 
 # Variables that belong to the daemon's own supervisor and must not leak into engines.
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")

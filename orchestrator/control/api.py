@@ -17,12 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.auth import Caller, Tokens
 from orchestrator.config import ConfigError
-from orchestrator.engine import Engine, EngineSpec
-from orchestrator.inventory import Slice
+from orchestrator.control.auth import Caller, Tokens
+from orchestrator.engine.lifecycle import Engine, EngineSpec
+from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
-from orchestrator.supervisor import ReloadResult, Supervisor, UnknownModel
+from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
 
 log = logging.getLogger(__name__)
 

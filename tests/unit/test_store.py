@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.state import STATE_FILE, DaemonState, EngineRecord, StateStore
+from orchestrator.supervisor.store import STATE_FILE, DaemonState, EngineRecord, StateStore
 
 
 def full_state() -> DaemonState:
@@ -109,7 +109,7 @@ def test_corrupt_file_is_an_empty_state_with_an_error_logged(
 ) -> None:
     store = StateStore(tmp_path)
     store.path.write_bytes(content)
-    with caplog.at_level(logging.ERROR, logger="orchestrator.state"):
+    with caplog.at_level(logging.ERROR, logger="orchestrator.supervisor.store"):
         assert store.load() == DaemonState()
     [record] = caplog.records
     assert record.levelno == logging.ERROR
@@ -125,7 +125,7 @@ def test_unreadable_file_is_an_empty_state_with_an_error_logged(
 ) -> None:
     store = StateStore(tmp_path)
     store.path.mkdir()  # reading a directory fails with an OSError, even as root
-    with caplog.at_level(logging.ERROR, logger="orchestrator.state"):
+    with caplog.at_level(logging.ERROR, logger="orchestrator.supervisor.store"):
         assert store.load() == DaemonState()
     assert "is unreadable" in caplog.text
 

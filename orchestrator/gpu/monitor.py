@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.nvml import GpuSample, Nvml, NvmlError, SliceSample
+from orchestrator.gpu.nvml import GpuSample, Nvml, NvmlError, SliceSample
 
 MIB = 1024**2
 MIG_NA = "n/a (MIG)"
@@ -73,7 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
     )
     p.add_argument(
-        "--topology", type=Path, metavar="FILE", help="fake GPU topology instead of the driver"
+        "--topology",
+        type=Path,
+        metavar="TOPOLOGY",
+        help="fake GPU topology (file or shipped name) instead of the driver",
     )
     p.add_argument(
         "--interval", type=_seconds, default=1.0, metavar="S", help="seconds between samples (1)"

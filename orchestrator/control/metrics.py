@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from orchestrator.engine import Engine, State, http_get
-from orchestrator.supervisor import Supervisor
+from orchestrator.engine.lifecycle import Engine, State, http_get
+from orchestrator.supervisor.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator import process
 from orchestrator.config import Config
-from orchestrator.engine import Engine, EngineContext, EngineSpec, State
-from orchestrator.engine_log import EngineLog
-from orchestrator.inventory import Inventory
-from orchestrator.launch import build_launch
+from orchestrator.engine import process
+from orchestrator.engine.launch import build_launch
+from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec, State
+from orchestrator.engine.logfile import EngineLog
+from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
-from orchestrator.state import DaemonState, EngineRecord, StateStore
+from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,5 @@
+"""The `mig-orchestrator` command."""
+
+from orchestrator.cli.main import main
+
+__all__ = ["main"]

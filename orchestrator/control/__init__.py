@@ -1,0 +1,1 @@
+"""The control surface: REST API, tokens, Prometheus page, the daemon and systemd notify."""

@@ -1,0 +1,1 @@
+"""The GPU side: NVML and its topology-driven fake, the inventory of slices, telemetry."""

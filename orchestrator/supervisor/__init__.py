@@ -1,0 +1,1 @@
+"""All engines of one host: placement applied, reload as a difference, durable state."""
