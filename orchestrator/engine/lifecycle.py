@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import OrchestratorSettings, VllmSettings
-from orchestrator.engine import process
+from orchestrator.engine import probe, process
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.gpu.inventory import Slice
@@ -26,46 +26,6 @@ READY_POLL_S = 0.2
 # Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
 _LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
 MEMORY_MARGIN_BYTES = 256 * 1024**2
-
-
-async def http_get(host: str, port: int, path: str, body: bool = False) -> tuple[str, bytes]:
-    """One HTTP/1.0 GET on a fresh connection: (status code, body if asked for).
-
-    Bare asyncio streams: an httpx pool costs ~3x the CPU per request and checks every pooled
-    connection on each one, which grows with the number of engines. Raises OSError, or
-    ValueError when the answer is not HTTP.
-    """
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        name = f"[{host}]" if ":" in host else host
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {name}:{port}\r\n\r\n".encode())
-        status = (await reader.readline()).split()
-        if len(status) < 2 or not status[0].startswith(b"HTTP/"):
-            raise ValueError("the answer is not HTTP")
-        if not body:
-            return status[1].decode(errors="replace"), b""
-        # HTTP/1.0: the answer ends where the connection does.
-        head, _, data = (b"\r\n" + await reader.read()).partition(b"\r\n\r\n")
-        if b"transfer-encoding: chunked" in head.lower():
-            data = _dechunk(data)  # uvicorn's httptools server (vLLM's) chunks even for 1.0
-        return status[1].decode(errors="replace"), data
-    finally:
-        writer.close()
-
-
-def _dechunk(data: bytes) -> bytes:
-    """The body of a chunked HTTP answer; ValueError when it is malformed or cut short."""
-    out: list[bytes] = []
-    at = 0
-    while True:
-        end = data.index(b"\r\n", at)
-        size = int(data[at:end].split(b";", 1)[0], 16)
-        if size == 0:
-            return b"".join(out)
-        if end + 2 + size > len(data):
-            raise ValueError("chunked body cut short")
-        out.append(data[end + 2 : end + 2 + size])
-        at = end + 4 + size
 
 
 class State(enum.StrEnum):
@@ -374,19 +334,6 @@ class Engine:
         self.last_exit = ExitInfo(code=code, signal=sig, at=time.time(), reason=why or how)
         return f"engine {how} {during}" + (f": {why}" if why else "")
 
-    async def _probe(self, timeout: float) -> str | None:
-        """None when /health answers 200, else what went wrong."""
-        try:
-            async with asyncio.timeout(timeout):
-                code, _ = await http_get(self.spec.probe_host, self.spec.port, "/health")
-        except TimeoutError:
-            return f"/health did not answer within {timeout:g}s"
-        except OSError as e:
-            return f"/health unreachable ({type(e).__name__})"
-        except ValueError:
-            return "/health closed the connection without an HTTP answer"
-        return None if code == "200" else f"/health returned {code}"
-
     async def _wait_ready(self) -> None:
         proc = self.proc
         assert proc is not None
@@ -397,7 +344,7 @@ class Engine:
             # Cleared before the probe, not after: a "listening" line that comes while a refused
             # probe is under way then cuts the wait below short instead of being lost.
             self._probe_now.clear()
-            if await self._probe(timeout=2.0) is None:
+            if await probe.health(self.spec.probe_host, self.spec.port, 2.0) is None:
                 # The listener may have come up after the exit check; make sure it is ours.
                 if not proc.exited.done():
                     return
@@ -421,13 +368,15 @@ class Engine:
             done, _ = await asyncio.wait([proc.exited], timeout=s.health_interval_s)
             if done:
                 raise _Failure(self._exit_reason(proc, proc.exited.result(), "while serving"))
-            probe = asyncio.ensure_future(self._probe(timeout=s.health_timeout_s))
-            racing: list[asyncio.Future[Any]] = [proc.exited, probe]
+            check = asyncio.ensure_future(
+                probe.health(self.spec.probe_host, self.spec.port, s.health_timeout_s)
+            )
+            racing: list[asyncio.Future[Any]] = [proc.exited, check]
             await asyncio.wait(racing, return_when="FIRST_COMPLETED")
-            if not probe.done():
-                probe.cancel()
+            if not check.done():
+                check.cancel()
                 continue
-            problem = probe.result()
+            problem = check.result()
             if problem is None:
                 if failures:
                     self.reason = None
