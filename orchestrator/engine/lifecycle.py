@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from orchestrator.config import OrchestratorSettings, VllmSettings
 from orchestrator.engine import probe, process
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.states import Desired, IllegalTransition, State, check
 from orchestrator.gpu.inventory import Slice
 
 log = logging.getLogger(__name__)
@@ -26,16 +26,6 @@ READY_POLL_S = 0.2
 # Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
 _LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
 MEMORY_MARGIN_BYTES = 256 * 1024**2
-
-
-class State(enum.StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"
-    STOPPING = "stopping"
-    BACKOFF = "backoff"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -106,9 +96,9 @@ class Engine:
         self.spec = spec
         self.ctx = ctx
         self.log = elog
-        self.state = State.STOPPED
-        self.desired = "stopped"
-        self.reason: str | None = None
+        self._state = State.STOPPED
+        self._desired = Desired.STOPPED
+        self._reason: str | None = None
         self.restarts = 0
         self.last_exit: ExitInfo | None = None
         self.ready_at: float | None = None
@@ -124,18 +114,18 @@ class Engine:
     # ----- commands (callers hold self.lock) -----
 
     async def start(self) -> None:
-        self.desired = "running"
+        self._desired = Desired.RUNNING
         if self._runner is not None and not self._runner.done():
             return
-        if self.state is State.FAILED:
+        if self._state is State.FAILED:
             self._crashes.clear()
             self._backoff = self.ctx.settings.backoff_initial_s
-        self.reason = None
+        self._reason = None
         self._set(State.STARTING)
         self._runner = asyncio.create_task(self._run(), name=f"engine-{self.spec.name}")
 
-    async def stop(self, desired: str = "stopped") -> None:
-        self.desired = desired
+    async def stop(self, desired: Desired = Desired.STOPPED) -> None:
+        self._desired = desired
         if self.proc is not None:
             self._set(State.STOPPING)
         self._stopping = True
@@ -152,7 +142,7 @@ class Engine:
         self.ready_at = None
 
     async def restart(self, spec: EngineSpec | None = None) -> None:
-        await self.stop(desired="running")
+        await self.stop(desired=Desired.RUNNING)
         if spec is not None:
             self.spec = spec
         self._crashes.clear()
@@ -162,16 +152,48 @@ class Engine:
     def set_spec(self, spec: EngineSpec) -> None:
         self.spec = spec
 
+    def want(self, desired: Desired) -> None:
+        """Record what was asked for at once (status shows it, it is saved); a command follows."""
+        if desired is not self._desired:
+            self._desired = desired
+            self.ctx.changed()
+
+    def cannot_start(self, reason: str) -> None:
+        """A stopped engine that cannot be started at all (not placed) is failed with the reason."""
+        self._reason = reason
+        self._set(State.FAILED)
+
     # ----- status -----
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def desired(self) -> Desired:
+        return self._desired
+
+    @property
+    def reason(self) -> str | None:
+        """Why the engine is not (or not yet) serving: the last failure, or the health problem."""
+        return self._reason
 
     def uptime(self) -> float | None:
         return None if self.proc is None else time.monotonic() - self.proc.started_mono
 
     def _set(self, state: State) -> None:
-        if state is not self.state:
-            log.info("%s: %s -> %s", self.spec.name, self.state.value, state.value)
-            self.state = state
-            self.ctx.changed()
+        """The one place state changes, checked against the transition table."""
+        if state is self._state:
+            return
+        try:
+            check(self._state, state)
+        except IllegalTransition as e:
+            # A bookkeeping bug must not stop the real work under way (taking a tree down, a
+            # restart): say so loudly, with the stack, and go on. Tests fail on this line.
+            log.error("%s: BUG: %s", self.spec.name, e, stack_info=True)
+        log.info("%s: %s -> %s", self.spec.name, self._state.value, state.value)
+        self._state = state
+        self.ctx.changed()
 
     # ----- the lifecycle -----
 
@@ -182,7 +204,7 @@ class Engine:
             try:
                 await self._one_life()
             except _Failure as f:
-                self.reason = f.reason
+                self._reason = f.reason
                 self.log.note(f.reason)
                 if f.final:
                     self._fail(f.reason)
@@ -198,7 +220,7 @@ class Engine:
             if len(self._crashes) > s.max_restarts:
                 self._fail(
                     f"{len(self._crashes)} failures within {s.restart_window_s:g}s; "
-                    f"giving up. Last: {self.reason}"
+                    f"giving up. Last: {self._reason}"
                 )
                 return
             self._set(State.BACKOFF)
@@ -208,7 +230,7 @@ class Engine:
             self._set(State.STARTING)
 
     def _fail(self, reason: str) -> None:
-        self.reason = reason
+        self._reason = reason
         tail = " | ".join(self.log.tail(5))
         log.error("%s failed: %s (last log lines: %s)", self.spec.name, reason, tail)
         self._set(State.FAILED)
@@ -229,7 +251,7 @@ class Engine:
                 await self._cleanup(e)
                 raise
         self.ready_at = time.monotonic()
-        self.reason = None  # what went wrong before stays in last_exit
+        self._reason = None  # what went wrong before stays in last_exit
         self._set(State.READY)
         try:
             await self._watch()
@@ -240,7 +262,7 @@ class Engine:
     async def _cleanup(self, cause: BaseException) -> None:
         """Take down what is left of a failed engine; say so at once, the tree may take a while."""
         if isinstance(cause, _Failure):
-            self.reason = cause.reason
+            self._reason = cause.reason
             self._set(State.STOPPING)
         await self._terminate(self.ctx.settings.stop_grace_s)
 
@@ -312,7 +334,7 @@ class Engine:
 
     def _on_output(self, proc: _Proc) -> None:
         data = self._read_once(proc)
-        if data and self.state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
+        if data and self._state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
             self._probe_now.set()
 
     def _drain(self, proc: _Proc) -> None:
@@ -379,12 +401,12 @@ class Engine:
             problem = check.result()
             if problem is None:
                 if failures:
-                    self.reason = None
+                    self._reason = None
                     self._set(State.READY)
                 failures = 0
                 continue
             failures += 1
-            self.reason = f"{problem} ({failures}/{s.unhealthy_threshold})"
+            self._reason = f"{problem} ({failures}/{s.unhealthy_threshold})"
             self._set(State.UNHEALTHY)
             if failures >= s.unhealthy_threshold:
                 self.last_exit = ExitInfo(None, None, time.time(), f"unhealthy: {problem}")

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 from orchestrator.config import Config
 from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
-from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec, State
+from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.states import Desired, State
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
@@ -132,8 +133,7 @@ class Supervisor:
         elog = EngineLog(o.log_dir / f"{name}.log", o.log_max_bytes, o.log_backups)
         engine = Engine(spec, self._ctx, elog)
         if name in self.unplaced:
-            engine.state = State.FAILED
-            engine.reason = f"not placed: {self.unplaced[name]}"
+            engine.cannot_start(f"not placed: {self.unplaced[name]}")
         return engine
 
     def _spec(self, name: str, overrides: dict[str, Any]) -> EngineSpec:
@@ -155,7 +155,7 @@ class Supervisor:
 
     def wanted_running(self, name: str) -> bool:
         saved = self._saved.desired.get(name)
-        return saved == "running" if saved is not None else self.cfg.models[name].autostart
+        return saved == Desired.RUNNING if saved is not None else self.cfg.models[name].autostart
 
     async def autostart(self) -> list[str]:
         """Start what was running before (or autostart models on a first boot), all at once."""
@@ -233,7 +233,7 @@ class Supervisor:
                 continue
             result.changed.append(name)
             async with e_old.lock:
-                if e_old.desired == "running" and name not in self.unplaced:
+                if e_old.desired is Desired.RUNNING and name not in self.unplaced:
                     await e_old.restart(spec)
                 else:
                     await e_old.stop()
@@ -244,16 +244,13 @@ class Supervisor:
     # ----- shutdown -----
 
     async def shutdown(self) -> None:
-        """Stop every engine in parallel; the saved desired state survives for the next start."""
-        desired = {n: e.desired for n, e in self.engines.items()}
+        """Stop every engine in parallel; what each was asked to be survives for the next start."""
 
         async def stop(e: Engine) -> None:
             async with e.lock:
-                await e.stop()
+                await e.stop(desired=e.desired)
 
         await asyncio.gather(*(stop(e) for e in self.engines.values()))
-        for n, d in desired.items():
-            self.engines[n].desired = d
         self._changed()
         await self.flush()
         with contextlib.suppress(Exception):
@@ -310,7 +307,7 @@ class Supervisor:
                     )
         return DaemonState(
             assignments={n: s.uuid for n, s in self.plan.assignments.items()},
-            desired={n: e.desired for n, e in self.engines.items()},
+            desired={n: e.desired.value for n, e in self.engines.items()},
             overrides={n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides},
             engines=engines,
         )
