@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from orchestrator.config import OrchestratorSettings, VllmSettings
 from orchestrator.engine import probe, process
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.restart_policy import RestartPolicy
 from orchestrator.engine.states import Desired, IllegalTransition, State, check
 from orchestrator.gpu.inventory import Slice
 
@@ -105,8 +105,7 @@ class Engine:
         self.proc: _Proc | None = None
         self.lock = asyncio.Lock()  # serializes start/stop/restart of this model
         self._runner: asyncio.Task[None] | None = None
-        self._crashes: deque[float] = deque()
-        self._backoff = ctx.settings.backoff_initial_s
+        self._policy = RestartPolicy()
         self._probe_now = asyncio.Event()
         self._baseline_used: int | None = None
         self._stopping = False
@@ -118,8 +117,7 @@ class Engine:
         if self._runner is not None and not self._runner.done():
             return
         if self._state is State.FAILED:
-            self._crashes.clear()
-            self._backoff = self.ctx.settings.backoff_initial_s
+            self._policy.reset()
         self._reason = None
         self._set(State.STARTING)
         self._runner = asyncio.create_task(self._run(), name=f"engine-{self.spec.name}")
@@ -145,8 +143,7 @@ class Engine:
         await self.stop(desired=Desired.RUNNING)
         if spec is not None:
             self.spec = spec
-        self._crashes.clear()
-        self._backoff = self.ctx.settings.backoff_initial_s
+        self._policy.reset()
         await self.start()
 
     def set_spec(self, spec: EngineSpec) -> None:
@@ -198,7 +195,6 @@ class Engine:
     # ----- the lifecycle -----
 
     async def _run(self) -> None:
-        s = self.ctx.settings
         while True:
             started = time.monotonic()
             try:
@@ -209,23 +205,18 @@ class Engine:
                 if f.final:
                     self._fail(f.reason)
                     return
-            if self.ready_at is not None and time.monotonic() - started >= s.stable_after_s:
-                self._crashes.clear()
-                self._backoff = s.backoff_initial_s
+            s, now = self.ctx.settings, time.monotonic()
+            up_s = None if self.ready_at is None else now - started
             self.ready_at = None
-            now = time.monotonic()
-            self._crashes.append(now)
-            while self._crashes and now - self._crashes[0] > s.restart_window_s:
-                self._crashes.popleft()
-            if len(self._crashes) > s.max_restarts:
+            delay = self._policy.failed(s, now, up_s)
+            if delay is None:
                 self._fail(
-                    f"{len(self._crashes)} failures within {s.restart_window_s:g}s; "
+                    f"{self._policy.failures} failures within {s.restart_window_s:g}s; "
                     f"giving up. Last: {self._reason}"
                 )
                 return
             self._set(State.BACKOFF)
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, s.backoff_max_s)
+            await asyncio.sleep(delay)
             self.restarts += 1
             self._set(State.STARTING)
 
