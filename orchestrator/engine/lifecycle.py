@@ -18,6 +18,7 @@ from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.restart_policy import RestartPolicy
 from orchestrator.engine.states import Desired, IllegalTransition, State, check
+from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Slice
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ READY_POLL_S = 0.2
 # Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
 _LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
 MEMORY_MARGIN_BYTES = 256 * 1024**2
+_STOP_REQUESTED = "stop requested"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class EngineContext:
     slice_memory: Callable[[str], Awaitable[tuple[int, int] | None]]
     track: Callable[[int, Engine | None], None]  # pid -> engine for the reaper; None untracks
     changed: Callable[[], None]  # persist state
+    ops: process.ProcessOps
 
 
 class _Failure(Exception):
@@ -108,7 +111,6 @@ class Engine:
         self._policy = RestartPolicy()
         self._probe_now = asyncio.Event()
         self._baseline_used: int | None = None
-        self._stopping = False
 
     # ----- commands (callers hold self.lock) -----
 
@@ -126,16 +128,12 @@ class Engine:
         self._desired = desired
         if self.proc is not None:
             self._set(State.STOPPING)
-        self._stopping = True
-        try:
-            runner, self._runner = self._runner, None
-            if runner is not None and not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
-            await self._terminate(self.ctx.settings.stop_grace_s)
-        finally:
-            self._stopping = False
+        runner, self._runner = self._runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        await self._terminate(_STOP_REQUESTED)
         self._set(State.STOPPED)
         self.ready_at = None
 
@@ -232,7 +230,7 @@ class Engine:
         # Engines sharing one GPU start one after another: vLLM mis-sizes memory otherwise.
         async with lock if lock is not None else contextlib.nullcontext():
             await self._await_memory_release()
-            holder = process.port_holder(spec.host, spec.port)
+            holder = self.ctx.ops.port_holder(spec.host, spec.port)
             if holder is not None:
                 raise _Failure(f"port {spec.port} is already in use by {holder}", final=True)
             self._spawn()
@@ -255,7 +253,8 @@ class Engine:
         if isinstance(cause, _Failure):
             self._reason = cause.reason
             self._set(State.STOPPING)
-        await self._terminate(self.ctx.settings.stop_grace_s)
+        stopped = isinstance(cause, asyncio.CancelledError)  # only stop() cancels the runner
+        await self._terminate(_STOP_REQUESTED if stopped else "cleaning up after the engine")
 
     async def _await_memory_release(self) -> None:
         spec = self.spec
@@ -286,7 +285,7 @@ class Engine:
         spec = self.spec
         try:
             self.log.note(f"starting: {' '.join(spec.launch.argv)}")
-            pid, fd = process.spawn(spec.launch.argv, spec.launch.env)
+            pid, fd = self.ctx.ops.spawn(spec.launch.argv, spec.launch.env)
         except (OSError, ValueError) as e:
             raise _Failure(
                 f"cannot run engine command {spec.launch.argv[0]!r}: {e}", final=True
@@ -300,7 +299,7 @@ class Engine:
             started_mono=time.monotonic(),
             exited=loop.create_future(),
             log_mark=self.log.count,
-            ident=process.ProcessId.of(pid),
+            ident=self.ctx.ops.ident(pid),
         )
         loop.add_reader(fd, self._on_output, self.proc)
         self.ctx.track(pid, self)
@@ -375,7 +374,7 @@ class Engine:
         proc = self.proc
         assert proc is not None
         s = self.ctx.settings
-        proc.tree = process.descendants(proc.pid)
+        proc.tree = self.ctx.ops.descendants(proc.pid)
         failures = 0
         while True:
             done, _ = await asyncio.wait([proc.exited], timeout=s.health_interval_s)
@@ -403,33 +402,23 @@ class Engine:
                 self.last_exit = ExitInfo(None, None, time.time(), f"unhealthy: {problem}")
                 raise _Failure(f"unhealthy: {problem} {failures} times in a row; restarting")
 
-    async def _terminate(self, grace: float) -> None:
-        """SIGTERM the group, SIGKILL what is left after `grace`, then verify the tree is gone."""
+    async def _terminate(self, why: str) -> None:
+        """Take the engine's whole tree down and forget the process."""
         proc = self.proc
         if proc is None:
             return
-        why = "stop requested" if self._stopping else "cleaning up after the engine"
-        pgid = proc.pid  # session leader: its pid is the group id
-        tracked = [*proc.tree, *process.descendants(proc.pid)]
-        started = time.monotonic()
-        if not proc.exited.done():
-            process.signal_group(pgid, signal.SIGTERM)
-        process.signal_each(tracked, signal.SIGTERM)
-        left = await self._wait_gone(proc, pgid, tracked, grace)
+        ops = self.ctx.ops
+        tracked = [*proc.tree, *ops.descendants(proc.pid)]
+        grace = self.ctx.settings.stop_grace_s
+        # Session leader: its pid is the group id.
+        t = await terminate_tree(ops, proc.pid, tracked, grace, self.spec.name, proc.exited)
         self._drain(proc)  # the engine's last words come before the daemon's notes
-        if left:
-            self.log.note(
-                f"{why}: still running after {grace:g}s grace, SIGKILL: {process.describe(left)}"
-            )
-            process.signal_group(pgid, signal.SIGKILL)
-            process.signal_each(tracked, signal.SIGKILL)
-            left = await self._wait_gone(proc, pgid, tracked, 10.0)
-        if left:
-            log.error("%s: processes survive SIGKILL: %s", self.spec.name, process.describe(left))
-            self.log.note(f"processes survive SIGKILL: {process.describe(left)}")
+        if t.killed:
+            self.log.note(f"{why}: still running after {grace:g}s grace, SIGKILL: {t.killed}")
+        if t.survivors:
+            self.log.note(f"processes survive SIGKILL: {ops.describe(t.survivors)}")
         else:
-            self.log.note(f"{why}: engine tree gone in {time.monotonic() - started:.2f}s")
-        self._drain(proc)
+            self.log.note(f"{why}: engine tree gone in {t.seconds:.2f}s")
         if proc.fd >= 0:  # a survivor still holds the pipe: stop listening anyway
             asyncio.get_running_loop().remove_reader(proc.fd)
             os.close(proc.fd)
@@ -438,14 +427,3 @@ class Engine:
             self.ctx.track(proc.pid, None)
         self.proc = None
         self.ctx.changed()
-
-    async def _wait_gone(
-        self, proc: _Proc, pgid: int, tracked: list[process.ProcessId], limit: float
-    ) -> list[int]:
-        deadline = time.monotonic() + limit
-        # The main process's exit comes as an event; only then is the group worth scanning.
-        # asyncio.wait, not wait_for: 3.11's wait_for drops a cancel that lands as the future
-        # completes, so a stop() racing a crash never ended the runner, which restarted on.
-        if not proc.exited.done():
-            await asyncio.wait([proc.exited], timeout=limit)
-        return await process.wait_gone(pgid, tracked, deadline)

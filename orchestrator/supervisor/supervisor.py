@@ -17,6 +17,7 @@ from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.states import Desired, State
+from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
@@ -59,6 +60,7 @@ class Supervisor:
         nvml: SliceMemory | None = None,
         reap_all: bool = False,
         allow_partial: bool = False,
+        ops: process.ProcessOps | None = None,
     ) -> None:
         self.cfg = cfg
         self.inventory = inventory
@@ -66,6 +68,7 @@ class Supervisor:
         self.nvml = nvml
         self.reap_all = reap_all
         self.allow_partial = allow_partial
+        self.ops = ops or process.OsProcesses()
         self.engines: dict[str, Engine] = {}
         self.unplaced: dict[str, str] = {}
         self.plan = Plan()
@@ -83,6 +86,7 @@ class Supervisor:
             slice_memory=self._slice_memory,
             track=self._track,
             changed=self._changed,
+            ops=self.ops,
         )
         self.listeners: list[Callable[[], None]] = []  # e.g. sd_notify STATUS updates
 
@@ -107,23 +111,14 @@ class Supervisor:
     async def _stop_leftovers(self, records: dict[str, EngineRecord]) -> None:
         async def stop_one(name: str, rec: EngineRecord) -> None:
             pid = process.ProcessId(rec.pid, rec.create_time)
-            if not pid.alive():
+            if not self.ops.alive(pid):
                 return
             # Ours for certain (pid and start time match): stop it rather than adopt it, since
             # its output pipe and exit status went with the earlier daemon.
             log.warning("stopping engine of %s left by an earlier daemon (pid %d)", name, rec.pid)
-            tracked = [pid, *process.descendants(rec.pid)]
-            process.signal_group(rec.pgid, signal.SIGTERM)
-            process.signal_each(tracked, signal.SIGTERM)
+            tracked = [pid, *self.ops.descendants(rec.pid)]
             grace = self.cfg.orchestrator.stop_grace_s
-            if await process.wait_gone(rec.pgid, tracked, time.monotonic() + grace):
-                process.signal_group(rec.pgid, signal.SIGKILL)
-                process.signal_each(tracked, signal.SIGKILL)
-                left = await process.wait_gone(rec.pgid, tracked, time.monotonic() + 10.0)
-                if left:
-                    log.error(
-                        "leftover engine of %s survives SIGKILL: %s", name, process.describe(left)
-                    )
+            await terminate_tree(self.ops, rec.pgid, tracked, grace, f"leftover engine of {name}")
 
         await asyncio.gather(*(stop_one(n, r) for n, r in records.items()))
 
@@ -279,7 +274,7 @@ class Supervisor:
             self._pids[pid] = engine
 
     def _reap(self) -> None:
-        for pid, status in process.reap(None if self.reap_all else list(self._pids)):
+        for pid, status in self.ops.reap(None if self.reap_all else list(self._pids)):
             engine = self._pids.pop(pid, None)
             if engine is not None:
                 engine.on_exit(pid, status)
