@@ -23,6 +23,8 @@ class Behaviour:
     term_delay: float = 0.0  # seconds from SIGTERM to exit
     children: int = 1  # EngineCore-like processes in its group, which die with the signal
     survives_kill: bool = False  # a process stuck in D state: even SIGKILL does nothing
+    exits_after: float | None = None  # the main process exits with code 1 this long after spawn
+    last_words: bytes = b""  # what it writes just before that exit
 
 
 @dataclass
@@ -97,6 +99,8 @@ class FakeProcesses:
             kid = next(self._pids)
             self.procs[kid] = FakeProc(kid, pid, pid, self.behaviour)
         self.most_alive = max(self.most_alive, len(self.engines_alive()))
+        if self.behaviour.exits_after is not None:
+            asyncio.get_running_loop().call_later(self.behaviour.exits_after, self._exit_now, main)
         return pid, read_fd
 
     def ident(self, pid: int) -> ProcessId | None:
@@ -164,6 +168,12 @@ class FakeProcesses:
                 )
             else:
                 self._die(p, exit_status(sig=signal.SIGTERM))
+
+    def _exit_now(self, p: FakeProc) -> None:
+        if p.alive:
+            if p.behaviour.last_words:
+                os.write(p.write_fd, p.behaviour.last_words)
+            self._die(p, exit_status(code=1))
 
     def _die(self, p: FakeProc, status: int) -> None:
         if not p.alive:

@@ -106,15 +106,45 @@ class Engine:
         self.last_exit: ExitInfo | None = None
         self.ready_at: float | None = None
         self.proc: _Proc | None = None
-        self.lock = asyncio.Lock()  # serializes start/stop/restart of this model
+        self._lock = asyncio.Lock()
+        self._retired = False
         self._runner: asyncio.Task[None] | None = None
         self._policy = RestartPolicy()
         self._probe_now = asyncio.Event()
         self._baseline_used: int | None = None
 
-    # ----- commands (callers hold self.lock) -----
+    # ----- commands: each takes the engine's lock, so commands on one model run one at a time -----
 
     async def start(self) -> None:
+        """Run the engine (and keep it running) unless it already is; a failed engine starts
+        afresh."""
+        async with self._lock:
+            if not self._retired:
+                self._start()
+
+    async def stop(self, desired: Desired = Desired.STOPPED) -> None:
+        """Take the whole tree down; `desired` is what it should be next time the daemon starts
+        (RUNNING when the daemon itself is shutting down and the model was running)."""
+        async with self._lock:
+            await self._stop(desired)
+
+    async def restart(self, spec: EngineSpec | None = None) -> None:
+        """Stop, take the new spec if given, and start afresh (restart budget reset)."""
+        async with self._lock:
+            if self._retired:
+                return
+            await self._stop(Desired.RUNNING)
+            if spec is not None:
+                self.spec = spec
+            self._policy.reset()
+            self._start()
+
+    def retire(self) -> None:
+        """Refuse every later start and restart, including those already waiting for the lock:
+        the daemon is shutting down, or the model was removed. A stop() should follow."""
+        self._retired = True
+
+    def _start(self) -> None:
         self._desired = Desired.RUNNING
         if self._runner is not None and not self._runner.done():
             return
@@ -124,7 +154,7 @@ class Engine:
         self._set(State.STARTING)
         self._runner = asyncio.create_task(self._run(), name=f"engine-{self.spec.name}")
 
-    async def stop(self, desired: Desired = Desired.STOPPED) -> None:
+    async def _stop(self, desired: Desired) -> None:
         self._desired = desired
         if self.proc is not None:
             self._set(State.STOPPING)
@@ -136,13 +166,6 @@ class Engine:
         await self._terminate(_STOP_REQUESTED)
         self._set(State.STOPPED)
         self.ready_at = None
-
-    async def restart(self, spec: EngineSpec | None = None) -> None:
-        await self.stop(desired=Desired.RUNNING)
-        if spec is not None:
-            self.spec = spec
-        self._policy.reset()
-        await self.start()
 
     def set_spec(self, spec: EngineSpec) -> None:
         self.spec = spec

@@ -156,8 +156,7 @@ class Supervisor:
         """Start what was running before (or autostart models on a first boot), all at once."""
         names = [n for n in self.engines if n not in self.unplaced and self.wanted_running(n)]
         for n in names:
-            async with self.engines[n].lock:
-                await self.engines[n].start()
+            await self.engines[n].start()
         return names
 
     # ----- commands -----
@@ -172,21 +171,16 @@ class Supervisor:
         e = self.engine(name)
         if name in self.unplaced:
             return
-        async with e.lock:
-            await e.start()
+        await e.start()
 
     async def stop(self, name: str) -> None:
-        e = self.engine(name)
-        async with e.lock:
-            await e.stop()
+        await self.engine(name).stop()
 
     async def restart(self, name: str, overrides: dict[str, Any] | None = None) -> None:
         e = self.engine(name)
         if name in self.unplaced:
             return
-        async with e.lock:
-            spec = None if overrides is None else self._spec(name, overrides)
-            await e.restart(spec)
+        await e.restart(None if overrides is None else self._spec(name, overrides))
 
     def validate_overrides(self, name: str, overrides: dict[str, Any]) -> None:
         """Raise ValueError when the overrides would not make a valid engine."""
@@ -207,8 +201,8 @@ class Supervisor:
         result = ReloadResult()
         for name in sorted(set(old_cfg.models) - set(new.models)):
             e = self.engines.pop(name)
-            async with e.lock:
-                await e.stop()
+            e.retire()  # a start already on its way for the removed model must not run it
+            await e.stop()
             e.log.close()
             result.removed.append(name)
         for name in sorted(new.models):
@@ -218,8 +212,7 @@ class Supervisor:
                 self.engines[name] = e
                 result.added.append(name)
                 if name not in self.unplaced and new.models[name].autostart:
-                    async with e.lock:
-                        await e.start()
+                    await e.start()
                 continue
             spec = self._spec(name, e_old.spec.overrides)
             if _spec_identity(spec) == _spec_identity(e_old.spec):
@@ -227,12 +220,11 @@ class Supervisor:
                 result.unchanged.append(name)
                 continue
             result.changed.append(name)
-            async with e_old.lock:
-                if e_old.desired is Desired.RUNNING and name not in self.unplaced:
-                    await e_old.restart(spec)
-                else:
-                    await e_old.stop()
-                    e_old.set_spec(spec)
+            if e_old.desired is Desired.RUNNING and name not in self.unplaced:
+                await e_old.restart(spec)
+            else:
+                await e_old.stop()
+                e_old.set_spec(spec)
         self._changed()
         return result
 
@@ -240,12 +232,9 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Stop every engine in parallel; what each was asked to be survives for the next start."""
-
-        async def stop(e: Engine) -> None:
-            async with e.lock:
-                await e.stop(desired=e.desired)
-
-        await asyncio.gather(*(stop(e) for e in self.engines.values()))
+        for e in self.engines.values():
+            e.retire()  # commands still arriving through the control plane must not start one
+        await asyncio.gather(*(e.stop(desired=e.desired) for e in self.engines.values()))
         self._changed()
         await self.flush()
         with contextlib.suppress(Exception):
