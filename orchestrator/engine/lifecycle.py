@@ -213,9 +213,28 @@ class Engine:
         self._state = state
         self.ctx.changed()
 
+    def _force(self, state: State, reason: str) -> None:
+        """The one way around the transition table, for when the lifecycle code itself failed:
+        the state it left cannot be trusted, whatever it is."""
+        log.warning("%s: %s -> %s forced: %s", self.spec.name, self._state.value, state, reason)
+        self._reason = reason
+        self._state = state
+        self.ctx.changed()
+
     # ----- the lifecycle -----
 
     async def _run(self) -> None:
+        try:
+            await self._lives()
+        except Exception as e:  # a bug, or the log's disk is full; a stop's cancel passes
+            log.exception("%s: the engine's supervision failed", self.spec.name)
+            try:
+                await self._terminate("cleaning up after an internal error")
+            finally:
+                self._force(State.FAILED, f"internal error in the daemon: {e!r}")
+
+    async def _lives(self) -> None:
+        """Run one life after another, backing off between them, until one fails for good."""
         while True:
             started = time.monotonic()
             try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.process import ProcessId
 from orchestrator.engine.states import Desired, State
 from orchestrator.gpu.inventory import Slice
 from tests.engine_host import engine_host, wait_for
@@ -298,3 +299,25 @@ async def test_a_retired_engine_refuses_starts_even_those_already_waiting(
         await h.engine.stop(desired=Desired.RUNNING)
         assert h.engine.state is STOPPED and len(h.fake.spawned) == 1
         assert h.engine.desired is Desired.RUNNING
+
+
+async def test_a_failure_of_the_supervision_itself_takes_the_tree_down_and_forces_failed(
+    tmp_path: Path,
+) -> None:
+    async with engine_host(tmp_path) as h:
+        real = h.fake.descendants
+        calls: list[int] = []
+
+        def broken_once(pid: int) -> list[ProcessId]:
+            calls.append(pid)
+            if len(calls) == 1:  # the first look, as the engine becomes ready
+                raise RuntimeError("a bug")
+            return real(pid)
+
+        h.fake.descendants = broken_once  # type: ignore[method-assign]
+        await h.engine.start()
+        await h.reach(FAILED)
+        assert h.engine.reason == "internal error in the daemon: RuntimeError('a bug')"
+        assert h.fake.engines_alive() == [] and h.engine.proc is None
+        await h.engine.start()
+        await h.reach(READY)
