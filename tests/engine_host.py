@@ -35,8 +35,9 @@ FAST: dict[str, Any] = {
 }
 
 
-def config(root: Path, ports: dict[str, int], **orchestrator: Any) -> Config:
-    """A models.toml with one model per port, fake engine command, FAST settings."""
+def config(root: Path, models: dict[str, dict[str, Any]], **orchestrator: Any) -> Config:
+    """A models.toml for `models` (name -> port and other fields) with a fake engine command
+    and FAST settings."""
     orch = {
         "state_dir": str(root / "state"),
         "log_dir": str(root / "logs"),
@@ -44,8 +45,8 @@ def config(root: Path, ports: dict[str, int], **orchestrator: Any) -> Config:
         **FAST,
         **orchestrator,
     }
-    models = {n: {"model": "m", "port": p, "host": "127.0.0.1"} for n, p in ports.items()}
-    return parse_config(render_config(orch, models))
+    full = {n: {"model": "m", "host": "127.0.0.1", **m} for n, m in models.items()}
+    return parse_config(render_config(orch, full))
 
 
 async def wait_for(pred: Callable[[], object], what: str, timeout: float = 5.0) -> None:
@@ -67,7 +68,7 @@ class EngineHost:
         self.saves = 0
         self.memory: tuple[int, int] | None = None  # what NVML shows for the slice
         self.slice_locks: dict[str, asyncio.Lock] = {}
-        self.cfg = config(root, {"m": health.port}, **settings)
+        self.cfg = config(root, {"m": {"port": health.port}}, **settings)
         self.ctx = EngineContext(
             settings=self.cfg.orchestrator,
             slice_lock=lambda uuid: self.slice_locks.setdefault(uuid, asyncio.Lock()),

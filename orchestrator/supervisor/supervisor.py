@@ -105,7 +105,8 @@ class Supervisor:
         self.plan = plan
         self.unplaced = dict(plan.unplaced)
         for name in self.cfg.models:
-            self.engines[name] = self._make_engine(name, self._saved.overrides.get(name, {}))
+            overrides = self._saved.overrides.get(name, {})
+            self.engines[name] = self._make_engine(name, overrides, self.wanted_running(name))
         self._changed()
 
     async def _stop_leftovers(self, records: dict[str, EngineRecord]) -> None:
@@ -122,12 +123,14 @@ class Supervisor:
 
         await asyncio.gather(*(stop_one(n, r) for n, r in records.items()))
 
-    def _make_engine(self, name: str, overrides: dict[str, Any]) -> Engine:
+    def _make_engine(self, name: str, overrides: dict[str, Any], wanted: bool) -> Engine:
         spec = self._spec(name, overrides)
         o = self.cfg.orchestrator
         elog = EngineLog(o.log_dir / f"{name}.log", o.log_max_bytes, o.log_backups)
         engine = Engine(spec, self._ctx, elog)
         if name in self.unplaced:
+            if wanted:  # so that a reload that places it starts it
+                engine.want(Desired.RUNNING)
             engine.cannot_start(f"not placed: {self.unplaced[name]}")
         return engine
 
@@ -208,7 +211,7 @@ class Supervisor:
         for name in sorted(new.models):
             e_old = self.engines.get(name)
             if e_old is None:
-                e = self._make_engine(name, {})
+                e = self._make_engine(name, {}, new.models[name].autostart)
                 self.engines[name] = e
                 result.added.append(name)
                 if name not in self.unplaced and new.models[name].autostart:
@@ -222,9 +225,13 @@ class Supervisor:
             result.changed.append(name)
             if e_old.desired is Desired.RUNNING and name not in self.unplaced:
                 await e_old.restart(spec)
-            else:
-                await e_old.stop()
-                e_old.set_spec(spec)
+                continue
+            # Losing its slice is not an admin's stop: what was asked for stays for the next
+            # reload that places it.
+            await e_old.stop(desired=e_old.desired)
+            e_old.set_spec(spec)
+            if name in self.unplaced:
+                e_old.cannot_start(f"not placed: {self.unplaced[name]}")
         self._changed()
         return result
 
