@@ -63,7 +63,7 @@ class ExitInfo:
 
 @dataclass
 class EngineContext:
-    """What an engine needs from the supervisor around it."""
+    """What an engine needs from the supervisor around it, and from the OS (`ops`)."""
 
     settings: OrchestratorSettings
     slice_lock: Callable[[str], asyncio.Lock]
@@ -95,6 +95,10 @@ class _Proc:
 
 
 class Engine:
+    """One model's engine. Commands (start, stop, restart) take the engine's own lock; only the
+    engine's methods change its state, reason and desired state; the supervisor's reaper reports
+    the main process's exit through on_exit."""
+
     def __init__(self, spec: EngineSpec, ctx: EngineContext, elog: EngineLog) -> None:
         self.spec = spec
         self.ctx = ctx
@@ -168,6 +172,7 @@ class Engine:
         self.ready_at = None
 
     def set_spec(self, spec: EngineSpec) -> None:
+        """The spec for the next life (a reload's: the one running keeps what it started with)."""
         self.spec = spec
 
     def want(self, desired: Desired) -> None:
@@ -216,7 +221,8 @@ class Engine:
     def _force(self, state: State, reason: str) -> None:
         """The one way around the transition table, for when the lifecycle code itself failed:
         the state it left cannot be trusted, whatever it is."""
-        log.warning("%s: %s -> %s forced: %s", self.spec.name, self._state.value, state, reason)
+        old, name = self._state.value, self.spec.name
+        log.warning("%s: %s -> %s forced: %s", name, old, state.value, reason)
         self._reason = reason
         self._state = state
         self.ctx.changed()
