@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
 from orchestrator.engine.lifecycle import Engine, EngineSpec
+from orchestrator.engine.states import Desired
 from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
@@ -247,11 +248,11 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         return view.response(engine_for(name, who))
 
     def command(
-        verb: str, op: Callable[[str], Awaitable[None]], desired: str
+        verb: str, op: Callable[[str], Awaitable[None]], desired: Desired
     ) -> Callable[..., Awaitable[ModelStatus]]:
         async def handler(name: str, who: Annotated[Caller, Depends(caller)]) -> ModelStatus:
             e = engine_for(name, who)
-            e.desired = desired
+            e.want(desired)
             run_later(op(name), f"{verb} {name}")
             await asyncio.sleep(0)  # let the command take the model's lock and show its state
             return view.model(e)
@@ -260,7 +261,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         return handler
 
     sup = target.supervisor
-    for verb, desired in (("start", "running"), ("stop", "stopped")):
+    for verb, desired in (("start", Desired.RUNNING), ("stop", Desired.STOPPED)):
         app.post(f"/api/v1/models/{{name}}/{verb}", status_code=202, response_model=ModelStatus)(
             command(verb, getattr(sup, verb), desired)
         )
@@ -289,7 +290,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
                     for x in exc.errors()
                 ]
                 raise HTTPException(422, "; ".join(msgs)) from None
-        e.desired = "running"
+        e.want(Desired.RUNNING)
         run_later(target.supervisor.restart(name, overrides), f"restart {name}")
         await asyncio.sleep(0)
         return view.model(e)

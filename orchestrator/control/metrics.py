@@ -10,7 +10,9 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from orchestrator.engine.lifecycle import Engine, State, http_get
+from orchestrator.engine.lifecycle import Engine
+from orchestrator.engine.probe import http_get
+from orchestrator.engine.states import State
 from orchestrator.supervisor.supervisor import Supervisor
 
 log = logging.getLogger(__name__)

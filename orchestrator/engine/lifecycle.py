@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import OrchestratorSettings, VllmSettings
-from orchestrator.engine import process
+from orchestrator.engine import probe, process
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.restart_policy import RestartPolicy
+from orchestrator.engine.states import Desired, IllegalTransition, State, check
+from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Slice
 
 log = logging.getLogger(__name__)
@@ -26,56 +27,7 @@ READY_POLL_S = 0.2
 # Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
 _LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
 MEMORY_MARGIN_BYTES = 256 * 1024**2
-
-
-async def http_get(host: str, port: int, path: str, body: bool = False) -> tuple[str, bytes]:
-    """One HTTP/1.0 GET on a fresh connection: (status code, body if asked for).
-
-    Bare asyncio streams: an httpx pool costs ~3x the CPU per request and checks every pooled
-    connection on each one, which grows with the number of engines. Raises OSError, or
-    ValueError when the answer is not HTTP.
-    """
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        name = f"[{host}]" if ":" in host else host
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {name}:{port}\r\n\r\n".encode())
-        status = (await reader.readline()).split()
-        if len(status) < 2 or not status[0].startswith(b"HTTP/"):
-            raise ValueError("the answer is not HTTP")
-        if not body:
-            return status[1].decode(errors="replace"), b""
-        # HTTP/1.0: the answer ends where the connection does.
-        head, _, data = (b"\r\n" + await reader.read()).partition(b"\r\n\r\n")
-        if b"transfer-encoding: chunked" in head.lower():
-            data = _dechunk(data)  # uvicorn's httptools server (vLLM's) chunks even for 1.0
-        return status[1].decode(errors="replace"), data
-    finally:
-        writer.close()
-
-
-def _dechunk(data: bytes) -> bytes:
-    """The body of a chunked HTTP answer; ValueError when it is malformed or cut short."""
-    out: list[bytes] = []
-    at = 0
-    while True:
-        end = data.index(b"\r\n", at)
-        size = int(data[at:end].split(b";", 1)[0], 16)
-        if size == 0:
-            return b"".join(out)
-        if end + 2 + size > len(data):
-            raise ValueError("chunked body cut short")
-        out.append(data[end + 2 : end + 2 + size])
-        at = end + 4 + size
-
-
-class State(enum.StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"
-    STOPPING = "stopping"
-    BACKOFF = "backoff"
-    FAILED = "failed"
+_STOP_REQUESTED = "stop requested"
 
 
 @dataclass(frozen=True)
@@ -111,13 +63,14 @@ class ExitInfo:
 
 @dataclass
 class EngineContext:
-    """What an engine needs from the supervisor around it."""
+    """What an engine needs from the supervisor around it, and from the OS (`ops`)."""
 
     settings: OrchestratorSettings
     slice_lock: Callable[[str], asyncio.Lock]
     slice_memory: Callable[[str], Awaitable[tuple[int, int] | None]]
     track: Callable[[int, Engine | None], None]  # pid -> engine for the reaper; None untracks
     changed: Callable[[], None]  # persist state
+    ops: process.ProcessOps
 
 
 class _Failure(Exception):
@@ -142,113 +95,179 @@ class _Proc:
 
 
 class Engine:
+    """One model's engine. Commands (start, stop, restart) take the engine's own lock; only the
+    engine's methods change its state, reason and desired state; the supervisor's reaper reports
+    the main process's exit through on_exit."""
+
     def __init__(self, spec: EngineSpec, ctx: EngineContext, elog: EngineLog) -> None:
         self.spec = spec
         self.ctx = ctx
         self.log = elog
-        self.state = State.STOPPED
-        self.desired = "stopped"
-        self.reason: str | None = None
+        self._state = State.STOPPED
+        self._desired = Desired.STOPPED
+        self._reason: str | None = None
         self.restarts = 0
         self.last_exit: ExitInfo | None = None
         self.ready_at: float | None = None
         self.proc: _Proc | None = None
-        self.lock = asyncio.Lock()  # serializes start/stop/restart of this model
+        self._lock = asyncio.Lock()
+        self._retired = False
         self._runner: asyncio.Task[None] | None = None
-        self._crashes: deque[float] = deque()
-        self._backoff = ctx.settings.backoff_initial_s
+        self._policy = RestartPolicy()
         self._probe_now = asyncio.Event()
         self._baseline_used: int | None = None
-        self._stopping = False
 
-    # ----- commands (callers hold self.lock) -----
+    # ----- commands: each takes the engine's lock, so commands on one model run one at a time -----
 
     async def start(self) -> None:
-        self.desired = "running"
+        """Run the engine (and keep it running) unless it already is; a failed engine starts
+        afresh."""
+        async with self._lock:
+            if not self._retired:
+                self._start()
+
+    async def stop(self, desired: Desired = Desired.STOPPED) -> None:
+        """Take the whole tree down; `desired` is what it should be next time the daemon starts
+        (RUNNING when the daemon itself is shutting down and the model was running)."""
+        async with self._lock:
+            await self._stop(desired)
+
+    async def restart(self, spec: EngineSpec | None = None) -> None:
+        """Stop, take the new spec if given, and start afresh (restart budget reset)."""
+        async with self._lock:
+            if self._retired:
+                return
+            await self._stop(Desired.RUNNING)
+            if spec is not None:
+                self.spec = spec
+            self._policy.reset()
+            self._start()
+
+    def retire(self) -> None:
+        """Refuse every later start and restart, including those already waiting for the lock:
+        the daemon is shutting down, or the model was removed. A stop() should follow."""
+        self._retired = True
+
+    def _start(self) -> None:
+        self._desired = Desired.RUNNING
         if self._runner is not None and not self._runner.done():
             return
-        if self.state is State.FAILED:
-            self._crashes.clear()
-            self._backoff = self.ctx.settings.backoff_initial_s
-        self.reason = None
+        if self._state is State.FAILED:
+            self._policy.reset()
+        self._reason = None
         self._set(State.STARTING)
         self._runner = asyncio.create_task(self._run(), name=f"engine-{self.spec.name}")
 
-    async def stop(self, desired: str = "stopped") -> None:
-        self.desired = desired
+    async def _stop(self, desired: Desired) -> None:
+        self._desired = desired
         if self.proc is not None:
             self._set(State.STOPPING)
-        self._stopping = True
-        try:
-            runner, self._runner = self._runner, None
-            if runner is not None and not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
-            await self._terminate(self.ctx.settings.stop_grace_s)
-        finally:
-            self._stopping = False
+        runner, self._runner = self._runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        await self._terminate(_STOP_REQUESTED)
         self._set(State.STOPPED)
         self.ready_at = None
 
-    async def restart(self, spec: EngineSpec | None = None) -> None:
-        await self.stop(desired="running")
-        if spec is not None:
-            self.spec = spec
-        self._crashes.clear()
-        self._backoff = self.ctx.settings.backoff_initial_s
-        await self.start()
-
     def set_spec(self, spec: EngineSpec) -> None:
+        """The spec for the next life (a reload's: the one running keeps what it started with)."""
         self.spec = spec
 
+    def want(self, desired: Desired) -> None:
+        """Record what was asked for at once (status shows it, it is saved); a command follows."""
+        if desired is not self._desired:
+            self._desired = desired
+            self.ctx.changed()
+
+    def cannot_start(self, reason: str) -> None:
+        """A stopped engine that cannot be started at all (not placed) is failed with the reason."""
+        self._reason = reason
+        self._set(State.FAILED)
+
     # ----- status -----
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def desired(self) -> Desired:
+        return self._desired
+
+    @property
+    def reason(self) -> str | None:
+        """Why the engine is not (or not yet) serving: the last failure, or the health problem."""
+        return self._reason
 
     def uptime(self) -> float | None:
         return None if self.proc is None else time.monotonic() - self.proc.started_mono
 
     def _set(self, state: State) -> None:
-        if state is not self.state:
-            log.info("%s: %s -> %s", self.spec.name, self.state.value, state.value)
-            self.state = state
-            self.ctx.changed()
+        """The one place state changes, checked against the transition table."""
+        if state is self._state:
+            return
+        try:
+            check(self._state, state)
+        except IllegalTransition as e:
+            # A bookkeeping bug must not stop the real work under way (taking a tree down, a
+            # restart): say so loudly, with the stack, and go on. Tests fail on this line.
+            log.error("%s: BUG: %s", self.spec.name, e, stack_info=True)
+        log.info("%s: %s -> %s", self.spec.name, self._state.value, state.value)
+        self._state = state
+        self.ctx.changed()
+
+    def _force(self, state: State, reason: str) -> None:
+        """The one way around the transition table, for when the lifecycle code itself failed:
+        the state it left cannot be trusted, whatever it is."""
+        old, name = self._state.value, self.spec.name
+        log.warning("%s: %s -> %s forced: %s", name, old, state.value, reason)
+        self._reason = reason
+        self._state = state
+        self.ctx.changed()
 
     # ----- the lifecycle -----
 
     async def _run(self) -> None:
-        s = self.ctx.settings
+        try:
+            await self._lives()
+        except Exception as e:  # a bug, or the log's disk is full; a stop's cancel passes
+            log.exception("%s: the engine's supervision failed", self.spec.name)
+            try:
+                await self._terminate("cleaning up after an internal error")
+            finally:
+                self._force(State.FAILED, f"internal error in the daemon: {e!r}")
+
+    async def _lives(self) -> None:
+        """Run one life after another, backing off between them, until one fails for good."""
         while True:
             started = time.monotonic()
             try:
                 await self._one_life()
             except _Failure as f:
-                self.reason = f.reason
+                self._reason = f.reason
                 self.log.note(f.reason)
                 if f.final:
                     self._fail(f.reason)
                     return
-            if self.ready_at is not None and time.monotonic() - started >= s.stable_after_s:
-                self._crashes.clear()
-                self._backoff = s.backoff_initial_s
+            s, now = self.ctx.settings, time.monotonic()
+            up_s = None if self.ready_at is None else now - started
             self.ready_at = None
-            now = time.monotonic()
-            self._crashes.append(now)
-            while self._crashes and now - self._crashes[0] > s.restart_window_s:
-                self._crashes.popleft()
-            if len(self._crashes) > s.max_restarts:
+            delay = self._policy.failed(s, now, up_s)
+            if delay is None:
                 self._fail(
-                    f"{len(self._crashes)} failures within {s.restart_window_s:g}s; "
-                    f"giving up. Last: {self.reason}"
+                    f"{self._policy.failures} failures within {s.restart_window_s:g}s; "
+                    f"giving up. Last: {self._reason}"
                 )
                 return
             self._set(State.BACKOFF)
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, s.backoff_max_s)
+            await asyncio.sleep(delay)
             self.restarts += 1
             self._set(State.STARTING)
 
     def _fail(self, reason: str) -> None:
-        self.reason = reason
+        self._reason = reason
         tail = " | ".join(self.log.tail(5))
         log.error("%s failed: %s (last log lines: %s)", self.spec.name, reason, tail)
         self._set(State.FAILED)
@@ -259,7 +278,7 @@ class Engine:
         # Engines sharing one GPU start one after another: vLLM mis-sizes memory otherwise.
         async with lock if lock is not None else contextlib.nullcontext():
             await self._await_memory_release()
-            holder = process.port_holder(spec.host, spec.port)
+            holder = self.ctx.ops.port_holder(spec.host, spec.port)
             if holder is not None:
                 raise _Failure(f"port {spec.port} is already in use by {holder}", final=True)
             self._spawn()
@@ -269,7 +288,7 @@ class Engine:
                 await self._cleanup(e)
                 raise
         self.ready_at = time.monotonic()
-        self.reason = None  # what went wrong before stays in last_exit
+        self._reason = None  # what went wrong before stays in last_exit
         self._set(State.READY)
         try:
             await self._watch()
@@ -280,9 +299,10 @@ class Engine:
     async def _cleanup(self, cause: BaseException) -> None:
         """Take down what is left of a failed engine; say so at once, the tree may take a while."""
         if isinstance(cause, _Failure):
-            self.reason = cause.reason
+            self._reason = cause.reason
             self._set(State.STOPPING)
-        await self._terminate(self.ctx.settings.stop_grace_s)
+        stopped = isinstance(cause, asyncio.CancelledError)  # only stop() cancels the runner
+        await self._terminate(_STOP_REQUESTED if stopped else "cleaning up after the engine")
 
     async def _await_memory_release(self) -> None:
         spec = self.spec
@@ -313,7 +333,7 @@ class Engine:
         spec = self.spec
         try:
             self.log.note(f"starting: {' '.join(spec.launch.argv)}")
-            pid, fd = process.spawn(spec.launch.argv, spec.launch.env)
+            pid, fd = self.ctx.ops.spawn(spec.launch.argv, spec.launch.env)
         except (OSError, ValueError) as e:
             raise _Failure(
                 f"cannot run engine command {spec.launch.argv[0]!r}: {e}", final=True
@@ -327,7 +347,7 @@ class Engine:
             started_mono=time.monotonic(),
             exited=loop.create_future(),
             log_mark=self.log.count,
-            ident=process.ProcessId.of(pid),
+            ident=self.ctx.ops.ident(pid),
         )
         loop.add_reader(fd, self._on_output, self.proc)
         self.ctx.track(pid, self)
@@ -352,7 +372,7 @@ class Engine:
 
     def _on_output(self, proc: _Proc) -> None:
         data = self._read_once(proc)
-        if data and self.state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
+        if data and self._state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
             self._probe_now.set()
 
     def _drain(self, proc: _Proc) -> None:
@@ -374,19 +394,6 @@ class Engine:
         self.last_exit = ExitInfo(code=code, signal=sig, at=time.time(), reason=why or how)
         return f"engine {how} {during}" + (f": {why}" if why else "")
 
-    async def _probe(self, timeout: float) -> str | None:
-        """None when /health answers 200, else what went wrong."""
-        try:
-            async with asyncio.timeout(timeout):
-                code, _ = await http_get(self.spec.probe_host, self.spec.port, "/health")
-        except TimeoutError:
-            return f"/health did not answer within {timeout:g}s"
-        except OSError as e:
-            return f"/health unreachable ({type(e).__name__})"
-        except ValueError:
-            return "/health closed the connection without an HTTP answer"
-        return None if code == "200" else f"/health returned {code}"
-
     async def _wait_ready(self) -> None:
         proc = self.proc
         assert proc is not None
@@ -397,7 +404,7 @@ class Engine:
             # Cleared before the probe, not after: a "listening" line that comes while a refused
             # probe is under way then cuts the wait below short instead of being lost.
             self._probe_now.clear()
-            if await self._probe(timeout=2.0) is None:
+            if await probe.health(self.spec.probe_host, self.spec.port, 2.0) is None:
                 # The listener may have come up after the exit check; make sure it is ours.
                 if not proc.exited.done():
                     return
@@ -415,59 +422,51 @@ class Engine:
         proc = self.proc
         assert proc is not None
         s = self.ctx.settings
-        proc.tree = process.descendants(proc.pid)
+        proc.tree = self.ctx.ops.descendants(proc.pid)
         failures = 0
         while True:
             done, _ = await asyncio.wait([proc.exited], timeout=s.health_interval_s)
             if done:
                 raise _Failure(self._exit_reason(proc, proc.exited.result(), "while serving"))
-            probe = asyncio.ensure_future(self._probe(timeout=s.health_timeout_s))
-            racing: list[asyncio.Future[Any]] = [proc.exited, probe]
+            check = asyncio.ensure_future(
+                probe.health(self.spec.probe_host, self.spec.port, s.health_timeout_s)
+            )
+            racing: list[asyncio.Future[Any]] = [proc.exited, check]
             await asyncio.wait(racing, return_when="FIRST_COMPLETED")
-            if not probe.done():
-                probe.cancel()
+            if not check.done():
+                check.cancel()
                 continue
-            problem = probe.result()
+            problem = check.result()
             if problem is None:
                 if failures:
-                    self.reason = None
+                    self._reason = None
                     self._set(State.READY)
                 failures = 0
                 continue
             failures += 1
-            self.reason = f"{problem} ({failures}/{s.unhealthy_threshold})"
+            self._reason = f"{problem} ({failures}/{s.unhealthy_threshold})"
             self._set(State.UNHEALTHY)
             if failures >= s.unhealthy_threshold:
                 self.last_exit = ExitInfo(None, None, time.time(), f"unhealthy: {problem}")
                 raise _Failure(f"unhealthy: {problem} {failures} times in a row; restarting")
 
-    async def _terminate(self, grace: float) -> None:
-        """SIGTERM the group, SIGKILL what is left after `grace`, then verify the tree is gone."""
+    async def _terminate(self, why: str) -> None:
+        """Take the engine's whole tree down and forget the process."""
         proc = self.proc
         if proc is None:
             return
-        why = "stop requested" if self._stopping else "cleaning up after the engine"
-        pgid = proc.pid  # session leader: its pid is the group id
-        tracked = [*proc.tree, *process.descendants(proc.pid)]
-        started = time.monotonic()
-        if not proc.exited.done():
-            process.signal_group(pgid, signal.SIGTERM)
-        process.signal_each(tracked, signal.SIGTERM)
-        left = await self._wait_gone(proc, pgid, tracked, grace)
+        ops = self.ctx.ops
+        tracked = [*proc.tree, *ops.descendants(proc.pid)]
+        grace = self.ctx.settings.stop_grace_s
+        # Session leader: its pid is the group id.
+        t = await terminate_tree(ops, proc.pid, tracked, grace, self.spec.name, proc.exited)
         self._drain(proc)  # the engine's last words come before the daemon's notes
-        if left:
-            self.log.note(
-                f"{why}: still running after {grace:g}s grace, SIGKILL: {process.describe(left)}"
-            )
-            process.signal_group(pgid, signal.SIGKILL)
-            process.signal_each(tracked, signal.SIGKILL)
-            left = await self._wait_gone(proc, pgid, tracked, 10.0)
-        if left:
-            log.error("%s: processes survive SIGKILL: %s", self.spec.name, process.describe(left))
-            self.log.note(f"processes survive SIGKILL: {process.describe(left)}")
+        if t.killed:
+            self.log.note(f"{why}: still running after {grace:g}s grace, SIGKILL: {t.killed}")
+        if t.survivors:
+            self.log.note(f"processes survive SIGKILL: {ops.describe(t.survivors)}")
         else:
-            self.log.note(f"{why}: engine tree gone in {time.monotonic() - started:.2f}s")
-        self._drain(proc)
+            self.log.note(f"{why}: engine tree gone in {t.seconds:.2f}s")
         if proc.fd >= 0:  # a survivor still holds the pipe: stop listening anyway
             asyncio.get_running_loop().remove_reader(proc.fd)
             os.close(proc.fd)
@@ -476,14 +475,3 @@ class Engine:
             self.ctx.track(proc.pid, None)
         self.proc = None
         self.ctx.changed()
-
-    async def _wait_gone(
-        self, proc: _Proc, pgid: int, tracked: list[process.ProcessId], limit: float
-    ) -> list[int]:
-        deadline = time.monotonic() + limit
-        # The main process's exit comes as an event; only then is the group worth scanning.
-        # asyncio.wait, not wait_for: 3.11's wait_for drops a cancel that lands as the future
-        # completes, so a stop() racing a crash never ended the runner, which restarted on.
-        if not proc.exited.done():
-            await asyncio.wait([proc.exited], timeout=limit)
-        return await process.wait_gone(pgid, tracked, deadline)

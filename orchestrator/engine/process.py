@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -241,3 +242,36 @@ def port_holder(host: str, port: int) -> str | None:
     except (psutil.Error, OSError):
         pass
     return "another process"
+
+
+class ProcessOps(Protocol):
+    """What engines and the supervisor ask of the OS: the real one is OsProcesses; unit tests pass
+    a fake, so that races (stop vs crash, restart storms) run in-process without real engines."""
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]: ...
+    def ident(self, pid: int) -> ProcessId | None: ...
+    def alive(self, p: ProcessId) -> bool: ...
+    def descendants(self, pid: int) -> list[ProcessId]: ...
+    def signal_group(self, pgid: int, sig: signal.Signals) -> None: ...
+    def signal_each(self, procs: Iterable[ProcessId], sig: signal.Signals) -> None: ...
+    async def wait_gone(
+        self, pgid: int, tracked: list[ProcessId], deadline: float
+    ) -> list[int]: ...
+    def describe(self, pids: Iterable[int]) -> str: ...
+    def port_holder(self, host: str, port: int) -> str | None: ...
+    def reap(self, pids: Iterable[int] | None) -> list[tuple[int, int]]: ...
+
+
+class OsProcesses:
+    """The real ProcessOps: this module's functions."""
+
+    spawn = staticmethod(spawn)
+    ident = staticmethod(ProcessId.of)
+    alive = staticmethod(ProcessId.alive)
+    descendants = staticmethod(descendants)
+    signal_group = staticmethod(signal_group)
+    signal_each = staticmethod(signal_each)
+    wait_gone = staticmethod(wait_gone)
+    describe = staticmethod(describe)
+    port_holder = staticmethod(port_holder)
+    reap = staticmethod(reap)

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 from orchestrator.config import Config
 from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
-from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec, State
+from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.states import Desired, State
+from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
@@ -58,6 +60,7 @@ class Supervisor:
         nvml: SliceMemory | None = None,
         reap_all: bool = False,
         allow_partial: bool = False,
+        ops: process.ProcessOps | None = None,
     ) -> None:
         self.cfg = cfg
         self.inventory = inventory
@@ -65,6 +68,7 @@ class Supervisor:
         self.nvml = nvml
         self.reap_all = reap_all
         self.allow_partial = allow_partial
+        self.ops = ops or process.OsProcesses()
         self.engines: dict[str, Engine] = {}
         self.unplaced: dict[str, str] = {}
         self.plan = Plan()
@@ -82,6 +86,7 @@ class Supervisor:
             slice_memory=self._slice_memory,
             track=self._track,
             changed=self._changed,
+            ops=self.ops,
         )
         self.listeners: list[Callable[[], None]] = []  # e.g. sd_notify STATUS updates
 
@@ -100,40 +105,33 @@ class Supervisor:
         self.plan = plan
         self.unplaced = dict(plan.unplaced)
         for name in self.cfg.models:
-            self.engines[name] = self._make_engine(name, self._saved.overrides.get(name, {}))
+            overrides = self._saved.overrides.get(name, {})
+            self.engines[name] = self._make_engine(name, overrides, self.wanted_running(name))
         self._changed()
 
     async def _stop_leftovers(self, records: dict[str, EngineRecord]) -> None:
         async def stop_one(name: str, rec: EngineRecord) -> None:
             pid = process.ProcessId(rec.pid, rec.create_time)
-            if not pid.alive():
+            if not self.ops.alive(pid):
                 return
             # Ours for certain (pid and start time match): stop it rather than adopt it, since
             # its output pipe and exit status went with the earlier daemon.
             log.warning("stopping engine of %s left by an earlier daemon (pid %d)", name, rec.pid)
-            tracked = [pid, *process.descendants(rec.pid)]
-            process.signal_group(rec.pgid, signal.SIGTERM)
-            process.signal_each(tracked, signal.SIGTERM)
+            tracked = [pid, *self.ops.descendants(rec.pid)]
             grace = self.cfg.orchestrator.stop_grace_s
-            if await process.wait_gone(rec.pgid, tracked, time.monotonic() + grace):
-                process.signal_group(rec.pgid, signal.SIGKILL)
-                process.signal_each(tracked, signal.SIGKILL)
-                left = await process.wait_gone(rec.pgid, tracked, time.monotonic() + 10.0)
-                if left:
-                    log.error(
-                        "leftover engine of %s survives SIGKILL: %s", name, process.describe(left)
-                    )
+            await terminate_tree(self.ops, rec.pgid, tracked, grace, f"leftover engine of {name}")
 
         await asyncio.gather(*(stop_one(n, r) for n, r in records.items()))
 
-    def _make_engine(self, name: str, overrides: dict[str, Any]) -> Engine:
+    def _make_engine(self, name: str, overrides: dict[str, Any], wanted: bool) -> Engine:
         spec = self._spec(name, overrides)
         o = self.cfg.orchestrator
         elog = EngineLog(o.log_dir / f"{name}.log", o.log_max_bytes, o.log_backups)
         engine = Engine(spec, self._ctx, elog)
         if name in self.unplaced:
-            engine.state = State.FAILED
-            engine.reason = f"not placed: {self.unplaced[name]}"
+            if wanted:  # so that a reload that places it starts it
+                engine.want(Desired.RUNNING)
+            engine.cannot_start(f"not placed: {self.unplaced[name]}")
         return engine
 
     def _spec(self, name: str, overrides: dict[str, Any]) -> EngineSpec:
@@ -155,14 +153,13 @@ class Supervisor:
 
     def wanted_running(self, name: str) -> bool:
         saved = self._saved.desired.get(name)
-        return saved == "running" if saved is not None else self.cfg.models[name].autostart
+        return saved == Desired.RUNNING if saved is not None else self.cfg.models[name].autostart
 
     async def autostart(self) -> list[str]:
         """Start what was running before (or autostart models on a first boot), all at once."""
         names = [n for n in self.engines if n not in self.unplaced and self.wanted_running(n)]
         for n in names:
-            async with self.engines[n].lock:
-                await self.engines[n].start()
+            await self.engines[n].start()
         return names
 
     # ----- commands -----
@@ -177,21 +174,16 @@ class Supervisor:
         e = self.engine(name)
         if name in self.unplaced:
             return
-        async with e.lock:
-            await e.start()
+        await e.start()
 
     async def stop(self, name: str) -> None:
-        e = self.engine(name)
-        async with e.lock:
-            await e.stop()
+        await self.engine(name).stop()
 
     async def restart(self, name: str, overrides: dict[str, Any] | None = None) -> None:
         e = self.engine(name)
         if name in self.unplaced:
             return
-        async with e.lock:
-            spec = None if overrides is None else self._spec(name, overrides)
-            await e.restart(spec)
+        await e.restart(None if overrides is None else self._spec(name, overrides))
 
     def validate_overrides(self, name: str, overrides: dict[str, Any]) -> None:
         """Raise ValueError when the overrides would not make a valid engine."""
@@ -212,19 +204,18 @@ class Supervisor:
         result = ReloadResult()
         for name in sorted(set(old_cfg.models) - set(new.models)):
             e = self.engines.pop(name)
-            async with e.lock:
-                await e.stop()
+            e.retire()  # a start already on its way for the removed model must not run it
+            await e.stop()
             e.log.close()
             result.removed.append(name)
         for name in sorted(new.models):
             e_old = self.engines.get(name)
             if e_old is None:
-                e = self._make_engine(name, {})
+                e = self._make_engine(name, {}, new.models[name].autostart)
                 self.engines[name] = e
                 result.added.append(name)
                 if name not in self.unplaced and new.models[name].autostart:
-                    async with e.lock:
-                        await e.start()
+                    await e.start()
                 continue
             spec = self._spec(name, e_old.spec.overrides)
             if _spec_identity(spec) == _spec_identity(e_old.spec):
@@ -232,28 +223,25 @@ class Supervisor:
                 result.unchanged.append(name)
                 continue
             result.changed.append(name)
-            async with e_old.lock:
-                if e_old.desired == "running" and name not in self.unplaced:
-                    await e_old.restart(spec)
-                else:
-                    await e_old.stop()
-                    e_old.set_spec(spec)
+            if e_old.desired is Desired.RUNNING and name not in self.unplaced:
+                await e_old.restart(spec)
+                continue
+            # Losing its slice is not an admin's stop: what was asked for stays for the next
+            # reload that places it.
+            await e_old.stop(desired=e_old.desired)
+            e_old.set_spec(spec)
+            if name in self.unplaced:
+                e_old.cannot_start(f"not placed: {self.unplaced[name]}")
         self._changed()
         return result
 
     # ----- shutdown -----
 
     async def shutdown(self) -> None:
-        """Stop every engine in parallel; the saved desired state survives for the next start."""
-        desired = {n: e.desired for n, e in self.engines.items()}
-
-        async def stop(e: Engine) -> None:
-            async with e.lock:
-                await e.stop()
-
-        await asyncio.gather(*(stop(e) for e in self.engines.values()))
-        for n, d in desired.items():
-            self.engines[n].desired = d
+        """Stop every engine in parallel; what each was asked to be survives for the next start."""
+        for e in self.engines.values():
+            e.retire()  # commands still arriving through the control plane must not start one
+        await asyncio.gather(*(e.stop(desired=e.desired) for e in self.engines.values()))
         self._changed()
         await self.flush()
         with contextlib.suppress(Exception):
@@ -282,7 +270,7 @@ class Supervisor:
             self._pids[pid] = engine
 
     def _reap(self) -> None:
-        for pid, status in process.reap(None if self.reap_all else list(self._pids)):
+        for pid, status in self.ops.reap(None if self.reap_all else list(self._pids)):
             engine = self._pids.pop(pid, None)
             if engine is not None:
                 engine.on_exit(pid, status)
@@ -310,7 +298,7 @@ class Supervisor:
                     )
         return DaemonState(
             assignments={n: s.uuid for n, s in self.plan.assignments.items()},
-            desired={n: e.desired for n, e in self.engines.items()},
+            desired={n: e.desired.value for n, e in self.engines.items()},
             overrides={n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides},
             engines=engines,
         )

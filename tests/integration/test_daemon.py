@@ -57,6 +57,9 @@ def daemons(tmp_path: Path):
             d.terminate()
         for pid in marked_pids(d.root):
             os.kill(pid, signal.SIGKILL)
+    for d in started:
+        # The daemon logs an illegal engine state transition and carries on: here it fails.
+        assert "illegal engine state transition" not in d.log(), d.log()[-4000:]
 
 
 def test_ready_status_and_openai_on_own_port(daemons) -> None:

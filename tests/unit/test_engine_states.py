@@ -1,0 +1,50 @@
+"""The engine's transition table and its check."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.engine.states import TRANSITIONS, IllegalTransition, State, check
+
+
+def test_every_state_has_a_row_and_every_state_can_be_left_and_reached() -> None:
+    assert set(TRANSITIONS) == set(State)
+    reached = set().union(*TRANSITIONS.values())
+    assert reached == set(State)
+    assert all(TRANSITIONS[s] for s in State)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (State.STOPPED, State.STARTING),
+        (State.STARTING, State.READY),
+        (State.READY, State.UNHEALTHY),
+        (State.UNHEALTHY, State.READY),
+        (State.READY, State.STOPPING),
+        (State.STOPPING, State.BACKOFF),
+        (State.BACKOFF, State.STARTING),
+        (State.STOPPING, State.FAILED),
+        (State.FAILED, State.STARTING),
+        (State.READY, State.READY),
+    ],
+)
+def test_allowed(old: State, new: State) -> None:
+    check(old, new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # a running tree is always taken down (stopping) before the engine says it is stopped
+        (State.READY, State.STOPPED),
+        (State.UNHEALTHY, State.BACKOFF),
+        (State.READY, State.FAILED),
+        (State.STOPPED, State.READY),
+        (State.BACKOFF, State.READY),
+        (State.STOPPING, State.READY),
+    ],
+)
+def test_illegal(old: State, new: State) -> None:
+    with pytest.raises(IllegalTransition, match=f"{old.value} -> {new.value}"):
+        check(old, new)

@@ -1,0 +1,190 @@
+"""The Supervisor in-process, on fake processes reaped through a real SIGCHLD handler: start-up
+(leftovers, placement, autostart), reload, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator.engine.states import Desired, State
+from orchestrator.gpu.nvml import load_inventory
+from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
+from orchestrator.supervisor.supervisor import Supervisor
+from tests.daemon_harness import TOPOLOGIES
+from tests.engine_host import config, wait_for
+from tests.fake_processes import Behaviour, FakeProcesses
+from tests.health_server import HealthServer
+
+READY, FAILED = State.READY, State.FAILED
+
+
+class Host:
+    """A supervisor over a100-mixed (3g.40gb, 2g.20gb, 1g.10gb x2) whose models all answer
+    /health on their own in-process server."""
+
+    def __init__(self, root: Path, servers: dict[str, HealthServer]) -> None:
+        self.root = root
+        self.servers = servers
+        # SIGCHLD, as the kernel sends it: the supervisor's handler reaps through the fake.
+        self.fake = FakeProcesses(on_exit=lambda pid, status: signal.raise_signal(signal.SIGCHLD))
+        self.sup: Supervisor | None = None
+
+    def cfg(self, profiles: dict[str, str]) -> Any:
+        models = {n: {"port": self.servers[n].port, "profile": p} for n, p in profiles.items()}
+        return config(self.root, models)
+
+    async def open(self, profiles: dict[str, str]) -> Supervisor:
+        cfg = self.cfg(profiles)
+        inventory = load_inventory(TOPOLOGIES / "a100-mixed.toml")
+        store = StateStore(cfg.orchestrator.state_dir)
+        self.sup = Supervisor(cfg, inventory, store, allow_partial=True, ops=self.fake)
+        await self.sup.open()
+        return self.sup
+
+    async def reach(self, name: str, state: State) -> None:
+        assert self.sup is not None
+        await wait_for(lambda: self.sup is not None and self.sup.engine(name).state is state, name)
+
+    def running(self) -> list[str]:
+        """The models whose fake engines are alive."""
+        argvs = [p.argv for p in self.fake.engines_alive()]
+        return sorted(a[a.index("--served-model-name") + 1] for a in argvs)
+
+    def saved(self) -> dict[str, Any]:
+        assert self.sup is not None
+        return dict(json.loads(self.sup.store.path.read_text()))
+
+
+@contextlib.asynccontextmanager
+async def host(root: Path, *names: str) -> AsyncIterator[Host]:
+    async with contextlib.AsyncExitStack() as stack:
+        servers = {n: await stack.enter_async_context(HealthServer().running()) for n in names}
+        h = Host(root, servers)
+        try:
+            yield h
+        finally:
+            if h.sup is not None:
+                await h.sup.shutdown()
+            h.fake.close()
+
+
+async def test_start_up_places_autostarts_and_marks_what_cannot_be_placed(tmp_path: Path) -> None:
+    async with host(tmp_path, "a", "b", "c") as h:
+        sup = await h.open({"a": "3g.40gb", "b": "3g.40gb", "c": "2g.20gb"})
+        b = sup.engine("b")
+        assert b.state is FAILED and (b.reason or "").startswith("not placed: needs 3g.40gb")
+        assert b.desired is Desired.RUNNING  # autostart: it runs once a reload places it
+        assert await sup.autostart() == ["a", "c"]
+        await h.reach("a", READY)
+        await h.reach("c", READY)
+        await sup.start("b")
+        assert len(h.fake.spawned) == 2 and sup.engine("b").state is FAILED
+
+
+async def test_an_engine_exit_is_reaped_through_sigchld_and_restarted(tmp_path: Path) -> None:
+    async with host(tmp_path, "a") as h:
+        sup = await h.open({"a": "3g.40gb"})
+        await sup.autostart()
+        await h.reach("a", READY)
+        first = h.fake.spawned[0]
+        h.fake.crash(first.pid, sig=signal.SIGKILL)
+        await wait_for(lambda: sup.engine("a").restarts == 1, "the restart")
+        await h.reach("a", READY)
+        assert not first.alive and len(h.fake.engines_alive()) == 1
+        assert first.pid not in sup._pids
+
+
+async def test_engines_left_by_an_earlier_daemon_are_stopped_and_a_reused_pid_is_not(
+    tmp_path: Path,
+) -> None:
+    async with host(tmp_path, "a", "c") as h:
+        cfg = h.cfg({"a": "3g.40gb", "c": "2g.20gb"})
+        h.fake.behaviour = Behaviour(children=1)
+        for _ in range(2):
+            _, read_fd = h.fake.spawn(["vllm"], {})
+            os.close(read_fd)
+        old, reused = h.fake.spawned
+        records = {
+            "a": EngineRecord(old.pid, old.pgid, old.create_time, None),
+            "c": EngineRecord(reused.pid, reused.pgid, reused.create_time - 100, None),
+        }
+        StateStore(cfg.orchestrator.state_dir).save(DaemonState(engines=records))
+        sup = await h.open({"a": "3g.40gb", "c": "2g.20gb"})
+        assert not old.alive and not h.fake.procs[old.pid + 1].alive
+        assert old.signals == [signal.SIGTERM]
+        assert reused.alive and reused.signals == []
+        await sup.flush()
+        assert h.saved()["engines"] == {}
+        await sup.autostart()
+        await h.reach("a", READY)
+
+
+async def test_shutdown_stops_everything_keeps_what_was_asked_and_refuses_late_starts(
+    tmp_path: Path,
+) -> None:
+    async with host(tmp_path, "a", "c") as h:
+        sup = await h.open({"a": "3g.40gb", "c": "2g.20gb"})
+        await sup.autostart()
+        await h.reach("a", READY)
+        await h.reach("c", READY)
+        await sup.stop("c")
+        h.fake.behaviour = Behaviour(ignore_term=True)
+        await sup.restart("a")
+        await h.reach("a", READY)
+        shutting = asyncio.create_task(sup.shutdown())
+        await h.reach("a", State.STOPPING)
+        late = [asyncio.create_task(sup.start("a")), asyncio.create_task(sup.start("c"))]
+        await asyncio.gather(shutting, *late)
+        h.sup = None
+        assert h.fake.engines_alive() == []
+        assert len(h.fake.spawned) == 3  # a, c, then a again after the restart; nothing later
+        state = json.loads(sup.store.path.read_text())
+        assert state["desired"] == {"a": "running", "c": "stopped"} and state["engines"] == {}
+
+
+async def test_reload_starts_a_model_it_places_and_keeps_the_intent_of_one_it_cannot(
+    tmp_path: Path,
+) -> None:
+    async with host(tmp_path, "a", "b", "c") as h:
+        sup = await h.open({"a": "3g.40gb", "b": "3g.40gb", "c": "2g.20gb"})
+        await sup.autostart()
+        await h.reach("c", READY)
+        # a moves to a 1g slice, which frees the 3g.40gb for b; c now asks for a taken one.
+        r = await sup.reload(h.cfg({"a": "1g.10gb", "b": "3g.40gb", "c": "3g.40gb"}))
+        assert r.changed == ["a", "b", "c"]
+        await h.reach("a", READY)
+        await h.reach("b", READY)
+        c = sup.engine("c")
+        assert c.state is FAILED and (c.reason or "").startswith("not placed: needs 3g.40gb")
+        assert c.desired is Desired.RUNNING
+        assert sorted(
+            p.argv[p.argv.index("--served-model-name") + 1] for p in h.fake.engines_alive()
+        ) == ["a", "b"]
+        await sup.reload(h.cfg({"a": "1g.10gb", "b": "3g.40gb", "c": "2g.20gb"}))
+        await h.reach("c", READY)
+
+
+async def test_reload_removes_a_model_even_with_a_start_on_its_way(tmp_path: Path) -> None:
+    async with host(tmp_path, "a", "c") as h:
+        sup = await h.open({"a": "3g.40gb", "c": "2g.20gb"})
+        await sup.autostart()
+        await h.reach("c", READY)
+        h.fake.behaviour = Behaviour(ignore_term=True)
+        await sup.restart("c")
+        await h.reach("c", READY)
+        removed = sup.engine("c")
+        reload = asyncio.create_task(sup.reload(h.cfg({"a": "3g.40gb"})))
+        await wait_for(lambda: removed.state is State.STOPPING, "c stopping")
+        late = asyncio.create_task(removed.start())
+        r = await reload
+        await late
+        assert r.removed == ["c"] and removed.state is State.STOPPED
+        assert [
+            p.argv[p.argv.index("--served-model-name") + 1] for p in h.fake.engines_alive()
+        ] == ["a"]
