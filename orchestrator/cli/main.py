@@ -20,10 +20,11 @@ from orchestrator.control.client import (
     resolve_token,
 )
 from orchestrator.engine.launch import build_launch
-from orchestrator.gpu.inventory import GIB, Inventory
+from orchestrator.gpu.inventory import Inventory
 from orchestrator.gpu.nvml import Nvml, NvmlError
 from orchestrator.placement import PlacementError, plan_partial
 from orchestrator.supervisor.store import StateStore
+from orchestrator.units import GIB
 
 DEFAULT_CONFIG = Path(os.environ.get("MIG_ORCH_CONFIG", "/etc/mig-orchestrator/models.toml"))
 

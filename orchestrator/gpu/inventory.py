@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GIB = 1024**3
+from orchestrator.units import GIB
 
 
 @dataclass(frozen=True)

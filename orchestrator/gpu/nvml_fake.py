@@ -64,7 +64,8 @@ from typing import Any
 
 import pynvml  # error classes, constants and result structs only: nothing here loads the driver
 
-MIB = 1024**2
+from orchestrator.units import MIB
+
 MEMORY_SLICES = 8  # MIG memory is an 8-slot axis on A100, H100 and H200
 
 

@@ -21,6 +21,7 @@ from orchestrator import promtext
 from orchestrator.config import DEFAULT_LISTEN, OrchestratorSettings
 from orchestrator.control.metrics import ENGINE_METRICS, relabel
 from orchestrator.gpu import nvml_fake
+from orchestrator.units import GIB
 from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_until, write_secret
 
 pytestmark = pytest.mark.slow
@@ -149,7 +150,7 @@ def test_gpu_and_slice_series(host: Host) -> None:
     d = host.daemon
     slices = d.get("/api/v1/slices").json()
     a_slice = d.status(A)["slice"]["uuid"]
-    held = 7 * 1024**3
+    held = 7 * GIB
     nvml_fake.hold_memory(d.topology, a_slice, held)
     try:
         expo = host.parse()

@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator.config import Config, parse_config
 from orchestrator.engine.launch import build_launch
-from orchestrator.gpu.inventory import GIB, Slice
+from orchestrator.gpu.inventory import Slice
+from orchestrator.units import GIB
 
 SLICE = Slice(
     uuid="MIG-11111111-2222-3333-4444-555555555555",

@@ -14,7 +14,6 @@ import pytest
 
 from orchestrator.gpu import nvml_fake
 from orchestrator.gpu.nvml import (
-    MIB,
     Nvml,
     NvmlError,
     NvmlUnavailable,
@@ -22,10 +21,10 @@ from orchestrator.gpu.nvml import (
     load_inventory,
     mig_profile_name,
 )
+from orchestrator.units import GIB, MIB
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
-GIB = 1024**3
 
 # (gpu index, profile, gi_id, ci_id) of every slice each shipped topology must yield, in order.
 EXPECTED = {

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.gpu.inventory import GIB, Gpu, Inventory, Slice
+from orchestrator.gpu.inventory import Gpu, Inventory, Slice
 from orchestrator.placement import PlacementError, Plan, place, plan_partial
+from orchestrator.units import GIB
 
 TOPOLOGIES = sorted(
     (Path(__file__).resolve().parents[2] / "orchestrator" / "gpu" / "topologies").glob("*.toml")
