@@ -29,13 +29,6 @@ class Slice:
     def memory_total_gib(self) -> float:
         return self.memory_total_bytes / GIB
 
-    @property
-    def label(self) -> str:
-        """Short human name: `GPU0 3g.40gb (gi 1)` or `GPU1 whole`."""
-        if self.profile is None:
-            return f"GPU{self.gpu_index} whole"
-        return f"GPU{self.gpu_index} {self.profile} (gi {self.gi_id})"
-
 
 @dataclass(frozen=True)
 class Gpu:
