@@ -9,6 +9,7 @@ from typing import Any
 
 from orchestrator.bench.compare import CompareReport
 from orchestrator.bench.stats import BenchReport, CacheDelta, Distribution, LevelReport
+from orchestrator.texttable import render_table
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -26,19 +27,6 @@ def to_jsonable(obj: Any) -> Any:
 
 def to_json(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2)
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """Left-align the first column, right-align the rest (numbers)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    out = []
-    for row in [header, *rows]:
-        cells = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -95,7 +83,9 @@ def render_bench(report: BenchReport) -> str:
         "",
     ]
     if report.ralph is None:
-        lines.append(table(LEVEL_HEADER, [level_row(level) for level in report.levels]))
+        lines.append(
+            render_table(LEVEL_HEADER, [level_row(level) for level in report.levels], numbers=True)
+        )
         errors = [e for lv in report.levels for e in _errors(lv, f"concurrency {lv.concurrency}")]
     else:
         ralph = report.ralph
@@ -139,7 +129,7 @@ def render_bench(report: BenchReport) -> str:
                 ]
             )
         lines.append(f"{ralph.loops} Ralph loops in lockstep; hit rate = d(hits)/d(queries)")
-        lines.append(table(header, rows))
+        lines.append(render_table(header, rows, numbers=True))
         errors = [
             e for it in ralph.iterations for e in _errors(it.level, f"iteration {it.iteration}")
         ]
@@ -162,7 +152,7 @@ def render_compare(report: CompareReport) -> str:
         for level in v.report.levels:
             rate = _rate(ralph.cache) if ralph else "-"
             rows.append([v.label, v.status, *level_row(level), rate])
-    lines = [f"compare on model {report.model}", "", table(header, rows)]
+    lines = [f"compare on model {report.model}", "", render_table(header, rows, numbers=True)]
     if failures:
         lines += ["", "failed variants:", *failures]
     if report.restored:

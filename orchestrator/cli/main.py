@@ -24,18 +24,10 @@ from orchestrator.gpu.inventory import Inventory
 from orchestrator.gpu.nvml import Nvml, NvmlError
 from orchestrator.placement import PlacementError, plan_partial
 from orchestrator.supervisor.store import StateStore
+from orchestrator.texttable import render_table
 from orchestrator.units import GIB
 
 DEFAULT_CONFIG = Path(os.environ.get("MIG_ORCH_CONFIG", "/etc/mig-orchestrator/models.toml"))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
-    return "\n".join(lines)
 
 
 def _gib(n: int) -> str:
@@ -156,7 +148,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     s["uuid"] if s else (r["unplaced"] or "-"),
                 ]
             )
-        print(_table(table, ["MODEL", "SLICE", "MEMORY", "PORT", "UUID"]))
+        print(render_table(["MODEL", "SLICE", "MEMORY", "PORT", "UUID"], table))
         for r in rows:
             if r["slice"] is None:
                 continue
@@ -231,7 +223,7 @@ def cmd_slices(args: argparse.Namespace) -> int:
                 f"  note: MIG is enabled on GPU{g.index} but it has no MIG devices, so nothing can "
                 "run there: create instances (nvidia-smi mig -cgi ... -C) or disable MIG"
             )
-    print(_table(rows, ["GPU", "PROFILE", "GI", "CI", "MEMORY", "USED", "UUID"]))
+    print(render_table(["GPU", "PROFILE", "GI", "CI", "MEMORY", "USED", "UUID"], rows))
     return 0
 
 
@@ -260,7 +252,8 @@ def _status_rows(models: list[dict[str, Any]]) -> str:
                 (m["reason"] or "")[:80],
             ]
         )
-    return _table(rows, ["MODEL", "STATE", "PID", "PORT", "SLICE", "UPTIME", "RESTARTS", "REASON"])
+    header = ["MODEL", "STATE", "PID", "PORT", "SLICE", "UPTIME", "RESTARTS", "REASON"]
+    return render_table(header, rows)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
