@@ -1,4 +1,4 @@
-"""Prometheus text parsing: labels, escapes, special values, comments, histograms, round trips."""
+"""Prometheus text: parsing (labels, escapes, special values, histograms), writing, relabelling."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from orchestrator.promtext import PromTextError, Sample, format_sample, parse, render
+from orchestrator.promtext import (
+    PromTextError,
+    Sample,
+    format_sample,
+    merge,
+    parse,
+    relabel,
+    render,
+)
 
 # Shaped like vLLM 0.3x's /metrics (prometheus_client text format 0.0.4), two engines.
 VLLM = """\
@@ -127,3 +135,104 @@ def test_render_round_trips_and_escapes() -> None:
     assert again.families["vllm:time_to_first_token_seconds"].type == "histogram"
     assert format_sample(Sample("x", {"q": 'a"b'}, math.inf, 5)) == 'x{q="a\\"b"} +Inf 5'
     assert format_sample(Sample("y", {}, 2.0)) == "y 2.0"
+
+
+# prometheus_client's text format 0.0.4 as vLLM serves it: a counter is declared with its
+# `_total` name and followed by its `_created` gauge.
+ENGINE = """\
+# HELP vllm:prefix_cache_hits_total Prefix cache hits.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} 960
+# HELP vllm:prefix_cache_hits_created Prefix cache hits.
+# TYPE vllm:prefix_cache_hits_created gauge
+vllm:prefix_cache_hits_created{engine="0",model_name="tiny"} 1.7e+09
+# HELP vllm:kv_cache_usage_perc KV-cache usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25 1700000000000
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="tiny"} 7.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="tiny"} 9.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="tiny"} 9.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="tiny"} 0.75
+# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 123.0
+"""
+WANT = ("vllm:prefix_cache_hits", "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds")
+OURS = {"model": "alice", "slice": 'MIG-"1"'}
+
+
+def test_relabel_keeps_the_named_families_as_written_with_our_labels_first() -> None:
+    out = relabel(ENGINE, WANT, OURS)
+    assert list(out) == [
+        "vllm:prefix_cache_hits_total",
+        "vllm:prefix_cache_hits_created",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds",
+    ]
+    hits = out["vllm:prefix_cache_hits_total"]
+    assert hits.header == [
+        "# HELP vllm:prefix_cache_hits_total Prefix cache hits.",
+        "# TYPE vllm:prefix_cache_hits_total counter",
+    ]
+    # Values and timestamps pass verbatim ("960", not "960.0"); our values are escaped.
+    ours = 'model="alice",slice="MIG-\\"1\\""'
+    assert hits.samples == [
+        f'vllm:prefix_cache_hits_total{{{ours},engine="0",model_name="tiny"}} 960'
+    ]
+    kv = out["vllm:kv_cache_usage_perc"].samples
+    assert kv == [
+        f'vllm:kv_cache_usage_perc{{{ours},engine="0",model_name="tiny"}} 0.25 1700000000000'
+    ]
+    ttft = out["vllm:time_to_first_token_seconds"]
+    assert [s.split("{")[0] for s in ttft.samples] == [
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:time_to_first_token_seconds_sum",
+    ]
+    again = parse(render(out.values()))
+    assert again.families["vllm:prefix_cache_hits_total"].type == "counter"
+    assert again.total("vllm:prefix_cache_hits_total", OURS) == 960
+    hist = again.histogram("vllm:time_to_first_token_seconds", {"model": "alice"})
+    assert hist is not None and hist.count == 9.0 and hist.buckets[-1] == (math.inf, 9.0)
+
+
+def test_relabel_rewrites_unusual_lines_and_our_labels_win_a_clash() -> None:
+    text = (
+        'vllm:kv_cache_usage_perc { model = "spoofed" , engine="0" } 0.5\n'
+        'vllm:num_requests_running{engine="0"} 2 # {trace_id="abc"} 1.0\n'
+        "vllm:num_requests_waiting 3\n"
+    )
+    out = relabel(
+        text,
+        ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting"),
+        OURS,
+    )
+    (kv,) = out["vllm:kv_cache_usage_perc"].samples
+    (running,) = out["vllm:num_requests_running"].samples
+    (waiting,) = out["vllm:num_requests_waiting"].samples
+    assert kv == 'vllm:kv_cache_usage_perc{model="alice",slice="MIG-\\"1\\"",engine="0"} 0.5'
+    assert running == 'vllm:num_requests_running{model="alice",slice="MIG-\\"1\\"",engine="0"} 2.0'
+    assert waiting == 'vllm:num_requests_waiting{model="alice",slice="MIG-\\"1\\""} 3'
+
+
+@pytest.mark.parametrize("line", ['vllm:kv_cache_usage_perc{engine="0"} lots', "9lives 1"])
+def test_relabel_refuses_a_bad_line_of_any_family(line: str) -> None:
+    with pytest.raises(PromTextError, match="line 2: "):
+        relabel(f"vllm:kv_cache_usage_perc 1\n{line}\n", ("vllm:kv_cache_usage_perc",), OURS)
+
+
+def test_merge_joins_families_across_pages_and_keeps_the_first_header() -> None:
+    a = relabel(ENGINE, WANT, {"model": "a"})
+    b = relabel(ENGINE.replace("Prefix cache hits.", "Other words."), WANT, {"model": "b"})
+    merged = merge([a, b])
+    assert [f.name for f in merged] == list(a)
+    hits = merged[0]
+    assert hits.header == a["vllm:prefix_cache_hits_total"].header
+    assert [s.split(",")[0] for s in hits.samples] == [
+        'vllm:prefix_cache_hits_total{model="a"',
+        'vllm:prefix_cache_hits_total{model="b"',
+    ]
+    expo = parse(render(merged))
+    assert expo.total("vllm:prefix_cache_hits_total") == 1920
