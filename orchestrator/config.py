@@ -170,7 +170,11 @@ class Config(_Strict):
     ) -> VllmSettings:
         """Defaults, then the model's own settings, then runtime overrides; env tables merge."""
         merged = self.defaults.set_fields()
-        layers = [self.models[name].vllm_settings().set_fields(), overrides or {}]
+        # Overrides are checked on their own first: merging needs `env` to be a table already.
+        layers = [
+            self.models[name].vllm_settings().set_fields(),
+            VllmSettings(**(overrides or {})).set_fields(),
+        ]
         for layer in layers:
             env = {**(merged.get("env") or {}), **(layer.get("env") or {})}
             merged.update(layer)
