@@ -17,7 +17,7 @@ from orchestrator.placement import PlacementError
 _TOOL_MODULES = (
     "orchestrator.gpu.monitor",
     "orchestrator.tooling.cpu_venv",
-    "orchestrator.bench.cli",
+    "orchestrator.bench.commands",
     "orchestrator.tooling.demo",
 )
 

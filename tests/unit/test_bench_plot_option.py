@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bench import cli as bench_cli
+from orchestrator.bench import commands as bench_commands
 from orchestrator.cli.main import main
 
 MESSAGE = "error: --plot needs matplotlib, which is not installed: pip install"
@@ -25,9 +25,9 @@ def no_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_run(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the run started although the plot cannot be drawn")
 
-    monkeypatch.setattr(bench_cli, "run_bench", no_run)
-    monkeypatch.setattr(bench_cli, "run_compare", no_run)
-    monkeypatch.setattr(bench_cli, "ControlClient", no_run)
+    monkeypatch.setattr(bench_commands, "run_bench", no_run)
+    monkeypatch.setattr(bench_commands, "run_compare", no_run)
+    monkeypatch.setattr(bench_commands, "ControlClient", no_run)
 
 
 @pytest.mark.usefixtures("no_matplotlib")
