@@ -185,8 +185,9 @@ class ControlState:
             raise HTTPException(403, f"your token does not grant access to model {name!r}")
         return e
 
-    async def command(self, e: Engine, op: Awaitable[None], what: str) -> ModelStatus:
-        """Run `op` in the background (202 Accepted) and answer with the model's status."""
+    async def command(self, e: Engine, desired: str, op: Awaitable[None], what: str) -> ModelStatus:
+        """Record what the caller wants, run `op` in the background (202) and answer the status."""
+        e.desired = desired
 
         async def logged() -> None:
             try:
@@ -258,16 +259,14 @@ async def one_model(name: str, request: Request, who: Who) -> Response:
 async def start_model(name: str, request: Request, who: Who) -> ModelStatus:
     ctl = _control(request)
     e = ctl.engine_for(name, who)
-    e.desired = "running"
-    return await ctl.command(e, ctl.target.supervisor.start(name), f"start {name}")
+    return await ctl.command(e, "running", ctl.target.supervisor.start(name), f"start {name}")
 
 
 @router.post("/api/v1/models/{name}/stop", status_code=202, response_model=ModelStatus)
 async def stop_model(name: str, request: Request, who: Who) -> ModelStatus:
     ctl = _control(request)
     e = ctl.engine_for(name, who)
-    e.desired = "stopped"
-    return await ctl.command(e, ctl.target.supervisor.stop(name), f"stop {name}")
+    return await ctl.command(e, "stopped", ctl.target.supervisor.stop(name), f"stop {name}")
 
 
 @router.post("/api/v1/models/{name}/restart", status_code=202, response_model=ModelStatus)
@@ -277,8 +276,8 @@ async def restart_model(
     ctl = _control(request)
     e = ctl.engine_for(name, who)
     overrides = None if body is None else _checked_overrides(ctl, name, who, body.overrides)
-    e.desired = "running"
-    return await ctl.command(e, ctl.target.supervisor.restart(name, overrides), f"restart {name}")
+    op = ctl.target.supervisor.restart(name, overrides)
+    return await ctl.command(e, "running", op, f"restart {name}")
 
 
 def _checked_overrides(
