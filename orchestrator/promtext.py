@@ -236,7 +236,8 @@ def relabel(text: str, only: Collection[str], labels: Mapping[str, str]) -> dict
     """The families of `text` named in `only`, each sample with `labels` put first.
 
     Values, timestamps and a sample's own labels pass as written; where a sample has a label of
-    the same name as one of `labels`, ours replaces it. Raises PromTextError on a bad line.
+    the same name as one of `labels`, ours replaces it. Raises PromTextError on a line that is
+    neither a comment nor starts with a metric name, and on a bad sample of a kept family.
     """
     # Every name a wanted family's header or sample may carry: one set lookup per line.
     wanted = {f + s for f in only for s in ("", *_SUFFIXES)}
@@ -286,6 +287,6 @@ def merge(pages: Iterable[Mapping[str, TextFamily]]) -> list[TextFamily]:
     merged: dict[str, TextFamily] = {}
     for page in pages:
         for name, family in page.items():
-            into = merged.setdefault(name, TextFamily(name, family.header))
+            into = merged.setdefault(name, TextFamily(name, list(family.header)))
             into.samples.extend(family.samples)
     return list(merged.values())
