@@ -57,14 +57,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(site: Path, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     # Run from a folder without the checkout, so only the installed copy can be imported.
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run(
-        [str(site / "bin" / "mig-orchestrator"), *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    command = [str(site / "bin" / "mig-orchestrator"), *argv]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_the_installed_copy_is_the_one_imported(installed: Path, tmp_path: Path) -> None:

@@ -53,12 +53,11 @@ def main(argv: list[str]) -> int:
         "cpu": stats,
         "load_avg_start": load_start,
     }
-    report(
-        "metrics_relabel",
-        result,
+    summary = (
         f"{args.engines} engine pages ({lines_in} lines) -> {result['lines_out']} lines: CPU "
-        f"median {stats['median_ms']} ms (min {stats['min_ms']}) per scrape; no target set",
+        f"median {stats['median_ms']} ms (min {stats['min_ms']}) per scrape; no target set"
     )
+    report("metrics_relabel", result, summary)
     return 0
 
 
