@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.units import MIB
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 DEFAULT_LISTEN = "127.0.0.1:8700"
 # vLLM sizes its memory from the device total, so two engines on one GPU must leave headroom.
@@ -110,7 +112,7 @@ class OrchestratorSettings(_Strict):
     max_restarts: Annotated[int, Field(ge=0)] = 5
     restart_window_s: Annotated[float, Field(gt=0)] = 900.0
     memory_release_timeout_s: Annotated[float, Field(ge=0)] = 60.0
-    log_max_bytes: Annotated[int, Field(ge=4096)] = 20 * 1024 * 1024
+    log_max_bytes: Annotated[int, Field(ge=4096)] = 20 * MIB
     log_backups: Annotated[int, Field(ge=0)] = 3
     metrics_timeout_s: Annotated[float, Field(gt=0)] = 2.0
 
@@ -168,7 +170,11 @@ class Config(_Strict):
     ) -> VllmSettings:
         """Defaults, then the model's own settings, then runtime overrides; env tables merge."""
         merged = self.defaults.set_fields()
-        layers = [self.models[name].vllm_settings().set_fields(), overrides or {}]
+        # Overrides are checked on their own first: merging needs `env` to be a table already.
+        layers = [
+            self.models[name].vllm_settings().set_fields(),
+            VllmSettings(**(overrides or {})).set_fields(),
+        ]
         for layer in layers:
             env = {**(merged.get("env") or {}), **(layer.get("env") or {})}
             merged.update(layer)

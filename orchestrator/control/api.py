@@ -8,11 +8,11 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
@@ -122,7 +122,7 @@ class StatusView:
         return {
             "name": e.spec.name,
             "state": e.state.value,
-            "desired": "running" if e.desired == "running" else "stopped",
+            "desired": e.desired.value,
             "pid": e.proc.pid if e.proc else None,
             "uptime_s": round(u, 3) if (u := e.uptime()) is not None else None,
             "restarts": e.restarts,
@@ -169,155 +169,188 @@ class StatusView:
         return Response(body, media_type="application/json")
 
 
-def create_app(target: Controlled, public_host: str) -> FastAPI:
-    app = FastAPI(
-        title="mig-orchestrator",
-        summary="Control plane for per-student vLLM engines on MIG slices",
-        version="1",
-    )
-    background: set[asyncio.Task[None]] = set()
-    view = StatusView(public_host)
+class ControlState:
+    """What the routes share: the daemon, the status view and the commands still running."""
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    def __init__(self, target: Controlled, public_host: str) -> None:
+        self.target = target
+        self.view = StatusView(public_host)
+        self.background: set[asyncio.Task[None]] = set()
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        return JSONResponse({"error": "; ".join(details), "details": details}, status_code=422)
-
-    # async dependencies: FastAPI runs plain-def ones in a worker thread, a hand-off per request.
-    async def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
-        tokens = target.tokens
-        if not tokens.enabled:
-            return Caller(admin=True)
-        who = tokens.identify(authorization)
-        if not who.known:
-            raise HTTPException(401, "missing or wrong bearer token")
-        return who
-
-    async def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
-        if not who.admin:
-            raise HTTPException(403, "this call needs the admin token")
-        return who
-
-    def engine_for(name: str, who: Caller) -> Engine:
+    def engine_for(self, name: str, who: Caller) -> Engine:
         try:
-            e = target.supervisor.engine(name)
+            e = self.target.supervisor.engine(name)
         except UnknownModel:
             raise HTTPException(404, f"no model named {name!r}") from None
         if not who.may_manage(name):
             raise HTTPException(403, f"your token does not grant access to model {name!r}")
         return e
 
-    def run_later(op: Awaitable[None], what: str) -> None:
-        async def wrapped() -> None:
+    async def command(
+        self, e: Engine, desired: Desired, op: Awaitable[None], what: str
+    ) -> ModelStatus:
+        """Record what the caller wants, run `op` in the background (202) and answer the status."""
+        e.want(desired)
+
+        async def logged() -> None:
             try:
                 await op
             except Exception:
                 log.exception("%s failed", what)
 
-        task = asyncio.create_task(wrapped())
-        background.add(task)
-        task.add_done_callback(background.discard)
+        task = asyncio.create_task(logged())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        await asyncio.sleep(0)  # let the command take the model's lock and show its state
+        return self.view.model(e)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        ready, total = target.supervisor.counts()
-        return {
-            "status": "ok",
-            "models": total,
-            "ready": ready,
-            "since": _iso(target.supervisor.started_at),
-        }
 
-    @app.get("/api/v1/slices", response_model=list[SliceOut])
-    async def slices(_: Annotated[Caller, Depends(admin)]) -> list[SliceOut]:
-        sup = target.supervisor
-        return [slice_out(s, sup.plan.models_on(s.uuid)) for s in sup.inventory.slices]
+def _control(request: Request) -> ControlState:
+    control: ControlState = request.app.state.control
+    return control
 
-    @app.get("/api/v1/models", response_model=list[ModelStatus])
-    async def models(who: Annotated[Caller, Depends(caller)]) -> Response:
-        return view.response(
-            e for name, e in sorted(target.supervisor.engines.items()) if who.may_manage(name)
-        )
 
-    @app.get("/api/v1/models/{name}", response_model=ModelStatus)
-    async def one_model(name: str, who: Annotated[Caller, Depends(caller)]) -> Response:
-        return view.response(engine_for(name, who))
+# async dependencies: FastAPI runs plain-def ones in a worker thread, a hand-off per request.
+async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    tokens = _control(request).target.tokens
+    if not tokens.enabled:
+        return Caller(admin=True)
+    who = tokens.identify(authorization)
+    if not who.known:
+        raise HTTPException(401, "missing or wrong bearer token")
+    return who
 
-    def command(
-        verb: str, op: Callable[[str], Awaitable[None]], desired: Desired
-    ) -> Callable[..., Awaitable[ModelStatus]]:
-        async def handler(name: str, who: Annotated[Caller, Depends(caller)]) -> ModelStatus:
-            e = engine_for(name, who)
-            e.want(desired)
-            run_later(op(name), f"{verb} {name}")
-            await asyncio.sleep(0)  # let the command take the model's lock and show its state
-            return view.model(e)
 
-        handler.__name__ = f"{verb}_model"
-        return handler
+async def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    if not who.admin:
+        raise HTTPException(403, "this call needs the admin token")
+    return who
 
-    sup = target.supervisor
-    for verb, desired in (("start", Desired.RUNNING), ("stop", Desired.STOPPED)):
-        app.post(f"/api/v1/models/{{name}}/{verb}", status_code=202, response_model=ModelStatus)(
-            command(verb, getattr(sup, verb), desired)
-        )
 
-    @app.post("/api/v1/models/{name}/restart", status_code=202, response_model=ModelStatus)
-    async def restart_model(
-        name: str, who: Annotated[Caller, Depends(caller)], body: RestartBody | None = None
-    ) -> ModelStatus:
-        e = engine_for(name, who)
-        overrides = None if body is None else body.overrides
-        if overrides is not None:
-            overrides = {k: v for k, v in overrides.items() if v is not None}  # null = not set
-            raw = {k for k in ("env", "extra_args") if overrides.get(k)}
-            if raw and not who.admin:
-                # Raw environment and arguments could run code as the daemon's user.
-                raise HTTPException(
-                    403, f"overriding {' and '.join(sorted(raw))} needs the admin token"
-                )
-            try:
-                target.supervisor.validate_overrides(name, overrides)
-            except ValidationError as exc:
-                msgs = [
-                    f"overrides.{'.'.join(map(str, x['loc']))}: {x['msg']}".replace(
-                        "Value error, ", ""
-                    )
-                    for x in exc.errors()
-                ]
-                raise HTTPException(422, "; ".join(msgs)) from None
-        e.want(Desired.RUNNING)
-        run_later(target.supervisor.restart(name, overrides), f"restart {name}")
-        await asyncio.sleep(0)
-        return view.model(e)
+Who = Annotated[Caller, Depends(caller)]
+Admin = Annotated[Caller, Depends(admin)]
+router = APIRouter()
 
-    @app.get("/api/v1/models/{name}/logs", response_model=LogsOut)
-    async def logs(
-        name: str,
-        who: Annotated[Caller, Depends(caller)],
-        tail: Annotated[int, Query(ge=0, le=10000)] = 100,
-    ) -> LogsOut:
-        return LogsOut(model=name, lines=engine_for(name, who).log.tail(tail))
 
-    @app.post("/api/v1/reload", response_model=ReloadOut)
-    async def reload(_: Annotated[Caller, Depends(admin)]) -> ReloadOut:
-        try:
-            r = await target.reload()
-        except ConfigError as e:
-            raise HTTPException(422, "\n".join(str(e).splitlines())) from None
-        except PlacementError as e:
-            raise HTTPException(422, f"placement failed, old configuration kept: {e}") from None
-        return ReloadOut(added=r.added, removed=r.removed, changed=r.changed, unchanged=r.unchanged)
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, Any]:
+    sup = _control(request).target.supervisor
+    ready, total = sup.counts()
+    return {"status": "ok", "models": total, "ready": ready, "since": _iso(sup.started_at)}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics(_: Annotated[Caller, Depends(admin)]) -> PlainTextResponse:
-        started = time.perf_counter()
-        body = await target.metrics()
-        log.debug("metrics rendered in %.1f ms", (time.perf_counter() - started) * 1000)
-        return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+@router.get("/api/v1/slices", response_model=list[SliceOut])
+async def slices(request: Request, _: Admin) -> list[SliceOut]:
+    sup = _control(request).target.supervisor
+    return [slice_out(s, sup.plan.models_on(s.uuid)) for s in sup.inventory.slices]
+
+
+@router.get("/api/v1/models", response_model=list[ModelStatus])
+async def models(request: Request, who: Who) -> Response:
+    ctl = _control(request)
+    engines = sorted(ctl.target.supervisor.engines.items())
+    return ctl.view.response(e for name, e in engines if who.may_manage(name))
+
+
+@router.get("/api/v1/models/{name}", response_model=ModelStatus)
+async def one_model(name: str, request: Request, who: Who) -> Response:
+    ctl = _control(request)
+    return ctl.view.response(ctl.engine_for(name, who))
+
+
+@router.post("/api/v1/models/{name}/start", status_code=202, response_model=ModelStatus)
+async def start_model(name: str, request: Request, who: Who) -> ModelStatus:
+    ctl = _control(request)
+    e = ctl.engine_for(name, who)
+    return await ctl.command(e, Desired.RUNNING, ctl.target.supervisor.start(name), f"start {name}")
+
+
+@router.post("/api/v1/models/{name}/stop", status_code=202, response_model=ModelStatus)
+async def stop_model(name: str, request: Request, who: Who) -> ModelStatus:
+    ctl = _control(request)
+    e = ctl.engine_for(name, who)
+    return await ctl.command(e, Desired.STOPPED, ctl.target.supervisor.stop(name), f"stop {name}")
+
+
+@router.post("/api/v1/models/{name}/restart", status_code=202, response_model=ModelStatus)
+async def restart_model(
+    name: str, request: Request, who: Who, body: RestartBody | None = None
+) -> ModelStatus:
+    ctl = _control(request)
+    e = ctl.engine_for(name, who)
+    overrides = None if body is None else _checked_overrides(ctl, name, who, body.overrides)
+    op = ctl.target.supervisor.restart(name, overrides)
+    return await ctl.command(e, Desired.RUNNING, op, f"restart {name}")
+
+
+def _checked_overrides(
+    ctl: ControlState, name: str, who: Caller, overrides: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Runtime overrides with nulls dropped, refused (403/422) before anything restarts."""
+    if overrides is None:
+        return None
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # null = not set
+    raw = {k for k in ("env", "extra_args") if overrides.get(k)}
+    if raw and not who.admin:
+        # Raw environment and arguments could run code as the daemon's user.
+        raise HTTPException(403, f"overriding {' and '.join(sorted(raw))} needs the admin token")
+    try:
+        ctl.target.supervisor.validate_overrides(name, overrides)
+    except ValidationError as exc:
+        msgs = [
+            f"overrides.{'.'.join(map(str, x['loc']))}: {x['msg']}".replace("Value error, ", "")
+            for x in exc.errors()
+        ]
+        raise HTTPException(422, "; ".join(msgs)) from None
+    return overrides
+
+
+@router.get("/api/v1/models/{name}/logs", response_model=LogsOut)
+async def logs(
+    name: str,
+    request: Request,
+    who: Who,
+    tail: Annotated[int, Query(ge=0, le=10000)] = 100,
+) -> LogsOut:
+    return LogsOut(model=name, lines=_control(request).engine_for(name, who).log.tail(tail))
+
+
+@router.post("/api/v1/reload", response_model=ReloadOut)
+async def reload(request: Request, _: Admin) -> ReloadOut:
+    try:
+        r = await _control(request).target.reload()
+    except ConfigError as e:
+        raise HTTPException(422, "\n".join(str(e).splitlines())) from None
+    except PlacementError as e:
+        raise HTTPException(422, f"placement failed, old configuration kept: {e}") from None
+    return ReloadOut(added=r.added, removed=r.removed, changed=r.changed, unchanged=r.unchanged)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request, _: Admin) -> PlainTextResponse:
+    started = time.perf_counter()
+    body = await _control(request).target.metrics()
+    log.debug("metrics rendered in %.1f ms", (time.perf_counter() - started) * 1000)
+    return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+    return JSONResponse({"error": "; ".join(details), "details": details}, status_code=422)
+
+
+def create_app(target: Controlled, public_host: str) -> FastAPI:
+    app = FastAPI(
+        title="mig-orchestrator",
+        summary="Control plane for per-student vLLM engines on MIG slices",
+        version="1",
+    )
+    app.state.control = ControlState(target, public_host)
+    app.exception_handler(HTTPException)(http_error)
+    app.exception_handler(RequestValidationError)(bad_request)
+    app.include_router(router)
     return app

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from orchestrator.config import Config, VllmSettings
 from orchestrator.gpu.inventory import Slice
+from orchestrator.secretfile import read_secret_file
 
 # Variables that belong to the daemon's own supervisor and must not leak into engines.
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
@@ -53,10 +53,6 @@ def setting_flags(s: VllmSettings) -> list[str]:
     return out + list(s.extra_args or [])
 
 
-def read_secret(path: Path) -> str:
-    return path.read_text(encoding="utf-8").strip()
-
-
 def build_launch(
     cfg: Config,
     name: str,
@@ -88,7 +84,9 @@ def build_launch(
         extra["CUDA_VISIBLE_DEVICES"] = slc.uuid
     if m.api_key_file is not None:
         # The key travels in the environment: argv is readable by every user through ps.
-        extra["VLLM_API_KEY"] = read_secret(m.api_key_file) if read_secrets else "***"
+        extra["VLLM_API_KEY"] = (
+            read_secret_file(m.api_key_file, "API key file") if read_secrets else "***"
+        )
     env = {k: v for k, v in (os.environ if base_env is None else base_env).items()}
     for k in _PRIVATE_ENV:
         env.pop(k, None)

@@ -20,13 +20,14 @@ from orchestrator.engine.restart_policy import RestartPolicy
 from orchestrator.engine.states import Desired, IllegalTransition, State, check
 from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Slice
+from orchestrator.units import MIB
 
 log = logging.getLogger(__name__)
 
 READY_POLL_S = 0.2
 # Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
 _LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
-MEMORY_MARGIN_BYTES = 256 * 1024**2
+MEMORY_MARGIN_BYTES = 256 * MIB
 _STOP_REQUESTED = "stop requested"
 
 

@@ -1,8 +1,8 @@
 """Every NVML call of the orchestrator: GPU and MIG discovery, slice memory, telemetry samples.
 
 The same code runs on the real `pynvml` (nvidia-ml-py) and on orchestrator.gpu.nvml_fake, a
-look-alike module driven by a topology file. Imports stay stdlib + pynvml + inventory so this
-module works on a bare GPU host.
+look-alike module driven by a topology file. Imports stay stdlib + pynvml + inventory + units, so
+this module works on a bare GPU host.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from orchestrator.gpu.inventory import Gpu, Inventory, Slice
+from orchestrator.units import GIB, MIB
 
 log = logging.getLogger(__name__)
 
-MIB = 1024**2
-GIB = 1024**3
 T = TypeVar("T")
 
 NO_TOPOLOGY_HINT = (

@@ -8,7 +8,6 @@ Topology format (TOML; every file shipped in orchestrator/gpu/topologies/ is an 
 `--topology NAME` picks one of those by its stem, e.g. `--topology a100-mixed`):
 
     [driver]                      # optional
-    version = "550.90.07"         # nvmlSystemGetDriverVersion()
     privileged = true             # false: like a non-root caller, reading a MIG-enabled GPU's
                                   # aggregate memory or its GPU instances raises NoPermission
 
@@ -55,7 +54,6 @@ import os
 import tempfile
 import tomllib
 from collections.abc import Mapping
-from ctypes import c_uint
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,7 +62,8 @@ from typing import Any
 
 import pynvml  # error classes, constants and result structs only: nothing here loads the driver
 
-MIB = 1024**2
+from orchestrator.units import MIB
+
 MEMORY_SLICES = 8  # MIG memory is an 8-slot axis on A100, H100 and H200
 
 
@@ -188,7 +187,6 @@ class FakeGpu:
 @dataclass(frozen=True)
 class Topology:
     path: Path
-    driver_version: str
     privileged: bool
     gpus: tuple[FakeGpu, ...]
 
@@ -290,7 +288,7 @@ def load_topology(path: Path) -> Topology:
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"{path}: not valid TOML: {e}") from e
     top = _Fields(path, "", data, ("driver", "gpu"))
-    driver = _Fields(path, "driver", top.get("driver", dict, {}), ("version", "privileged"))
+    driver = _Fields(path, "driver", top.get("driver", dict, {}), ("privileged",))
     gpu_tables = top.get("gpu", list, [])
     gpus = tuple(_parse_gpu(path, i, table) for i, table in enumerate(gpu_tables))
     seen: dict[str, str] = {}
@@ -303,7 +301,6 @@ def load_topology(path: Path) -> Topology:
             seen[uuid] = where
     return Topology(
         path=path,
-        driver_version=driver.get("version", str, "550.90.07"),
         privileged=driver.get("privileged", bool, True),
         gpus=gpus,
     )
@@ -515,18 +512,11 @@ class FakeNvml:
 
     # --- init -------------------------------------------------------------------------------
     def nvmlInit(self) -> None:
-        self.nvmlInitWithFlags(0)
-
-    def nvmlInitWithFlags(self, flags: int) -> None:
         self.init_count += 1
 
     def nvmlShutdown(self) -> None:
         self._ready()
         self.init_count -= 1
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        self._ready()
-        return self.topology.driver_version
 
     # --- devices ----------------------------------------------------------------------------
     def nvmlDeviceGetCount(self) -> int:
@@ -603,15 +593,6 @@ class FakeNvml:
         if device is None:
             raise _fail(pynvml.NVML_ERROR_NOT_FOUND)
         return device
-
-    def nvmlDeviceIsMigDeviceHandle(self, handle: FakeGpu | FakeMigDevice) -> c_uint:
-        self._ready()
-        return c_uint(isinstance(handle, FakeMigDevice))  # the real binding returns a raw c_uint
-
-    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
-        self, handle: FakeGpu | FakeMigDevice
-    ) -> FakeGpu:
-        return self._parent(self._mig(handle))
 
     def nvmlDeviceGetGpuInstanceId(self, handle: FakeGpu | FakeMigDevice) -> int:
         return self._mig(handle).gi_id

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from orchestrator.gpu import nvml_fake
+from orchestrator.units import GIB
 from tests.daemon_harness import (
     Daemon,
     engine_pids,
@@ -413,7 +414,7 @@ def test_relaunch_waits_for_slice_memory_release(daemons) -> None:
     s = d.status("m")
     uuid = s["slice"]["uuid"]
     # The old engine's memory is still held when it dies (as a slow driver teardown would).
-    nvml_fake.hold_memory(d.topology, uuid, 30 * 1024**3)
+    nvml_fake.hold_memory(d.topology, uuid, 30 * GIB)
     os.kill(s["pid"], signal.SIGKILL)
     time.sleep(2.0)
     assert d.status("m")["state"] in ("starting", "backoff") and engine_pids("m") == []

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.cli.main import main
 from orchestrator.gpu import nvml
 from orchestrator.supervisor.store import DaemonState, StateStore
+from orchestrator.units import GIB
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
@@ -264,8 +265,8 @@ def test_plan_json_shape(site: Path, capsys: pytest.CaptureFixture[str]) -> None
         ],
     }
     # The NVIDIA profile names promise at least their size in GB.
-    assert 39 * 1024**3 < doc["models"][0]["slice"]["memory_total_bytes"] <= 40 * 1024**3
-    assert 19 * 1024**3 < doc["models"][1]["slice"]["memory_total_bytes"] <= 20 * 1024**3
+    assert 39 * GIB < doc["models"][0]["slice"]["memory_total_bytes"] <= 40 * GIB
+    assert 19 * GIB < doc["models"][1]["slice"]["memory_total_bytes"] <= 20 * GIB
 
 
 def test_plan_never_prints_the_api_key(site: Path, capsys: pytest.CaptureFixture[str]) -> None:

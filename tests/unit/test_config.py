@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.config import ConfigError, load_config, parse_config
 
@@ -286,6 +287,14 @@ def test_effective_settings_refuses_unknown_override() -> None:
     cfg = parse_config(ONE_MODEL, SRC)
     with pytest.raises(ValueError, match="gpu_memory_utilisation"):
         cfg.effective_settings("alice", {"gpu_memory_utilisation": 0.5})
+
+
+@pytest.mark.parametrize("env", [1.5, "A=1", ["A"]])
+def test_effective_settings_refuses_an_env_override_that_is_no_table(env: object) -> None:
+    # Found by test_api_fuzz: a non-table env reached the merge and raised TypeError (a 500).
+    cfg = parse_config(ONE_MODEL, SRC)
+    with pytest.raises(ValidationError, match="env"):
+        cfg.effective_settings("alice", {"env": env})
 
 
 def test_effective_settings_refuses_tensor_parallel_override() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator.config import Config, parse_config
 from orchestrator.engine.launch import build_launch
-from orchestrator.gpu.inventory import GIB, Slice
+from orchestrator.gpu.inventory import Slice
+from orchestrator.units import GIB
 
 SLICE = Slice(
     uuid="MIG-11111111-2222-3333-4444-555555555555",
@@ -246,5 +247,15 @@ def test_plan_can_show_the_env_without_reading_the_key(tmp_path: Path) -> None:
 
 def test_missing_api_key_file_is_an_error(tmp_path: Path) -> None:
     cfg = cfg_of(f'api_key_file = "{tmp_path / "nope.key"}"')
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"API key file .*nope\.key: cannot read"):
+        build_launch(cfg, "alice", SLICE, base_env={})
+
+
+def test_world_readable_api_key_file_is_refused_at_launch(tmp_path: Path) -> None:
+    # Launch reads the key with the same reader as `check` and the daemon's start-up.
+    key_file = tmp_path / "alice.key"
+    key_file.write_text("sk-alice\n")
+    key_file.chmod(0o644)
+    cfg = cfg_of(f'api_key_file = "{key_file}"')
+    with pytest.raises(ValueError, match="readable by every user"):
         build_launch(cfg, "alice", SLICE, base_env={})
