@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
-from orchestrator.config import Config, ConfigError, check_local_models, load_config
+from orchestrator.config import Config, ConfigError, check_this_host, load_config
 from orchestrator.control.api import create_app
 from orchestrator.control.auth import Tokens
 from orchestrator.control.metrics import MetricsCollector
@@ -77,7 +77,7 @@ class Daemon:
                         }
                     )
                 tokens = Tokens.load(new, str(self.opts.config))
-                check_local_models(new, str(self.opts.config))
+                check_this_host(new, str(self.opts.config))
                 if new.orchestrator.listen != self.cfg.orchestrator.listen:
                     log.warning("orchestrator.listen changed: takes effect after a daemon restart")
                 result = await self.supervisor.reload(new)
@@ -172,7 +172,7 @@ def serve(opts: ServeOptions) -> int:
     cfg = load_config(opts.config)
     topology = opts.topology or cfg.orchestrator.topology
     tokens = Tokens.load(cfg, str(opts.config))
-    check_local_models(cfg, str(opts.config))
+    check_this_host(cfg, str(opts.config))
     with Nvml.open(topology) as nvml:
         daemon = Daemon(ServeOptions(opts.config, topology, opts.allow_partial), cfg, nvml, tokens)
         return asyncio.run(daemon.run())
