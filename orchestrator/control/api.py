@@ -15,13 +15,14 @@ from typing import Annotated, Any, Literal, Protocol
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
+from orchestrator.supervisor.overrides import OverrideError
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
 
 log = logging.getLogger(__name__)
@@ -281,14 +282,8 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
                 )
             try:
                 target.supervisor.validate_overrides(name, overrides)
-            except ValidationError as exc:
-                msgs = [
-                    f"overrides.{'.'.join(map(str, x['loc']))}: {x['msg']}".replace(
-                        "Value error, ", ""
-                    )
-                    for x in exc.errors()
-                ]
-                raise HTTPException(422, "; ".join(msgs)) from None
+            except OverrideError as exc:
+                raise HTTPException(422, str(exc)) from None
         e.desired = "running"
         run_later(target.supervisor.restart(name, overrides), f"restart {name}")
         await asyncio.sleep(0)
