@@ -201,6 +201,9 @@ class OrchestratorSettings(_Strict):
     log_backups: Annotated[int, Field(ge=0, le=100)] = 3
     # Prometheus' scrape timeout is at most its interval, usually 10-60 s.
     metrics_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # A control-plane client must send its request head, then its body, within this; an idle
+    # or trickling socket is closed after it (each one holds a descriptor).
+    client_timeout_s: Annotated[float, Field(ge=0.5, le=300)] = 10.0
 
     @field_validator("listen")
     @classmethod

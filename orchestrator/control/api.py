@@ -12,13 +12,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
 from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
+from orchestrator.control.errors import install_error_handlers
+from orchestrator.control.guard import RequestGuard
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
@@ -177,15 +178,12 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
     )
     background: set[asyncio.Task[None]] = set()
     view = StatusView(public_host)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        return JSONResponse({"error": "; ".join(details), "details": details}, status_code=422)
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        tokens=lambda: target.tokens,
+        body_timeout_s=lambda: target.supervisor.cfg.orchestrator.client_timeout_s,
+    )
 
     # async dependencies: FastAPI runs plain-def ones in a worker thread, a hand-off per request.
     async def caller(authorization: Annotated[str | None, Header()] = None) -> Caller:
