@@ -3,9 +3,13 @@ a subprocess, stand-in engines, raw sockets where a polite HTTP client would hid
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +131,106 @@ def test_every_route_needs_the_token_before_anything_else(
     assert httpx.get(f"{d.url}/no/such/path", timeout=5).status_code == 401
 
 
+# ----- item 5: idle, slow and too many connections -----
+
+
+def test_idle_and_trickling_connections_are_closed(
+    daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = secured(daemons, tmp_path, orchestrator={"client_timeout_s": 1.0}).start()
+    idle = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(50)]
+    trickle = socket.create_connection(("127.0.0.1", d.port))
+    slow_body = socket.create_connection(("127.0.0.1", d.port))
+    slow_body.sendall((restart_head(d, 100, ADMIN) + "\r\n\r\n{").encode())
+    started = time.monotonic()
+    for s in [*idle, trickle, slow_body]:
+        s.settimeout(5)
+    for i in range(4):  # one header byte now and then never completes a request head
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\n"[i : i + 1])
+        time.sleep(0.3)
+    # Regression: 0 of 200 idle connections were closed within 12 s.
+    for s in idle:
+        assert s.recv(1) == b""  # closed by the daemon
+    assert trickle.recv(1) == b""
+    assert slow_body.recv(4096).startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 4
+    for s in [*idle, trickle, slow_body]:
+        s.close()
+    assert d.get("/api/v1/models").status_code == 200
+
+
+def test_a_socket_flood_under_a_low_file_limit_never_fails_an_engine(
+    daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # Regression: with `ulimit -n 256`, 300 idle sockets timed the API out and left both
+    # engines "failed: Too many open files" once the sockets closed.
+    d = secured(daemons, tmp_path, n_models=2, nofile=256, orchestrator={"client_timeout_s": 2.0})
+    d.start(wait_ready=["alice", "m1"])
+    victim = d.status("m1")["pid"]
+    flood: list[socket.socket] = []
+    for _ in range(300):
+        with contextlib.suppress(OSError):
+            flood.append(socket.create_connection(("127.0.0.1", d.port), timeout=2))
+    # An engine dies while the flood holds the control plane's share of descriptors.
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(1.0)
+    for s in flood:
+        s.close()
+    for name in ("alice", "m1"):
+        s = d.wait_state(name, "ready", timeout=30)
+        assert s["restarts"] <= 1, s
+    assert "Too many open files" not in d.log()
+
+
+# ----- item 6: a reload never weakens access -----
+
+
+def test_a_reload_cannot_switch_authentication_off(
+    daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = secured(daemons, tmp_path)
+    d.orchestrator["listen"] = f"0.0.0.0:{d.port}"
+    d.write_config()
+    d.start(wait_ready=["alice"])
+    # Regression: a reload to a loopback listen without a token answered 200, after which stop
+    # needed no token while the socket stayed on 0.0.0.0.
+    d.orchestrator = {"listen": f"127.0.0.1:{d.port}"}
+    d.models["alice"].pop("token_file")
+    d.write_config()
+    r = d.post("/api/v1/reload")
+    assert r.status_code == 422, r.text
+    assert "orchestrator.listen: changed from 0.0.0.0" in r.json()["error"]
+    assert "restart the daemon" in r.json()["error"]
+    assert "orchestrator.admin_token_file: changed" in r.json()["error"]
+    assert httpx.post(f"{d.url}/api/v1/models/alice/stop", timeout=5).status_code == 401
+    assert d.status("alice")["state"] == "ready"
+
+
+def test_a_reload_rotates_tokens_but_never_drops_the_last_one(
+    daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    alice = write_secret(tmp_path / "alice.token", ALICE)
+    (port,) = free_ports(1)
+    d = daemons({"alice": model(port, token_file=str(alice))}, token=ALICE).start()
+    assert d.proc is not None
+    # Student tokens only, on loopback (so only SIGHUP reloads): dropping the last token would
+    # open everything.
+    d.models["alice"].pop("token_file")
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "the last token_file is gone" in d.log(), 10, "the reload's refusal")
+    assert httpx.get(f"{d.url}/api/v1/models", timeout=5).status_code == 401
+    # Rotation: same file, new contents, applies on reload.
+    d.models["alice"]["token_file"] = str(alice)
+    d.write_config()
+    write_secret(alice, "tok-alice-2")
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: d.get("/api/v1/models", token="tok-alice-2").status_code == 200, 10, "rotation"
+    )
+    assert d.get("/api/v1/models", token=ALICE).status_code == 401
+
+
 # ----- item 7: no models on reload -----
 
 
@@ -208,3 +312,86 @@ def test_bad_names_paths_and_config_files_answer_json_errors(
         assert r.status_code == 422 and str(d.config_path) in r.json()["error"], (what, r.text)
     assert d.status("alice")["pid"] == pid
     assert "Traceback" not in d.log()
+
+
+# ----- item 12: sd_notify around reloads and shutdown -----
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    sock.bind(path)
+    sock.settimeout(10)
+    yield sock, path
+    sock.close()
+
+
+def messages(sock: socket.socket, until: str) -> list[dict[str, str]]:
+    """Datagrams up to and including the first one holding `until` (e.g. 'READY=1')."""
+    got = []
+    while True:
+        fields = dict(line.split("=", 1) for line in sock.recv(4096).decode().split("\n"))
+        got.append(fields)
+        key, value = until.split("=")
+        if fields.get(key) == value:
+            return got
+
+
+def test_sd_notify_ready_reloading_stopping(
+    daemons: Callable[..., Daemon], tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    (port,) = free_ports(1)
+    d = daemons({"m": model(port)}, env={"NOTIFY_SOCKET": path}).start()
+    assert d.proc is not None
+    assert "READY" in messages(sock, "READY=1")[-1]
+    d.proc.send_signal(signal.SIGHUP)
+    got = messages(sock, "READY=1")
+    assert next(m for m in got if "RELOADING" in m or "READY" in m)["RELOADING"] == "1"
+    assert "MONOTONIC_USEC" in next(m for m in got if "RELOADING" in m)
+    # A refused reload still ends with READY=1 (the old configuration runs), saying why.
+    d.config_path.write_text("")
+    assert d.post("/api/v1/reload").status_code == 422
+    got = messages(sock, "READY=1")
+    assert any("RELOADING" in m for m in got)
+    assert got[-1]["STATUS"].startswith("reload refused, old configuration kept")
+    d.proc.send_signal(signal.SIGTERM)
+    messages(sock, "STOPPING=1")
+    assert d.proc.wait(30) == 0
+    sock.settimeout(0.2)
+    after = []
+    with pytest.raises(TimeoutError):
+        while True:
+            after.append(sock.recv(4096))
+    assert not [m for m in after if b"READY=1" in m]  # nothing claims readiness after STOPPING
+
+
+def test_signals_while_starting_never_leave_an_orphan(
+    daemons: Callable[..., Daemon], tmp_path: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    (port,) = free_ports(1)
+    stubborn = model(port, env={"STANDIN_IGNORE_SIGTERM": "1"})
+    d = daemons({"m": stubborn}, env={"NOTIFY_SOCKET": path}).start(wait_ready=["m"])
+    left = d.status("m")["pid"]
+    d.kill9()  # its engine runs on, recorded in state.json
+
+    def start_again() -> None:
+        with contextlib.suppress(AssertionError):  # it may exit before answering
+            d.start()
+
+    starting = threading.Thread(target=start_again)
+    starting.start()
+    # The new daemon is stopping the leftover (SIGTERM ignored: stop_grace_s, then SIGKILL).
+    wait_until(lambda: "left by an earlier daemon" in d.log(), 20, "the leftover's stop")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)  # regression: SIGHUP's default action killed the daemon
+    time.sleep(0.2)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(30) == 0, d.log()[-3000:]
+    starting.join(30)
+    assert "STOPPING" in messages(sock, "STOPPING=1")[-1]
+    assert not psutil.pid_exists(left) or psutil.Process(left).status() == psutil.STATUS_ZOMBIE
+    assert engine_pids("m") == []
+    assert "SIGHUP ignored: still starting" in d.log()
