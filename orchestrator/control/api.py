@@ -20,6 +20,7 @@ from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
 from orchestrator.control.errors import install_error_handlers
 from orchestrator.control.guard import RequestGuard
+from orchestrator.control.redact import mask_env
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
@@ -135,39 +136,52 @@ class StatusView:
             "reason": e.reason,
         }
 
+    def _part(self, spec: EngineSpec, show_env: bool) -> dict[str, Any]:
+        host = self.public_host if spec.host in ("0.0.0.0", "::", "") else spec.host
+        settings, overrides = spec.settings.set_fields(), spec.overrides
+        if not show_env:
+            settings, overrides = mask_env(settings), mask_env(overrides)
+        return {
+            "host": spec.host,
+            "port": spec.port,
+            "endpoint": f"http://{host}:{spec.port}/v1",
+            "model": spec.model,
+            "served_model_name": spec.served_model_name,
+            "slice": slice_out(spec.slice, [spec.name]).model_dump() if spec.slice else None,
+            "settings": settings,
+            "overrides": overrides,
+            "argv": spec.launch.argv,
+        }
+
     def _of(self, e: Engine) -> tuple[EngineSpec, dict[str, Any], str]:
+        """The masked spec part, cached; env values are shown uncached, on request only."""
         spec = e.spec
         cached = self._of_spec.get(e)
         if cached is None or cached[0] is not spec:
-            host = self.public_host if spec.host in ("0.0.0.0", "::", "") else spec.host
-            part = {
-                "host": spec.host,
-                "port": spec.port,
-                "endpoint": f"http://{host}:{spec.port}/v1",
-                "model": spec.model,
-                "served_model_name": spec.served_model_name,
-                "slice": slice_out(spec.slice, [spec.name]).model_dump() if spec.slice else None,
-                "settings": spec.settings.set_fields(),
-                "overrides": spec.overrides,
-                "argv": spec.launch.argv,
-            }
+            part = self._part(spec, show_env=False)
             cached = (spec, part, _json(part)[1:-1])
             self._of_spec[e] = cached
         return cached
 
-    def _text(self, e: Engine) -> str:
-        return "{" + _json(self._live(e))[1:-1] + "," + self._of(e)[2] + "}"
+    def _text(self, e: Engine, show_env: bool = False) -> str:
+        spec = _json(self._part(e.spec, True))[1:-1] if show_env else self._of(e)[2]
+        return "{" + _json(self._live(e))[1:-1] + "," + spec + "}"
 
     def model(self, e: Engine) -> ModelStatus:
         return ModelStatus(**self._live(e), **self._of(e)[1])
 
-    def response(self, engines: Iterable[Engine] | Engine) -> Response:
+    def response(self, engines: Iterable[Engine] | Engine, show_env: bool = False) -> Response:
         """One status or a list, as JSON text: FastAPI passes a Response through untouched."""
         if isinstance(engines, Engine):
-            body = self._text(engines)
+            body = self._text(engines, show_env)
         else:
-            body = "[" + ",".join(map(self._text, engines)) + "]"
+            body = "[" + ",".join(self._text(e, show_env) for e in engines) + "]"
         return Response(body, media_type="application/json")
+
+
+ShowEnv = Annotated[
+    bool, Query(description="show env values (admin only); by default they are masked")
+]
 
 
 def create_app(target: Controlled, public_host: str) -> FastAPI:
@@ -209,6 +223,11 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
             raise HTTPException(403, f"your token does not grant access to model {name!r}")
         return e
 
+    def env_shown_to(who: Caller, show_env: bool) -> bool:
+        if show_env and not who.admin:
+            raise HTTPException(403, "env values are shown to the admin token only")
+        return show_env
+
     def run_later(op: Awaitable[None], what: str) -> None:
         async def wrapped() -> None:
             try:
@@ -236,14 +255,19 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         return [slice_out(s, sup.plan.models_on(s.uuid)) for s in sup.inventory.slices]
 
     @app.get("/api/v1/models", response_model=list[ModelStatus])
-    async def models(who: Annotated[Caller, Depends(caller)]) -> Response:
+    async def models(
+        who: Annotated[Caller, Depends(caller)], show_env: ShowEnv = False
+    ) -> Response:
         return view.response(
-            e for name, e in sorted(target.supervisor.engines.items()) if who.may_manage(name)
+            (e for name, e in sorted(target.supervisor.engines.items()) if who.may_manage(name)),
+            env_shown_to(who, show_env),
         )
 
     @app.get("/api/v1/models/{name}", response_model=ModelStatus)
-    async def one_model(name: str, who: Annotated[Caller, Depends(caller)]) -> Response:
-        return view.response(engine_for(name, who))
+    async def one_model(
+        name: str, who: Annotated[Caller, Depends(caller)], show_env: ShowEnv = False
+    ) -> Response:
+        return view.response(engine_for(name, who), env_shown_to(who, show_env))
 
     def command(
         verb: str, op: Callable[[str], Awaitable[None]], desired: str

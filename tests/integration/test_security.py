@@ -278,6 +278,34 @@ def test_a_student_cannot_overcommit_a_shared_gpu(
     assert d.post("/api/v1/models/alice/restart", ok, token=ALICE).status_code == 202
 
 
+# ----- item 9: environment values -----
+
+
+def test_env_values_are_never_shown_to_students_and_masked_for_admins(
+    daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = secured(daemons, tmp_path, defaults={"env": {"HF_TOKEN": "hf_very_secret"}}).start()
+    assert (
+        d.post(
+            "/api/v1/models/alice/restart", {"overrides": {"env": {"X_KEY": "xk_secret"}}}
+        ).status_code
+        == 202
+    )
+    for token in (ALICE, ADMIN):
+        for path in ("/api/v1/models/alice", "/api/v1/models"):
+            r = d.get(path, token=token)
+            assert r.status_code == 200
+            assert "hf_very_secret" not in r.text and "xk_secret" not in r.text, (token, path)
+        s = d.get("/api/v1/models/alice", token=token).json()
+        assert s["settings"]["env"]["HF_TOKEN"] == "***"
+        assert s["overrides"]["env"] == {"X_KEY": "***"}
+    r = d.get("/api/v1/models/alice?show_env=true", token=ALICE)
+    assert r.status_code == 403
+    s = d.get("/api/v1/models/alice?show_env=true", token=ADMIN).json()
+    assert s["settings"]["env"]["HF_TOKEN"] == "hf_very_secret"
+    assert s["overrides"]["env"] == {"X_KEY": "xk_secret"}
+
+
 # ----- item 10: bad input is a JSON error, never a 500 or a traceback -----
 
 
