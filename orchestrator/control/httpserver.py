@@ -4,8 +4,10 @@ deadline for every request head, so idle or slow sockets cannot pile up.
 uvicorn closes an idle keep-alive connection after a response, but never one that has not sent
 a complete request: a socket that connects and says nothing (or one header byte a minute) would
 hold a descriptor for ever. Here each connection must deliver a request head within
-`header_timeout_s` of connecting or of its last response, and connections past
-`max_connections` are dropped as they arrive. The body's deadline is RequestGuard's.
+`header_timeout_s` of connecting or of its last response. Past `max_connections`, a new
+connection closes the one that has waited longest for a request head (a flood of idle sockets
+then evicts itself, while a client that sends its request at once is served); only when every
+connection is busy with a request is the new one dropped. The body's deadline is RequestGuard's.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ class ConnectionLimits:
     keep_alive_s: int = 5  # idle after a response (uvicorn's own timer)
     _last_warning: float = 0.0
 
-    def warn_full(self) -> None:
+    def warn_full(self, action: str) -> None:
         now = time.monotonic()
         if now - self._last_warning >= 10.0:  # one line per 10 s under a flood, not one per socket
             self._last_warning = now
             log.warning(
-                "control plane: %d connections open, refusing new ones", self.max_connections
+                "control plane: %d connections open (the most allowed): %s",
+                self.max_connections,
+                action,
             )
 
 
@@ -48,14 +52,25 @@ class _BoundedH11(H11Protocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _awaited: object = None  # the request cycle that was current when the timer was armed
+    _armed_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
-            self.limits.warn_full()
-            transport.abort()  # frees the descriptor now; connection_lost forgets the rest
-            return
         self._arm()
+        if len(self.connections) <= self.limits.max_connections:
+            return
+        waiting = [c for c in self.connections if isinstance(c, _BoundedH11) and c.waiting()]
+        oldest = min(waiting, key=lambda c: c._armed_at)
+        if oldest is not self:
+            self.limits.warn_full("closing those idle longest")
+        else:
+            self.limits.warn_full("every one is busy with a request: refusing new ones")
+        # abort() frees the descriptor now; connection_lost forgets the rest.
+        oldest.transport.abort()
+
+    def waiting(self) -> bool:
+        """Open, and no request under way: idle, or still sending its request head."""
+        return self.cycle is self._awaited and not self.transport.is_closing()
 
     def on_response_complete(self) -> None:
         self._arm()  # before super(): it may start a pipelined request at once
@@ -70,12 +85,12 @@ class _BoundedH11(H11Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
         self._awaited = self.cycle
+        self._armed_at = self.loop.time()
         self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
 
     def _head_late(self) -> None:
         self._head_timer = None
-        if self.cycle is self._awaited and not self.transport.is_closing():
-            # No new request began: the peer is idle or trickling its head.
+        if self.waiting():  # the peer is idle or trickling its head
             self.transport.close()
 
 
