@@ -65,11 +65,6 @@ def _length(answer: bytes) -> int:
     return 0
 
 
-def rss_mb(d: Daemon) -> float:
-    assert d.proc is not None
-    return float(psutil.Process(d.proc.pid).memory_info().rss) / MB
-
-
 def restart_head(d: Daemon, length: int, token: str | None = None) -> str:
     auth = f"\r\nAuthorization: Bearer {token}" if token else ""
     return (
@@ -85,17 +80,16 @@ def test_unauthenticated_big_posts_are_refused_before_their_body(
     daemons: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     d = secured(daemons, tmp_path).start(wait_ready=["alice"])
-    before = rss_mb(d)
+    pid = d.status("alice")["pid"]
     for _ in range(3):
-        # Declares 100 MB, sends 1 MB: the answer must come without waiting for the rest.
-        started = time.monotonic()
+        # Declares 100 MB and sends 1 MB, then waits: had the daemon read the body first, no
+        # answer would come before raw_request's socket timeout. (The memory this used to cost,
+        # 59 -> 254 MB for three posts, is measured by tests/perf/control_plane_attack.py.)
         answer = raw_request(d, restart_head(d, 100 * MB), b"{" + b" " * MB)
-        assert time.monotonic() - started < 3
         assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
         assert b'{"error": "missing or wrong bearer token"}' in answer
         assert b"www-authenticate: bearer" in answer.lower()
-    # Regression: three 100 MB posts took RSS from 59 to 254 MB.
-    assert rss_mb(d) - before < 20
+    assert d.status("alice")["pid"] == pid
 
 
 def test_a_body_past_the_cap_is_413_even_with_a_token(
@@ -142,9 +136,8 @@ def test_idle_and_trickling_connections_are_closed(
     trickle = socket.create_connection(("127.0.0.1", d.port))
     slow_body = socket.create_connection(("127.0.0.1", d.port))
     slow_body.sendall((restart_head(d, 100, ADMIN) + "\r\n\r\n{").encode())
-    started = time.monotonic()
     for s in [*idle, trickle, slow_body]:
-        s.settimeout(5)
+        s.settimeout(5)  # each must be closed (or answered) well before this
     for i in range(4):  # one header byte now and then never completes a request head
         trickle.sendall(b"GET /healthz HTTP/1.1\r\n"[i : i + 1])
         time.sleep(0.3)
@@ -153,7 +146,6 @@ def test_idle_and_trickling_connections_are_closed(
         assert s.recv(1) == b""  # closed by the daemon
     assert trickle.recv(1) == b""
     assert slow_body.recv(4096).startswith(b"HTTP/1.1 408 ")
-    assert time.monotonic() - started < 4
     for s in [*idle, trickle, slow_body]:
         s.close()
     assert d.get("/api/v1/models").status_code == 200
@@ -288,12 +280,10 @@ def test_env_values_are_never_shown_to_students_and_masked_for_admins(
     daemons: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     d = secured(daemons, tmp_path, defaults={"env": {"HF_TOKEN": "hf_very_secret"}}).start()
-    assert (
-        d.post(
-            "/api/v1/models/alice/restart", {"overrides": {"env": {"X_KEY": "xk_secret"}}}
-        ).status_code
-        == 202
-    )
+    env = {"overrides": {"env": {"X_KEY": "xk_secret"}}}
+    assert d.post("/api/v1/models/alice/restart", env).status_code == 202
+    # The new overrides take effect once the old engine has stopped.
+    wait_until(lambda: d.status("alice")["overrides"], 10, "the env override")
     for token in (ALICE, ADMIN):
         for path in ("/api/v1/models/alice", "/api/v1/models"):
             r = d.get(path, token=token)
