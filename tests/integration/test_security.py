@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -336,16 +336,6 @@ def test_bad_names_paths_and_config_files_answer_json_errors(
 
 
 # ----- item 12: sd_notify around reloads and shutdown -----
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify")
-    sock.bind(path)
-    sock.settimeout(10)
-    yield sock, path
-    sock.close()
 
 
 def messages(sock: socket.socket, until: str) -> list[dict[str, str]]:
