@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -20,6 +21,12 @@ STANDIN = REPO / "tests" / "standin_engine.py"
 TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
 # Every engine of a test daemon inherits this, so leftovers can be found by their environment.
 SESSION_MARKER = "MIG_ORCH_TEST_ROOT"
+
+
+def model(port: int, **kw: Any) -> dict[str, Any]:
+    """A stand-in engine's models.toml table on 127.0.0.1:port."""
+    env = kw.pop("env", {})
+    return {"model": "stand-in", "port": port, "host": "127.0.0.1", "env": env, **kw}
 
 
 def write_secret(path: Path, text: str) -> Path:
@@ -122,6 +129,8 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
     config_text: str | None = None  # a complete models.toml instead of one rendered from fields
+    env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
+    nofile: int | None = None  # the daemon's open-file limit, soft and hard, as `ulimit -n N`
 
     def __post_init__(self) -> None:
         self.port = free_ports(1)[0]
@@ -163,6 +172,8 @@ class Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it until it exits
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.env)
+        limit = self.nofile
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -179,6 +190,9 @@ class Daemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=None
+            if limit is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
         )
         log.close()
         wait_until(self._healthy, 20, "the control plane")

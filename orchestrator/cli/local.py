@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Config, ConfigError, check_local_models, load_config
+from orchestrator.config import (
+    Config,
+    ConfigError,
+    check_this_host,
+    config_warnings,
+    load_config,
+    unprivileged_port_start,
+)
 from orchestrator.engine.launch import build_launch
 from orchestrator.gpu.inventory import Gpu, Inventory
 from orchestrator.gpu.nvml import NvmlError, load_inventory
@@ -56,7 +63,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     problems: list[str] = []
     if not args.skip_secrets:
-        for host_check in (Tokens.load, check_local_models):
+        for host_check in (Tokens.load, check_this_host):
             try:
                 host_check(cfg, args.config)
             except ConfigError as e:
@@ -74,6 +81,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{args.config}: models.{m}: cannot be placed: {why}"
             for m, why in sorted(plan.unplaced.items())
         ]
+    for warning in config_warnings(cfg, unprivileged_port_start()):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -253,13 +262,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         parents=[local],
         help="validate models.toml (and placement) without starting anything",
         description="List every problem, naming file, model and field. Exit 2 for an invalid "
-        "file, 1 for problems on this host (secrets, model paths, placement), 0 when all is well.",
+        "file, 1 for problems on this host (secrets, model paths, addresses, placement), 0 when "
+        "all is well. Warnings (e.g. privileged ports) go to stderr and do not change the status.",
     )
     s.add_argument(
         "--skip-secrets",
         action="store_true",
-        help="skip files of this host: token and API key files, local model paths "
-        "(for checking a copy away from the server)",
+        help="skip what only this host can tell: token and API key files, local model paths, "
+        "engine addresses (for checking a copy away from the server)",
     )
     s.set_defaults(func=cmd_check)
 

@@ -39,7 +39,7 @@ def _status_rows(models: list[dict[str, Any]]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        models = [c.model(args.name)] if args.name else c.models()
+        models = [c.model(args.name, args.show_env)] if args.name else c.models(args.show_env)
     if args.json:
         print(json.dumps(models if not args.name else models[0], indent=2))
     else:
@@ -131,6 +131,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "status", parents=[common], help="show models and engine states from the daemon"
     )
     s.add_argument("name", nargs="?", help="one model (default: all)")
+    s.add_argument(
+        "--show-env", action="store_true", help="show env values in --json (admin token only)"
+    )
     s.set_defaults(func=cmd_status)
 
     for verb in ("start", "stop", "restart"):

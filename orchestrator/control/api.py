@@ -13,16 +13,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
 
 from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
+from orchestrator.control.errors import install_error_handlers
+from orchestrator.control.guard import RequestGuard
+from orchestrator.control.redact import mask_env
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.engine.states import Desired
 from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
+from orchestrator.supervisor.overrides import OverrideError
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
 
 log = logging.getLogger(__name__)
@@ -134,39 +137,58 @@ class StatusView:
             "reason": e.reason,
         }
 
+    def _part(self, spec: EngineSpec, show_env: bool) -> dict[str, Any]:
+        host = self.public_host if spec.host in ("0.0.0.0", "::", "") else spec.host
+        settings, overrides = spec.settings.set_fields(), spec.overrides
+        if not show_env:
+            settings, overrides = mask_env(settings), mask_env(overrides)
+        return {
+            "host": spec.host,
+            "port": spec.port,
+            "endpoint": f"http://{host}:{spec.port}/v1",
+            "model": spec.model,
+            "served_model_name": spec.served_model_name,
+            "slice": slice_out(spec.slice, [spec.name]).model_dump() if spec.slice else None,
+            "settings": settings,
+            "overrides": overrides,
+            "argv": spec.launch.argv,
+        }
+
     def _of(self, e: Engine) -> tuple[EngineSpec, dict[str, Any], str]:
+        """The masked spec part, cached; env values are shown uncached, on request only."""
         spec = e.spec
         cached = self._of_spec.get(e)
         if cached is None or cached[0] is not spec:
-            host = self.public_host if spec.host in ("0.0.0.0", "::", "") else spec.host
-            part = {
-                "host": spec.host,
-                "port": spec.port,
-                "endpoint": f"http://{host}:{spec.port}/v1",
-                "model": spec.model,
-                "served_model_name": spec.served_model_name,
-                "slice": slice_out(spec.slice, [spec.name]).model_dump() if spec.slice else None,
-                "settings": spec.settings.set_fields(),
-                "overrides": spec.overrides,
-                "argv": spec.launch.argv,
-            }
+            part = self._part(spec, show_env=False)
             cached = (spec, part, _json(part)[1:-1])
             self._of_spec[e] = cached
         return cached
 
-    def _text(self, e: Engine) -> str:
-        return "{" + _json(self._live(e))[1:-1] + "," + self._of(e)[2] + "}"
+    def _text(self, e: Engine, show_env: bool = False) -> str:
+        spec = _json(self._part(e.spec, True))[1:-1] if show_env else self._of(e)[2]
+        return "{" + _json(self._live(e))[1:-1] + "," + spec + "}"
 
     def model(self, e: Engine) -> ModelStatus:
         return ModelStatus(**self._live(e), **self._of(e)[1])
 
-    def response(self, engines: Iterable[Engine] | Engine) -> Response:
+    def response(self, engines: Iterable[Engine] | Engine, show_env: bool = False) -> Response:
         """One status or a list, as JSON text: FastAPI passes a Response through untouched."""
         if isinstance(engines, Engine):
-            body = self._text(engines)
+            body = self._text(engines, show_env)
         else:
-            body = "[" + ",".join(map(self._text, engines)) + "]"
+            body = "[" + ",".join(self._text(e, show_env) for e in engines) + "]"
         return Response(body, media_type="application/json")
+
+
+ShowEnv = Annotated[
+    bool, Query(description="show env values (admin only); by default they are masked")
+]
+
+
+def _env_shown_to(who: Caller, show_env: bool) -> bool:
+    if show_env and not who.admin:
+        raise HTTPException(403, "env values are shown to the admin token only")
+    return show_env
 
 
 class ControlState:
@@ -246,16 +268,18 @@ async def slices(request: Request, _: Admin) -> list[SliceOut]:
 
 
 @router.get("/api/v1/models", response_model=list[ModelStatus])
-async def models(request: Request, who: Who) -> Response:
+async def models(request: Request, who: Who, show_env: ShowEnv = False) -> Response:
     ctl = _control(request)
     engines = sorted(ctl.target.supervisor.engines.items())
-    return ctl.view.response(e for name, e in engines if who.may_manage(name))
+    return ctl.view.response(
+        (e for name, e in engines if who.may_manage(name)), _env_shown_to(who, show_env)
+    )
 
 
 @router.get("/api/v1/models/{name}", response_model=ModelStatus)
-async def one_model(name: str, request: Request, who: Who) -> Response:
+async def one_model(name: str, request: Request, who: Who, show_env: ShowEnv = False) -> Response:
     ctl = _control(request)
-    return ctl.view.response(ctl.engine_for(name, who))
+    return ctl.view.response(ctl.engine_for(name, who), _env_shown_to(who, show_env))
 
 
 @router.post("/api/v1/models/{name}/start", status_code=202, response_model=ModelStatus)
@@ -296,12 +320,8 @@ def _checked_overrides(
         raise HTTPException(403, f"overriding {' and '.join(sorted(raw))} needs the admin token")
     try:
         ctl.target.supervisor.validate_overrides(name, overrides)
-    except ValidationError as exc:
-        msgs = [
-            f"overrides.{'.'.join(map(str, x['loc']))}: {x['msg']}".replace("Value error, ", "")
-            for x in exc.errors()
-        ]
-        raise HTTPException(422, "; ".join(msgs)) from None
+    except OverrideError as exc:
+        raise HTTPException(422, str(exc)) from None
     return overrides
 
 
@@ -334,15 +354,6 @@ async def metrics(request: Request, _: Admin) -> PlainTextResponse:
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-
-
-async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-    return JSONResponse({"error": "; ".join(details), "details": details}, status_code=422)
-
-
 def create_app(target: Controlled, public_host: str) -> FastAPI:
     app = FastAPI(
         title="mig-orchestrator",
@@ -350,7 +361,11 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         version="1",
     )
     app.state.control = ControlState(target, public_host)
-    app.exception_handler(HTTPException)(http_error)
-    app.exception_handler(RequestValidationError)(bad_request)
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        tokens=lambda: target.tokens,
+        body_timeout_s=lambda: target.supervisor.cfg.orchestrator.client_timeout_s,
+    )
     app.include_router(router)
     return app

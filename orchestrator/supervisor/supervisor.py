@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.config import Config
+from orchestrator.config import Config, ConfigError
 from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
@@ -20,6 +20,7 @@ from orchestrator.engine.states import Desired, State
 from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
+from orchestrator.supervisor import overrides as runtime_overrides
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,12 @@ class Supervisor:
             raise PlacementError(dict(plan.unplaced), plan)
         self.plan = plan
         self.unplaced = dict(plan.unplaced)
+        # Saved by an earlier daemon, maybe under other rules or another models.toml.
+        saved = runtime_overrides.usable(self.cfg, plan, self._saved.overrides)
         for name in self.cfg.models:
-            overrides = self._saved.overrides.get(name, {})
-            self.engines[name] = self._make_engine(name, overrides, self.wanted_running(name))
+            self.engines[name] = self._make_engine(
+                name, saved.get(name, {}), self.wanted_running(name)
+            )
         self._changed()
 
     async def _stop_leftovers(self, records: dict[str, EngineRecord]) -> None:
@@ -186,18 +190,24 @@ class Supervisor:
         await e.restart(None if overrides is None else self._spec(name, overrides))
 
     def validate_overrides(self, name: str, overrides: dict[str, Any]) -> None:
-        """Raise ValueError when the overrides would not make a valid engine."""
+        """Raise OverrideError unless the overrides make a valid engine, as placement judges."""
         self.engine(name)
-        self.cfg.effective_settings(name, overrides)
+        runtime_overrides.check(self.cfg, self.plan, self._overrides(), name, overrides)
+
+    def _overrides(self) -> dict[str, dict[str, Any]]:
+        return {n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides}
 
     # ----- reload -----
 
     async def reload(self, new: Config) -> ReloadResult:
         """Apply a new configuration as a difference: untouched engines keep running."""
         previous = {n: s.uuid for n, s in self.plan.assignments.items()}
-        plan = plan_partial(new, self.inventory, previous)
+        current = self._overrides()
+        plan = plan_partial(new, self.inventory, previous, current)
         if plan.unplaced and not self.allow_partial:
             raise PlacementError(dict(plan.unplaced), plan)
+        if stale := runtime_overrides.stale(new, plan, current):
+            raise ConfigError("runtime overrides", stale)
         old_cfg, self.cfg = self.cfg, new
         self.plan, self.unplaced = plan, dict(plan.unplaced)
         self._ctx.settings = new.orchestrator

@@ -1,8 +1,13 @@
-"""Shared fixtures for daemon tests: one daemon with real vLLM CPU engines per session."""
+"""Shared fixtures for daemon tests: daemons with stand-in engines, made per test; one daemon with
+real vLLM CPU engines per session."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +44,26 @@ def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     for pgid in groups:
         assert group_pids(pgid) == [], "a vLLM process outlived the daemon"
     assert marked_pids(root) == [], "a process the daemon started is still running"
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Makes daemons (not started); each is stopped and its leftovers killed afterwards."""
+    started: list[Daemon] = []
+
+    def make(models: dict[str, dict[str, Any]], **kw: Any) -> Daemon:
+        root = tmp_path / f"d{len(started)}"
+        root.mkdir()
+        d = Daemon(root, models, **kw)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.terminate()
+        for pid in marked_pids(d.root):
+            os.kill(pid, signal.SIGKILL)
+    for d in started:
+        # The daemon logs an illegal engine state transition and carries on: here it fails.
+        assert "illegal engine state transition" not in d.log(), d.log()[-4000:]

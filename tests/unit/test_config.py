@@ -182,7 +182,7 @@ def test_share_gpu_takes_gpu_memory_utilization_from_defaults() -> None:
     "listen", ["localhost", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:70000", "1.2.3.4:http"]
 )
 def test_bad_listen_address(listen: str) -> None:
-    err = only_error(f'[orchestrator]\nlisten = "{listen}"\n')
+    err = only_error(f'[orchestrator]\nlisten = "{listen}"\n' + ONE_MODEL)
     assert err == f"orchestrator.listen: listen must be HOST:PORT, got {listen!r}"
 
 
@@ -191,7 +191,7 @@ def test_bad_listen_address(listen: str) -> None:
     [("0.0.0.0:80", "0.0.0.0", 80), ("[::1]:8700", "::1", 8700), (":9000", "127.0.0.1", 9000)],
 )
 def test_listen_host_and_port(listen: str, host: str, port: int) -> None:
-    o = parse_config(f'[orchestrator]\nlisten = "{listen}"\n', SRC).orchestrator
+    o = parse_config(f'[orchestrator]\nlisten = "{listen}"\n' + ONE_MODEL, SRC).orchestrator
     assert (o.listen_host, o.listen_port) == (host, port)
 
 
