@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -66,6 +67,19 @@ def render_config(
     for name, m in models.items():
         lines += ["", f"[models.{name}]", *(f"{k} = {toml_value(v)}" for k, v in m.items())]
     return "\n".join(lines) + "\n"
+
+
+def standin_model(port: int, **kw: Any) -> dict[str, Any]:
+    """A [models.NAME] table for a stand-in engine on 127.0.0.1:port."""
+    env = kw.pop("env", {})
+    return {"model": "stand-in", "port": port, "host": "127.0.0.1", "env": env, **kw}
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    """The events a stand-in wrote to its STANDIN_STATE_FILE."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _live(field: str) -> Iterator[tuple[int, bytes, list[bytes]]]:
