@@ -23,6 +23,7 @@ from orchestrator.engine.launch import build_launch
 from orchestrator.gpu.inventory import GIB, Inventory
 from orchestrator.gpu.nvml import Nvml, NvmlError
 from orchestrator.placement import PlacementError, plan_partial
+from orchestrator.supervisor.state_lock import StateDirBusy
 from orchestrator.supervisor.store import StateStore
 
 DEFAULT_CONFIG = Path(os.environ.get("MIG_ORCH_CONFIG", "/etc/mig-orchestrator/models.toml"))
@@ -467,5 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NvmlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StateDirBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

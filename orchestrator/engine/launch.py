@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.config import Config, VllmSettings
+from orchestrator.engine import marker
 from orchestrator.gpu.inventory import Slice
 
 # Variables that belong to the daemon's own supervisor and must not leak into engines.
@@ -93,4 +94,6 @@ def build_launch(
     for k in _PRIVATE_ENV:
         env.pop(k, None)
     env.update(extra)
+    # Last, so that no setting can take it away: it is how a restarted daemon finds this engine.
+    env.update(marker.engine_env(cfg.orchestrator.state_dir, name))
     return Launch(argv=argv, env=env, extra_env=extra)

@@ -17,9 +17,10 @@ from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.states import Desired, State
-from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
+from orchestrator.supervisor.leftovers import stop_leftovers
+from orchestrator.supervisor.state_lock import StateDirLock
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Supervisor:
         self._save_task: asyncio.Task[None] | None = None
         self._save_lock = asyncio.Lock()
         self._written: DaemonState | None = None
+        self._dir_lock = StateDirLock(cfg.orchestrator.state_dir)
         self._ctx = EngineContext(
             settings=cfg.orchestrator,
             slice_lock=self._slice_lock,
@@ -93,11 +95,21 @@ class Supervisor:
     # ----- start-up -----
 
     async def open(self) -> None:
-        """Load saved state, stop leftovers of an earlier instance, place every model."""
+        """Take the state_dir, load saved state, stop leftovers of an earlier instance, place
+        every model."""
+        self._dir_lock.acquire()
+        try:
+            await self._open()
+        except BaseException:
+            self._dir_lock.release()
+            raise
+
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self._saved = self.store.load()
-        await self._stop_leftovers(self._saved.engines)
+        o = self.cfg.orchestrator
+        await stop_leftovers(self.ops, o.state_dir, self._saved.engines, o.stop_grace_s)
         self._saved.engines.clear()
         plan = plan_partial(self.cfg, self.inventory, self._saved.assignments)
         if plan.unplaced and not self.allow_partial:
@@ -108,20 +120,6 @@ class Supervisor:
             overrides = self._saved.overrides.get(name, {})
             self.engines[name] = self._make_engine(name, overrides, self.wanted_running(name))
         self._changed()
-
-    async def _stop_leftovers(self, records: dict[str, EngineRecord]) -> None:
-        async def stop_one(name: str, rec: EngineRecord) -> None:
-            pid = process.ProcessId(rec.pid, rec.create_time)
-            if not self.ops.alive(pid):
-                return
-            # Ours for certain (pid and start time match): stop it rather than adopt it, since
-            # its output pipe and exit status went with the earlier daemon.
-            log.warning("stopping engine of %s left by an earlier daemon (pid %d)", name, rec.pid)
-            tracked = [pid, *self.ops.descendants(rec.pid)]
-            grace = self.cfg.orchestrator.stop_grace_s
-            await terminate_tree(self.ops, rec.pgid, tracked, grace, f"leftover engine of {name}")
-
-        await asyncio.gather(*(stop_one(n, r) for n, r in records.items()))
 
     def _make_engine(self, name: str, overrides: dict[str, Any], wanted: bool) -> Engine:
         spec = self._spec(name, overrides)
@@ -248,6 +246,7 @@ class Supervisor:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
         for e in self.engines.values():
             e.log.close()
+        self._dir_lock.release()
 
     # ----- plumbing for engines -----
 
