@@ -255,6 +255,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
             e.want(desired)
             run_later(op(name), f"{verb} {name}")
             await asyncio.sleep(0)  # let the command take the model's lock and show its state
+            await target.supervisor.persist()  # a 202 must survive a daemon crash
             return view.model(e)
 
         handler.__name__ = f"{verb}_model"
@@ -293,6 +294,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         e.want(Desired.RUNNING)
         run_later(target.supervisor.restart(name, overrides), f"restart {name}")
         await asyncio.sleep(0)
+        await target.supervisor.persist()
         return view.model(e)
 
     @app.get("/api/v1/models/{name}/logs", response_model=LogsOut)

@@ -82,6 +82,8 @@ class Supervisor:
         self._save_lock = asyncio.Lock()
         self._written: DaemonState | None = None
         self._dir_lock = StateDirLock(cfg.orchestrator.state_dir)
+        # Restart overrides answered 202 but not yet applied: saved at once, like desired state.
+        self._asked_overrides: dict[str, dict[str, Any]] = {}
         self._ctx = EngineContext(
             settings=cfg.orchestrator,
             slice_lock=self._slice_lock,
@@ -181,7 +183,16 @@ class Supervisor:
         e = self.engine(name)
         if name in self.unplaced:
             return
-        await e.restart(None if overrides is None else self._spec(name, overrides))
+        if overrides is None:
+            await e.restart()
+            return
+        self._asked_overrides[name] = overrides
+        self._changed()
+        try:
+            await e.restart(self._spec(name, overrides))
+        finally:
+            if self._asked_overrides.get(name) is overrides:  # not replaced by a later restart
+                del self._asked_overrides[name]
 
     def validate_overrides(self, name: str, overrides: dict[str, Any]) -> None:
         """Raise ValueError when the overrides would not make a valid engine."""
@@ -298,7 +309,11 @@ class Supervisor:
         return DaemonState(
             assignments={n: s.uuid for n, s in self.plan.assignments.items()},
             desired={n: e.desired.value for n, e in self.engines.items()},
-            overrides={n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides},
+            overrides={
+                n: o
+                for n, e in self.engines.items()
+                if (o := self._asked_overrides.get(n, e.spec.overrides))
+            },
             engines=engines,
         )
 
@@ -306,15 +321,24 @@ class Supervisor:
         await asyncio.sleep(0)  # coalesce the burst of changes one event-loop turn brings
         async with self._save_lock:
             self._save_pending = False
-            snap = self.snapshot()
-            # Most changes are state transitions, which are not saved: no write (and fsync) then.
-            if snap == self._written:
-                return
-            try:
-                await asyncio.to_thread(self.store.save, snap)
-                self._written = snap
-            except OSError as e:
-                log.error("cannot save state to %s: %s", self.store.path, e)
+            await self._write_if_changed()
+
+    async def persist(self) -> None:
+        """Return once what was asked so far is on disk: a command's 202 must survive a crash.
+        Callers that arrive during one write share the next."""
+        async with self._save_lock:
+            await self._write_if_changed()
+
+    async def _write_if_changed(self) -> None:
+        snap = self.snapshot()
+        # Most changes are state transitions, which are not saved: no write (and fsync) then.
+        if snap == self._written:
+            return
+        try:
+            await asyncio.to_thread(self.store.save, snap)
+            self._written = snap
+        except OSError as e:
+            log.error("cannot save state to %s: %s", self.store.path, e)
 
     async def flush(self) -> None:
         if self._save_task is not None:

@@ -3,6 +3,7 @@ stand-in engines with an EngineCore grandchild that outlive a closed stdout, as 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -35,3 +36,18 @@ def test_an_engine_core_orphaned_while_the_daemon_was_down_is_stopped(
     assert group_pids(old) == []
     assert marked_pids(d.root) == sorted(group_pids(new))
     assert f"stopping engine of m left by an earlier daemon: group {old}" in d.log()
+
+
+def test_a_command_answered_202_is_on_disk_and_survives_a_kill_at_once(daemons) -> None:
+    """Item 2: the desired state a start or stop asked for is saved before the 202, not later."""
+    (port,) = free_ports(1)
+    d = daemons({"m": standin_model(port, autostart=False, env=ENGINE_ENV)})
+    d.start()
+    saved = d.root / "state" / "state.json"
+    for verb, desired in [("start", "running"), ("stop", "stopped")] * 3 + [("start", "running")]:
+        assert d.post(f"/api/v1/models/m/{verb}").status_code == 202
+        assert json.loads(saved.read_text())["desired"] == {"m": desired}, verb
+    d.kill9()
+    d.start(wait_ready=["m"])
+    assert d.status("m")["desired"] == "running"
+    assert marked_pids(d.root) == sorted(group_pids(d.status("m")["pid"]))

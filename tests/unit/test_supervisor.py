@@ -179,6 +179,29 @@ async def test_a_second_supervisor_on_one_state_dir_is_refused_and_touches_nothi
         await second.open()  # the first one is gone: the state_dir is free
 
 
+async def test_what_a_command_asked_is_on_disk_when_persist_returns(tmp_path: Path) -> None:
+    """A command answered 202 must survive a daemon crash: desired state and restart overrides
+    are saved before the answer, not when the engine gets to them."""
+    async with host(tmp_path, "a", "c") as h:
+        h.fake.behaviour = Behaviour(term_delay=0.3)  # the old engine takes its time to stop
+        sup = await h.open({"a": "3g.40gb", "c": "2g.20gb"})
+        await sup.autostart()
+        await h.reach("a", READY)
+        sup.engine("c").want(Desired.STOPPED)
+        restart = asyncio.create_task(sup.restart("a", {"max_num_seqs": 7}))
+        await asyncio.sleep(0)
+        await sup.persist()
+        saved = h.saved()
+        assert saved["desired"] == {"a": "running", "c": "stopped"}
+        assert saved["overrides"] == {"a": {"max_num_seqs": 7}}
+        assert sup.engine("a").state is State.STOPPING  # not yet applied
+        await restart
+        await h.reach("a", READY)
+        await sup.flush()
+        assert h.saved()["overrides"] == {"a": {"max_num_seqs": 7}}
+        assert "--max-num-seqs" in h.fake.engines_alive()[-1].argv
+
+
 async def test_shutdown_stops_everything_keeps_what_was_asked_and_refuses_late_starts(
     tmp_path: Path,
 ) -> None:
