@@ -6,11 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.chaos import ENGINE_ENV
-from tests.daemon_harness import free_ports, group_pids, marked_pids, standin_model, wait_until
+from tests.daemon_harness import (
+    events,
+    free_ports,
+    group_pids,
+    marked_pids,
+    standin_model,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +60,34 @@ def test_a_command_answered_202_is_on_disk_and_survives_a_kill_at_once(daemons) 
     d.start(wait_ready=["m"])
     assert d.status("m")["desired"] == "running"
     assert marked_pids(d.root) == sorted(group_pids(d.status("m")["pid"]))
+
+
+def test_an_engine_dying_during_start_up_loses_its_engine_core_at_once(
+    daemons, tmp_path: Path
+) -> None:
+    """Item 3: the tree of an engine whose main process died during start-up gets SIGTERM at
+    once, not SIGKILL after the whole grace period, so its replacement starts at once too."""
+    state = tmp_path / "events.jsonl"
+    (port,) = free_ports(1)
+    env = {**ENGINE_ENV, "STANDIN_STARTUP_DELAY": "60", "STANDIN_STATE_FILE": str(state)}
+    d = daemons({"m": standin_model(port, env=env)}, orchestrator={"stop_grace_s": 5.0})
+    d.start()
+    (core,) = wait_until(
+        lambda: [e["pid"] for e in events(state) if e["event"] == "grandchild"], 10, "EngineCore"
+    )
+    server = d.wait_state("m", "starting")["pid"]
+    killed = time.monotonic()
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: core not in group_pids(server), 10, "the EngineCore to go")
+    core_gone = time.monotonic() - killed
+    replacement = wait_until(
+        lambda: [e["pid"] for e in events(state) if e["event"] == "started" and e["pid"] != server],
+        10,
+        "a replacement engine",
+    )
+    replaced = time.monotonic() - killed
+    assert core_gone < 2.5, f"EngineCore lived {core_gone:.2f}s after its server died"
+    assert replaced < 4.0, f"replacement {replacement} took {replaced:.2f}s"
+    assert "still running after 5s grace, SIGKILL" not in "\n".join(
+        d.get("/api/v1/models/m/logs?tail=50").json()["lines"]
+    )
