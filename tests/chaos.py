@@ -5,11 +5,13 @@ wanted engines run, one tree each, with no orphan."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,9 @@ class Storm:
                 asked.pending = DESIRED[verb]
                 try:
                     r = client.post(f"{self.url}/api/v1/models/{name}/{verb}")
+                except httpx.ConnectError:
+                    asked.pending = None  # never delivered: the daemon was already gone
+                    return
                 except httpx.HTTPError:
                     return  # the daemon died with this command in flight
                 with self._lock:
@@ -180,3 +185,58 @@ def problems(d: Daemon, expected: dict[str, set[str]]) -> list[str]:
     except AssertionError:
         found.append(f"state.json disagrees with the API: {state_file.read_text()}")
     return found
+
+
+@dataclass
+class ChaosRun:
+    """What one chaos run did, and everything found wrong after each daemon restart."""
+
+    seed: int
+    rounds: int = 0
+    daemon_kills: int = 0
+    kills_after_spawn: int = 0  # 1-8 ms after the daemon spawned an engine
+    engine_kills: int = 0  # engine servers killed while the daemon was down
+    commands: int = 0  # start/stop/restart calls sent
+    problems: list[str] = field(default_factory=list)
+
+
+def run_chaos(d: Daemon, seed: int, rounds: int, storm_s: float = 1.0) -> ChaosRun:
+    """Rounds of: a command storm; kill -9 of the daemon at a random moment (half the time
+    1-8 ms after it spawns an engine); sometimes kill -9 of an engine's server while the daemon is
+    down; restart; check. Stops at the first round with problems. Leaves the daemon running."""
+    rng = random.Random(seed)
+    run = ChaosRun(seed)
+    names = sorted(d.models)
+    expected = {n: {"running" if d.models[n].get("autostart", True) else "stopped"} for n in names}
+    d.start()
+    for r in range(rounds):
+        assert d.proc is not None
+        with Storm(d, names, f"{seed}:{r}") as storm:
+            time.sleep(rng.uniform(0, storm_s))
+            if rng.random() < 0.5:
+                spawned = wait_spawn(d.proc.pid, children(d.proc.pid), storm_s)
+                if spawned is not None:
+                    time.sleep(rng.uniform(0.001, 0.008))
+                    run.kills_after_spawn += 1
+            d.kill9()
+        run.rounds, run.daemon_kills, run.commands = (
+            r + 1,
+            run.daemon_kills + 1,
+            run.commands + storm.sent,
+        )
+        expected = {n: storm.asked[n].acceptable(expected[n]) for n in names}
+        servers = [p for n in names for p in engine_pids(n)]
+        if servers and rng.random() < 0.5:
+            os.kill(rng.choice(servers), signal.SIGKILL)  # its EngineCore lives on
+            run.engine_kills += 1
+        d.start()
+        try:
+            now = settle(d)
+            found = storm.refused + problems(d, expected)
+        except AssertionError as e:
+            found = [str(e)]
+        run.problems += [f"round {r}: {p}" for p in found]
+        if found:
+            break
+        expected = {n: {now[n]["desired"]} for n in names}
+    return run
