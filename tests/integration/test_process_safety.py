@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from tests.chaos import ENGINE_ENV
 from tests.daemon_harness import (
+    REPO,
     events,
     free_ports,
     group_pids,
@@ -91,3 +94,23 @@ def test_an_engine_dying_during_start_up_loses_its_engine_core_at_once(
     assert "still running after 5s grace, SIGKILL" not in "\n".join(
         d.get("/api/v1/models/m/logs?tail=50").json()["lines"]
     )
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused_and_stops_nothing(daemons) -> None:
+    """Its start-up would otherwise stop the first daemon's engines as leftovers."""
+    (port,) = free_ports(1)
+    d = daemons({"m": standin_model(port, env=ENGINE_ENV)})
+    d.start(wait_ready=["m"])
+    pid = d.status("m")["pid"]
+    assert d.proc is not None
+    second = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "serve", "--config", str(d.config_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1, second.stderr
+    assert f"another daemon (pid {d.proc.pid}) is using state_dir" in second.stderr
+    assert d.status("m")["state"] == "ready" and d.status("m")["pid"] == pid
+    assert marked_pids(d.root) == sorted(group_pids(pid))
