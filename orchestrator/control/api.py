@@ -255,8 +255,9 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
             e.want(desired)
             run_later(op(name), f"{verb} {name}")
             await asyncio.sleep(0)  # let the command take the model's lock and show its state
+            shown = view.model(e)
             await target.supervisor.persist()  # a 202 must survive a daemon crash
-            return view.model(e)
+            return shown
 
         handler.__name__ = f"{verb}_model"
         return handler
@@ -294,8 +295,9 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         e.want(Desired.RUNNING)
         run_later(target.supervisor.restart(name, overrides), f"restart {name}")
         await asyncio.sleep(0)
+        shown = view.model(e)
         await target.supervisor.persist()
-        return view.model(e)
+        return shown
 
     @app.get("/api/v1/models/{name}/logs", response_model=LogsOut)
     async def logs(

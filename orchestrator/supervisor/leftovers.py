@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 async def stop_leftovers(
     ops: ProcessOps, state_dir: Path, records: dict[str, EngineRecord], grace: float
-) -> list[str]:
+) -> None:
     """Stop every engine tree of an earlier daemon (not adopted: its output pipe and exit status
-    went with that daemon); return the models they were for. Call before spawning anything."""
+    went with that daemon). Call before spawning anything."""
     trees: dict[int, set[ProcessId]] = {}  # process group -> its processes we know are ours
     names: dict[int, str] = {}
     for t in ops.find_by_env(marker.ENV, marker.prefix(state_dir)):
@@ -56,4 +56,3 @@ async def stop_leftovers(
         await terminate_tree(ops, pgid, tracked, grace, f"leftover engine of {name}")
 
     await asyncio.gather(*(stop(pgid, procs) for pgid, procs in trees.items()))
-    return sorted(set(names.values()))

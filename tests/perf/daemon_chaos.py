@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -42,7 +44,9 @@ def main() -> int:
             run = run_chaos(d, args.seed, args.rounds)
         finally:
             exit_code = d.terminate()
-        left = marked_pids(Path(tmp))
+            left = marked_pids(Path(tmp))
+            for pid in left:  # what a run that found problems left behind
+                os.kill(pid, signal.SIGKILL)
     result = {
         **dataclasses.asdict(run),
         "daemon_exit_code_at_the_end": exit_code,
