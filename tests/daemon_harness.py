@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -21,12 +22,6 @@ STANDIN = REPO / "tests" / "standin_engine.py"
 TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
 # Every engine of a test daemon inherits this, so leftovers can be found by their environment.
 SESSION_MARKER = "MIG_ORCH_TEST_ROOT"
-
-
-def model(port: int, **kw: Any) -> dict[str, Any]:
-    """A stand-in engine's models.toml table on 127.0.0.1:port."""
-    env = kw.pop("env", {})
-    return {"model": "stand-in", "port": port, "host": "127.0.0.1", "env": env, **kw}
 
 
 def write_secret(path: Path, text: str) -> Path:
@@ -73,6 +68,19 @@ def render_config(
     for name, m in models.items():
         lines += ["", f"[models.{name}]", *(f"{k} = {toml_value(v)}" for k, v in m.items())]
     return "\n".join(lines) + "\n"
+
+
+def standin_model(port: int, **kw: Any) -> dict[str, Any]:
+    """A [models.NAME] table for a stand-in engine on 127.0.0.1:port."""
+    env = kw.pop("env", {})
+    return {"model": "stand-in", "port": port, "host": "127.0.0.1", "env": env, **kw}
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    """The events a stand-in wrote to its STANDIN_STATE_FILE."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _live(field: str) -> Iterator[tuple[int, bytes, list[bytes]]]:

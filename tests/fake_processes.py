@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from orchestrator.engine.process import ProcessId
+from orchestrator.engine.process import ProcessId, Tagged
 
 
 @dataclass
@@ -97,7 +97,7 @@ class FakeProcesses:
         self.spawned.append(main)
         for _ in range(self.behaviour.children):
             kid = next(self._pids)
-            self.procs[kid] = FakeProc(kid, pid, pid, self.behaviour)
+            self.procs[kid] = FakeProc(kid, pid, pid, self.behaviour, env=env)  # as fork does
         self.most_alive = max(self.most_alive, len(self.engines_alive()))
         if self.behaviour.exits_after is not None:
             asyncio.get_running_loop().call_later(self.behaviour.exits_after, self._exit_now, main)
@@ -154,6 +154,13 @@ class FakeProcesses:
                 p.reaped = True
                 done.append((pid, p.status))
         return done
+
+    def find_by_env(self, name: str, prefix: str) -> list[Tagged]:
+        return [
+            Tagged(ProcessId(p.pid, p.create_time), p.pgid, p.env[name])
+            for p in self.procs.values()
+            if p.alive and name in p.env and p.env[name].startswith(prefix)
+        ]
 
     # ----- behaviour -----
 

@@ -31,6 +31,10 @@ flag means 1; a flag beats the env; an empty env value is unset; unknown names e
                             makes the server answer /health 503 and exit 1 after 0.5 s (vLLM's
                             EngineDeadError).
   STANDIN_TOKEN_DELAY=s     sleep per generated token.
+  STANDIN_IGNORE_EPIPE=1    once the reader of stdout/stderr is gone (its daemon was killed),
+                            output goes to /dev/null and the engine keeps serving, as vLLM does
+                            (its logging never dies of a closed pipe). Without it the stand-in
+                            exits 1 at its next log line, so an orphan would end by itself.
   STANDIN_STATE_FILE=path   append one JSON object per line per event (below).
 
 Tokens: a string prompt is split on whitespace, one token per word; a list of ints is taken as
@@ -138,6 +142,7 @@ class Knobs:
     sigterm_delay: float = 0.1
     spawn_grandchild: bool = False
     token_delay: float = 0.0
+    ignore_epipe: bool = False
     state_file: str | None = None
 
 
@@ -152,6 +157,7 @@ KNOB_PARSERS: dict[str, Callable[[str], Any]] = {
     "sigterm_delay": _seconds,
     "spawn_grandchild": _flag,
     "token_delay": _seconds,
+    "ignore_epipe": _flag,
     "state_file": str,
 }
 
@@ -327,6 +333,33 @@ class EventLog:
             os.write(fd, (json.dumps(record) + "\n").encode())
         finally:
             os.close(fd)
+
+
+class _OutlivesItsReader:
+    """A text stream that, once the reader of its pipe is gone, writes into /dev/null instead."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return int(self._retrying(lambda: self._stream.write(text)))
+
+    def flush(self) -> None:
+        self._retrying(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def _retrying(self, op: Callable[[], Any]) -> Any:
+        try:
+            return op()
+        except BrokenPipeError:
+            # Both streams share the pipe; what is still buffered then drains into /dev/null too.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
+            return op()
 
 
 def vllm_log(level: str, where: str, message: str, prefix: str = "") -> None:
@@ -1060,6 +1093,9 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
     except UsageError as exc:
         sys.stderr.write(f"standin_engine.py: error: {exc}\n")
         return 2
+    if knobs.ignore_epipe:
+        sys.stdout = _OutlivesItsReader(sys.stdout)
+        sys.stderr = _OutlivesItsReader(sys.stderr)
     if knobs.ignore_sigterm:
         # Ignore from here, not only once asyncio's handlers (which log the signal) are in.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -12,6 +12,7 @@ from orchestrator.config import ConfigError
 from orchestrator.control.client import ControlError, add_daemon_options
 from orchestrator.gpu.nvml import NvmlError
 from orchestrator.placement import PlacementError
+from orchestrator.supervisor.state_lock import StateDirBusy
 
 # Off the daemon's path: each adds its own subcommands through register(sub).
 _TOOL_MODULES = (
@@ -63,5 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NvmlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StateDirBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -224,7 +224,9 @@ class ControlState:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         await asyncio.sleep(0)  # let the command take the model's lock and show its state
-        return self.view.model(e)
+        shown = self.view.model(e)
+        await self.target.supervisor.persist()  # a 202 must survive a daemon crash
+        return shown
 
 
 def _control(request: Request) -> ControlState:

@@ -23,7 +23,7 @@ from orchestrator.control.api import create_app
 from orchestrator.control.auth import Tokens
 from orchestrator.control.httpserver import ConnectionLimits, build_server
 from orchestrator.control.metrics import MetricsCollector
-from orchestrator.control.reloadcheck import access_changes
+from orchestrator.control.reloadcheck import refused_changes
 from orchestrator.control.sdnotify import SdNotifier
 from orchestrator.engine import process
 from orchestrator.gpu.nvml import Nvml
@@ -106,7 +106,7 @@ class Daemon:
             new = new.model_copy(update={"orchestrator": orch})
         tokens = Tokens.load(new, source)
         check_this_host(new, source)
-        if problems := access_changes(self.cfg, new, self.tokens, tokens):
+        if problems := refused_changes(self.cfg, new, self.tokens, tokens):
             raise ConfigError(source, problems)
         _log_warnings(new)
         return new, tokens

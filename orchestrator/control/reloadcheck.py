@@ -1,4 +1,4 @@
-"""What a reload may not change: who may use the control plane while its socket stays open.
+"""What a reload may not change: who may use the open socket, and where the daemon keeps state.
 
 The listening socket is bound once, at start. A reload that moved `listen` would leave it on
 the old address while the rules for the new one applied (a loopback `listen` needs no token),
@@ -6,6 +6,9 @@ and one that dropped the admin token would open every call to anyone who reaches
 Such changes are refused with "restart needed": a restart binds the new socket and loads the
 new tokens together. Rotating a token (new contents, same file) and adding or removing a
 student's token_file apply on reload, as long as some token still guards the control plane.
+`state_dir` is refused too: the daemon holds its lock and state file there, and every engine it
+starts is marked with it, so engines started after such a reload would be strangers to the next
+daemon's search for leftovers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from orchestrator.control.auth import Tokens
 RESTART = "restart the daemon to apply it (systemctl restart mig-orchestrator)"
 
 
-def access_changes(old: Config, new: Config, old_tokens: Tokens, new_tokens: Tokens) -> list[str]:
+def refused_changes(old: Config, new: Config, old_tokens: Tokens, new_tokens: Tokens) -> list[str]:
     """One line per change a reload may not make; empty when the reload may go ahead."""
     o, n = old.orchestrator, new.orchestrator
     problems = []
@@ -35,5 +38,10 @@ def access_changes(old: Config, new: Config, old_tokens: Tokens, new_tokens: Tok
         problems.append(
             "models: the last token_file is gone, which would open every call of the control "
             f"plane to anyone who can reach {o.listen}; {RESTART}"
+        )
+    if n.state_dir != o.state_dir:
+        problems.append(
+            f"orchestrator.state_dir: changed from {o.state_dir} to {n.state_dir}; the daemon's "
+            f"lock, state file and the mark on its engines stay with the old one; {RESTART}"
         )
     return problems

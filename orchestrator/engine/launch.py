@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.config import Config, VllmSettings
+from orchestrator.engine import marker
 from orchestrator.gpu.inventory import Slice
 from orchestrator.secretfile import read_secret_file
 
@@ -91,4 +92,6 @@ def build_launch(
     for k in _PRIVATE_ENV:
         env.pop(k, None)
     env.update(extra)
+    # Last, so that no setting can take it away: it is how a restarted daemon finds this engine.
+    env.update(marker.engine_env(cfg.orchestrator.state_dir, name))
     return Launch(argv=argv, env=env, extra_env=extra)

@@ -48,7 +48,8 @@ def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Makes daemons (not started); each is stopped and its leftovers killed afterwards."""
+    """Make daemons (not started) with stand-in engines; afterwards stop them, kill what their
+    engines left, and fail a test whose daemon logged an illegal state transition."""
     started: list[Daemon] = []
 
     def make(models: dict[str, dict[str, Any]], **kw: Any) -> Daemon:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,20 +17,15 @@ from orchestrator.gpu import nvml_fake
 from orchestrator.units import GIB
 from tests.daemon_harness import (
     engine_pids,
+    events,
     free_ports,
     group_pids,
-    model,
     wait_until,
     write_secret,
 )
+from tests.daemon_harness import standin_model as model
 
 pytestmark = pytest.mark.slow
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_ready_status_and_openai_on_own_port(daemons) -> None:

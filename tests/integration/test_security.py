@@ -22,10 +22,10 @@ from tests.daemon_harness import (
     Daemon,
     engine_pids,
     free_ports,
-    model,
     wait_until,
     write_secret,
 )
+from tests.daemon_harness import standin_model as model
 
 pytestmark = pytest.mark.slow
 

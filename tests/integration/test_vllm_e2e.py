@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator.config import load_config
+from orchestrator.engine import marker, process
 from orchestrator.promtext import parse
 from tests.daemon_harness import Daemon, group_pids, wait_until
 
@@ -80,6 +82,20 @@ def test_prefix_cache_hits_only_where_enabled(vllm_daemon: Daemon) -> None:
     # The control plane re-exports both, labelled by model.
     text = d.get("/metrics").text
     assert 'vllm:prefix_cache_hits_total{model="cached"' in text
+
+
+def test_every_process_of_a_real_engine_carries_the_daemons_mark(vllm_daemon: Daemon) -> None:
+    """vLLM names EngineCore with setproctitle, which would overwrite its environment and the mark
+    a restarted daemon finds an orphaned EngineCore by, but for SPT_NOENV (issue 11 item 1)."""
+    d = vllm_daemon
+    state_dir = load_config(d.config_path).orchestrator.state_dir
+    for name in ("cached", "nocache"):
+        tree = group_pids(d.wait_state(name, "ready", timeout=READY_TIMEOUT)["pid"])
+        titles = [Path(f"/proc/{p}/comm").read_text().strip() for p in tree]
+        assert any(t.startswith("VLLM::") for t in titles), titles
+        found = process.find_by_env(marker.ENV, marker.prefix(state_dir))
+        marked = {t.proc.pid: marker.model_of(t.value, state_dir) for t in found}
+        assert {p: marked.get(p) for p in tree} == dict.fromkeys(tree, name), titles
 
 
 def test_impossible_setting_fails_with_vllms_error_and_others_keep_serving(

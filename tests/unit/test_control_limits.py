@@ -12,7 +12,7 @@ import pytest
 from orchestrator.config import Config, parse_config
 from orchestrator.control import fdbudget
 from orchestrator.control.auth import Tokens
-from orchestrator.control.reloadcheck import access_changes
+from orchestrator.control.reloadcheck import refused_changes
 
 MODEL = '[models.alice]\nmodel = "m"\nport = 8001\n'
 
@@ -75,7 +75,7 @@ def test_listen_and_admin_token_changes_need_a_restart(files: tuple[Path, Path])
     admin, _ = files
     old = cfg("0.0.0.0:8700", admin)
     new = cfg("127.0.0.1:8700")
-    problems = access_changes(old, new, tokens(old), tokens(new))
+    problems = refused_changes(old, new, tokens(old), tokens(new))
     assert [p.split(":")[0] for p in problems] == [
         "orchestrator.listen",
         "orchestrator.admin_token_file",
@@ -86,19 +86,29 @@ def test_listen_and_admin_token_changes_need_a_restart(files: tuple[Path, Path])
 def test_adding_an_admin_token_also_waits_for_a_restart(files: tuple[Path, Path]) -> None:
     admin, _ = files
     old, new = cfg(), cfg(admin=admin)
-    (problem,) = access_changes(old, new, tokens(old), tokens(new))
+    (problem,) = refused_changes(old, new, tokens(old), tokens(new))
     assert problem.startswith("orchestrator.admin_token_file: changed from none to ")
 
 
 def test_the_last_student_token_cannot_go(files: tuple[Path, Path]) -> None:
     _, student = files
     old, new = cfg(student=student), cfg()
-    (problem,) = access_changes(old, new, tokens(old), tokens(new))
+    (problem,) = refused_changes(old, new, tokens(old), tokens(new))
     assert "the last token_file is gone" in problem
 
 
 def test_student_tokens_may_change_while_the_admin_token_stays(files: tuple[Path, Path]) -> None:
     admin, student = files
     old, new = cfg(admin=admin, student=student), cfg(admin=admin)
-    assert access_changes(old, new, tokens(old), tokens(new)) == []
-    assert access_changes(new, old, tokens(new), tokens(old)) == []
+    assert refused_changes(old, new, tokens(old), tokens(new)) == []
+    assert refused_changes(new, old, tokens(new), tokens(old)) == []
+
+
+def test_moving_state_dir_waits_for_a_restart(tmp_path: Path) -> None:
+    old = cfg()
+    new = old.model_copy(
+        update={"orchestrator": old.orchestrator.model_copy(update={"state_dir": tmp_path})}
+    )
+    (problem,) = refused_changes(old, new, tokens(old), tokens(new))
+    assert problem.startswith("orchestrator.state_dir: changed from ")
+    assert "restart the daemon" in problem

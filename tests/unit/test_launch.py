@@ -21,6 +21,8 @@ SLICE = Slice(
     gi_id=2,
     ci_id=0,
 )
+# Every engine's mark (orchestrator/engine/marker.py), for the default state_dir.
+MARK = {"MIG_ORCH_ENGINE": "/var/lib/mig-orchestrator:alice", "SPT_NOENV": "1"}
 BASE = ["vllm", "serve", "--model", "/models/tiny", "--host", "0.0.0.0", "--port", "8001"]
 
 
@@ -178,6 +180,7 @@ def test_settings_env_is_merged_but_cannot_move_the_engine_off_its_slice() -> No
         "HF_HUB_OFFLINE": "1",
         "VLLM_LOGGING_LEVEL": "DEBUG",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+        **MARK,
     }
 
 
@@ -200,7 +203,24 @@ def test_systemd_variables_are_not_inherited() -> None:
         "INVOCATION_ID": "abc",
         "PYTHONUNBUFFERED": "1",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+        **MARK,
     }
+
+
+def test_every_engine_is_marked_with_its_daemon_and_model_and_no_setting_removes_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    cfg = cfg_of(
+        'env = { MIG_ORCH_ENGINE = "elsewhere:bob", SPT_NOENV = "" }',
+        orchestrator=f'state_dir = "{tmp_path / "link"}"',
+    )
+    launch = build_launch(cfg, "alice", SLICE, base_env={"MIG_ORCH_ENGINE": "inherited:x"})
+    # The real path: one state_dir reached through two paths is still one daemon's.
+    assert launch.env["MIG_ORCH_ENGINE"] == f"{tmp_path / 'real'}:alice"
+    # setproctitle (vLLM's EngineCore) would otherwise overwrite /proc/PID/environ, mark and all.
+    assert launch.env["SPT_NOENV"] == "1"
 
 
 def test_os_environ_is_the_default_base(monkeypatch: pytest.MonkeyPatch) -> None:

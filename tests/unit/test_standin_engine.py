@@ -442,3 +442,40 @@ def test_bad_settings_exit_2_naming_them(
     s = start(*flags, env=env, ready=False)
     assert s.wait_exit() == 2
     assert named in s.stderr()
+
+
+@pytest.mark.parametrize("ignore_epipe", [True, False])
+def test_a_closed_stdout_ends_it_unless_epipe_is_ignored(
+    tmp_path: Path, ignore_epipe: bool
+) -> None:
+    """A killed daemon closes the engine's pipe: vLLM lives on (its orphan keeps serving)."""
+    state = tmp_path / "state.jsonl"
+    env = {"STANDIN_STATE_FILE": str(state), "STANDIN_STARTUP_DELAY": "0.3"}
+    if ignore_epipe:
+        env["STANDIN_IGNORE_EPIPE"] = "1"
+    argv = [sys.executable, str(STANDIN), "--model", "m", "--host", "127.0.0.1", "--port", "0"]
+    proc = subprocess.Popen(
+        [*argv, "--served-model-name", "tiny"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    s = StandIn(proc, state, tmp_path / "unused", tmp_path / "unused")
+    try:
+        s.port = s.event("started")["port"]
+        assert proc.stdout is not None
+        proc.stdout.close()  # before "ready": its ready lines meet a closed pipe
+        if not ignore_epipe:
+            assert s.wait_exit() == 1
+            return
+        s.wait_ready()
+        assert httpx.get(s.url("/health")).status_code == 200
+        assert complete(s, "still serving")["choices"]
+        proc.send_signal(signal.SIGTERM)
+        assert s.wait_exit() == 0
+        assert s.events("exit")[0]["reason"] == "sigterm"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
