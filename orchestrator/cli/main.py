@@ -20,6 +20,7 @@ from orchestrator.control.client import (
     resolve_token,
 )
 from orchestrator.engine.launch import build_launch
+from orchestrator.engine.nvml_shim import fix_status
 from orchestrator.gpu.inventory import GIB, Inventory
 from orchestrator.gpu.nvml import Nvml, NvmlError
 from orchestrator.placement import PlacementError, plan_partial
@@ -125,6 +126,7 @@ def _plan_rows(
                 },
                 "argv": launch.argv,
                 "env": launch.redacted_env(),
+                "mig_nvml_fix": fix_status(s, cfg.effective_settings(name)),
                 "unplaced": plan.unplaced.get(name),
             }
         )
@@ -152,10 +154,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     where,
                     _gib(s["memory_total_bytes"]) if s else "-",
                     str(r["port"]),
+                    r["mig_nvml_fix"],
                     s["uuid"] if s else (r["unplaced"] or "-"),
                 ]
             )
-        print(_table(table, ["MODEL", "SLICE", "MEMORY", "PORT", "UUID"]))
+        print(_table(table, ["MODEL", "SLICE", "MEMORY", "PORT", "MIG NVML FIX", "UUID"]))
         for r in rows:
             if r["slice"] is None:
                 continue
