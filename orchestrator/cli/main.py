@@ -440,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (
         "orchestrator.gpu.monitor",
+        "orchestrator.engine.nvml_shim.check",
         "orchestrator.tooling.cpu_venv",
         "orchestrator.bench.cli",
         "orchestrator.tooling.demo",
