@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (
         "orchestrator.gpu.monitor",
-        "orchestrator.engine.nvml_shim.check",
+        "orchestrator.engine.nvml_check",
         "orchestrator.tooling.cpu_venv",
         "orchestrator.bench.cli",
         "orchestrator.tooling.demo",
