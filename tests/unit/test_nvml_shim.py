@@ -126,6 +126,9 @@ def test_per_gpu_queries_still_reach_the_parent_gpu() -> None:
         def nvmlDeviceGetNumaNodeId(self, handle: object) -> str:  # a per-GPU query
             return self.nvmlDeviceGetUUID(handle)
 
+        def nvmlDeviceGetCpuAffinity(self, handle: object, size: int) -> tuple[str, int]:
+            return self.nvmlDeviceGetUUID(handle), size
+
     nvml = WithNuma(nvml_fake.load_topology(COURSE))
     nvml.nvmlInit()
     uuid = slices()[2][0]  # GPU 1's first slice
@@ -136,6 +139,8 @@ def test_per_gpu_queries_still_reach_the_parent_gpu() -> None:
     assert patched.nvmlDeviceGetUUID(handle) == uuid
     assert patched.nvmlDeviceGetIndex(handle) == 1
     assert patched.nvmlDeviceGetNumaNodeId(handle) == device.parent_uuid
+    # The set size is no handle: it must reach NVML untouched, never be asked for a UUID.
+    assert patched.nvmlDeviceGetCpuAffinity(handle, 2) == (device.parent_uuid, 2)
     other = patched.nvmlDeviceGetHandleByIndex(0)
     assert patched.nvmlDeviceGetUUID(other) == nvml_fake.load_topology(COURSE).gpus[0].uuid
 

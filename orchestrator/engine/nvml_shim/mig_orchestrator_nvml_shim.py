@@ -38,6 +38,7 @@ _PER_GPU = (
     "nvmlDeviceGetMemoryAffinity",
     "nvmlDeviceGetP2PStatus",
 )
+_NOT_HANDLES = (int, float, str, bytes, type(None))
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,8 @@ class SliceNvml:
             parent = None
             mapped = []
             for arg in args:
-                if self._is_slice(arg):
+                # Never hand NVML a number (cpuSetSize, a P2P index) as if it were a handle.
+                if not isinstance(arg, _NOT_HANDLES) and self._is_slice(arg):
                     parent = parent or self._nvml.nvmlDeviceGetHandleByUUID(
                         self._device.parent_uuid
                     )
