@@ -122,6 +122,9 @@ class VllmSettings(_Strict):
     enforce_eager: bool | None = None
     extra_args: list[str] | None = None
     env: dict[str, str] | None = None
+    # On a MIG slice, correct the NVML lookups vLLM makes for its device (README "MIG and vLLM");
+    # unset means on. Not a vLLM flag: the daemon arms it through the engine's environment.
+    mig_nvml_fix: bool | None = None
 
     # Checked on the field so [defaults] and runtime overrides are refused too, not only models.
     @field_validator("tensor_parallel_size")

@@ -30,6 +30,9 @@ flag means 1; a flag beats the env; an empty env value is unset; unknown names e
                             group is killed, is stopped with the server on SIGTERM, and its death
                             makes the server answer /health 503 and exit 1 after 0.5 s (vLLM's
                             EngineDeadError).
+  STANDIN_DEVICE_MEMORY=free/total  GiB: before listening, log vLLM's GPU worker line
+                            "Free memory on device (free/total GiB) on startup. ..." (from its
+                            EngineCore) with these figures, as vLLM does once it has profiled.
   STANDIN_TOKEN_DELAY=s     sleep per generated token.
   STANDIN_IGNORE_EPIPE=1    once the reader of stdout/stderr is gone (its daemon was killed),
                             output goes to /dev/null and the engine keeps serving, as vLLM does
@@ -122,6 +125,17 @@ def _flag(raw: str) -> bool:
     raise ValueError("must be 1/0, true/false, yes/no or on/off")
 
 
+def _device_memory(raw: str) -> tuple[float, float]:
+    free, sep, total = raw.partition("/")
+    try:
+        pair = (float(free), float(total))
+    except ValueError:
+        pair = (-1.0, -1.0)
+    if not sep or not 0 <= pair[0] <= pair[1]:
+        raise ValueError("must be FREE/TOTAL in GiB with 0 <= FREE <= TOTAL, e.g. 38.9/39.25")
+    return pair
+
+
 def _hang_mode(raw: str) -> str:
     if raw not in ("hang", "503"):
         raise ValueError('must be "hang" or "503"')
@@ -141,6 +155,7 @@ class Knobs:
     ignore_sigterm: bool = False
     sigterm_delay: float = 0.1
     spawn_grandchild: bool = False
+    device_memory: tuple[float, float] | None = None
     token_delay: float = 0.0
     ignore_epipe: bool = False
     state_file: str | None = None
@@ -156,6 +171,7 @@ KNOB_PARSERS: dict[str, Callable[[str], Any]] = {
     "ignore_sigterm": _flag,
     "sigterm_delay": _seconds,
     "spawn_grandchild": _flag,
+    "device_memory": _device_memory,
     "token_delay": _seconds,
     "ignore_epipe": _flag,
     "state_file": str,
@@ -655,6 +671,8 @@ class StandIn:
         if not self._stopping.is_set():
             if self.knobs.fail_start is not None:
                 return self._fail_start(self.knobs.fail_start)
+            if self.knobs.device_memory is not None:
+                self._log_device_memory(*self.knobs.device_memory)
             try:
                 server = await asyncio.start_server(
                     self._serve_connection, sock=self._sock, backlog=1024
@@ -673,6 +691,19 @@ class StandIn:
         uvicorn_log(f"Finished server process [{os.getpid()}]")
         self.events.emit("exit", code=self._exit_code, reason=self._stop_reason)
         return self._exit_code
+
+    @staticmethod
+    def _log_device_memory(free: float, total: float) -> None:
+        # vLLM 0.33 v1/worker/gpu_worker.py compile_or_warm_up_model, after memory profiling.
+        vllm_log(
+            "INFO",
+            "gpu_worker.py:1058",
+            f"Free memory on device ({free}/{total} GiB) on startup. Desired GPU memory "
+            f"utilization is (0.9, {round(total * 0.9, 2)} GiB). Actual usage is 1.2 GiB for "
+            "consumed memory (weights + non-torch), 0.3 GiB for peak activation, and 0.1 GiB "
+            "for CUDAGraph memory.",
+            prefix=f"(EngineCore_DP0 pid={os.getpid()}) ",
+        )
 
     def _announce_ready(self, loop: asyncio.AbstractEventLoop) -> None:
         host, port = self.args.host, self._sock.getsockname()[1]

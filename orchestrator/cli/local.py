@@ -19,6 +19,7 @@ from orchestrator.config import (
     unprivileged_port_start,
 )
 from orchestrator.engine.launch import build_launch
+from orchestrator.engine.nvml_shim import fix_status
 from orchestrator.gpu.inventory import Gpu, Inventory
 from orchestrator.gpu.nvml import NvmlError, load_inventory
 from orchestrator.placement import plan_partial
@@ -116,6 +117,7 @@ def _plan_rows(
                 },
                 "argv": launch.argv,
                 "env": launch.redacted_env(),
+                "mig_nvml_fix": fix_status(s, cfg.effective_settings(name)),
                 "unplaced": plan.unplaced.get(name),
             }
         )
@@ -133,10 +135,11 @@ def _print_plan(rows: list[dict[str, Any]]) -> None:
                 where,
                 _gib(s["memory_total_bytes"]) if s else "-",
                 str(r["port"]),
+                r["mig_nvml_fix"],
                 s["uuid"] if s else (r["unplaced"] or "-"),
             ]
         )
-    print(render_table(["MODEL", "SLICE", "MEMORY", "PORT", "UUID"], table))
+    print(render_table(["MODEL", "SLICE", "MEMORY", "PORT", "MIG NVML FIX", "UUID"], table))
     for r in rows:
         if r["slice"] is None:
             continue

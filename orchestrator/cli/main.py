@@ -17,6 +17,7 @@ from orchestrator.supervisor.state_lock import StateDirBusy
 # Off the daemon's path: each adds its own subcommands through register(sub).
 _TOOL_MODULES = (
     "orchestrator.gpu.monitor",
+    "orchestrator.engine.nvml_check",
     "orchestrator.tooling.cpu_venv",
     "orchestrator.bench.commands",
     "orchestrator.tooling.demo",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.config import Config, VllmSettings
 from orchestrator.engine import marker
+from orchestrator.engine.nvml_shim import fix_env
 from orchestrator.gpu.inventory import Slice
 from orchestrator.secretfile import read_secret_file
 
@@ -81,14 +82,17 @@ def build_launch(
     # vLLM's tracebacks go to stderr, block-buffered on a pipe: unbuffered keeps them in order
     # with its log lines, so the daemon reads the real error line the moment the engine exits.
     extra = {"PYTHONUNBUFFERED": "1", **(settings.env or {})}
+    base = os.environ if base_env is None else base_env
     if slc is not None:
         extra["CUDA_VISIBLE_DEVICES"] = slc.uuid
+    pythonpath = extra.get("PYTHONPATH", base.get("PYTHONPATH"))
+    extra.update(fix_env(slc, settings, pythonpath))
     if m.api_key_file is not None:
         # The key travels in the environment: argv is readable by every user through ps.
         extra["VLLM_API_KEY"] = (
             read_secret_file(m.api_key_file, "API key file") if read_secrets else "***"
         )
-    env = {k: v for k, v in (os.environ if base_env is None else base_env).items()}
+    env = dict(base)
     for k in _PRIVATE_ENV:
         env.pop(k, None)
     env.update(extra)

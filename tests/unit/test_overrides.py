@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.gpu.inventory import GIB, Gpu, Inventory, Slice
+from orchestrator.gpu.inventory import Gpu, Inventory, Slice
 from orchestrator.placement import plan_partial
 from orchestrator.supervisor import overrides as ov
+from orchestrator.units import GIB
 
 # One whole (non-MIG) GPU: both sharers land on it, at 0.45 each (0.90 of the 0.95 cap).
 GPU = Slice(

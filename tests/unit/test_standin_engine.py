@@ -419,6 +419,15 @@ def test_fail_start_ends_stderr_with_the_message(start: Start) -> None:
     assert not s.events("ready")
 
 
+def test_device_memory_is_logged_like_vllms_gpu_worker_before_listening(start: Start) -> None:
+    s = start(env={"STANDIN_DEVICE_MEMORY": "38.91/39.25"})
+    lines = s.stdout().splitlines()
+    device = next(i for i, line in enumerate(lines) if "Free memory on device" in line)
+    assert lines[device].startswith(f"(EngineCore_DP0 pid={s.proc.pid}) INFO ")
+    assert "Free memory on device (38.91/39.25 GiB) on startup. Desired GPU memory" in lines[device]
+    assert device < next(i for i, line in enumerate(lines) if "Starting vLLM server" in line)
+
+
 def test_port_clash_fails_at_once(start: Start) -> None:
     first = start()
     second = start("--port", str(first.port), ready=False)
@@ -432,6 +441,7 @@ def test_port_clash_fails_at_once(start: Start) -> None:
         ({"STANDIN_STARTUP_DELAY": "soon"}, (), "STANDIN_STARTUP_DELAY"),
         ({"STANDIN_HANG_MODE": "slow"}, (), "STANDIN_HANG_MODE"),
         ({"STANDIN_CRASH_AFTR": "1"}, (), "STANDIN_CRASH_AFTR"),
+        ({"STANDIN_DEVICE_MEMORY": "80/40"}, (), "STANDIN_DEVICE_MEMORY"),
         ({}, ("--standin-startup-dely", "1"), "--standin-startup-dely"),
         ({}, ("--max-num-seqs", "many"), "--max-num-seqs"),
     ],
