@@ -31,6 +31,10 @@ def _exec_safe(text: str, where: str) -> None:
         raise ValueError(f"{where}: is not valid Unicode") from None
 
 
+# vLLM's --kv-cache-dtype values for ordinary attention (MLA- and turboquant-only ones left out).
+KvCacheDtype = Literal["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used; `errors` holds one line per problem."""
 
@@ -54,6 +58,7 @@ class VllmSettings(_Strict):
     tensor_parallel_size: Annotated[int, Field(ge=1)] | None = None
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
     max_num_seqs: Annotated[int, Field(gt=0)] | None = None
+    kv_cache_dtype: KvCacheDtype | None = None
     enforce_eager: bool | None = None
     extra_args: list[str] | None = None
     env: dict[str, str] | None = None
@@ -129,6 +134,21 @@ class OrchestratorSettings(_Strict):
         return parse_listen(self.listen)[1]
 
 
+class SizeHint(_Strict):
+    """A model that is not on this host, described for the layout planner (config.json's keys)."""
+
+    weights_gib: Annotated[float, Field(gt=0)]  # the checkpoint's weights as loaded
+    num_hidden_layers: Annotated[int, Field(gt=0)]
+    hidden_size: Annotated[int, Field(gt=0)]
+    intermediate_size: Annotated[int, Field(gt=0)]
+    vocab_size: Annotated[int, Field(gt=0)]
+    num_attention_heads: Annotated[int, Field(gt=0)]
+    num_key_value_heads: Annotated[int, Field(gt=0)] | None = None  # default: attention heads
+    head_dim: Annotated[int, Field(gt=0)] | None = None  # default: hidden_size / attention heads
+    max_position_embeddings: Annotated[int, Field(gt=0)] | None = None
+    quantization: str | None = None  # quantization_config.quant_method: "awq", "gptq", "fp8", ...
+
+
 class ModelConfig(VllmSettings):
     """One student's engine."""
 
@@ -146,6 +166,10 @@ class ModelConfig(VllmSettings):
     token_file: Path | None = None
     command: Annotated[list[str], Field(min_length=1)] | None = None
     startup_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # Layout planning only: full-length sequences the KV cache must hold at once (vLLM itself
+    # refuses to start below 1), and the model's figures when it is not on this host.
+    guaranteed_seqs: Annotated[int, Field(gt=0)] = 1
+    size_hint: SizeHint | None = None
 
     @model_validator(mode="after")
     def _one_selector(self) -> ModelConfig:
@@ -219,6 +243,7 @@ def _describe(err: Any) -> str:
                 "orchestrator": OrchestratorSettings,
                 "defaults": VllmSettings,
                 "models": ModelConfig,
+                "size_hint": SizeHint,
             }
             parent = tables.get(str(part), parent)
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)
