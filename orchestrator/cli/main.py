@@ -437,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (
         "orchestrator.gpu.monitor",
+        "orchestrator.layout.cli",
         "orchestrator.tooling.cpu_venv",
         "orchestrator.bench.cli",
         "orchestrator.tooling.demo",

@@ -1,0 +1,537 @@
+"""Give each model a profile and pack the instances: fewest GPUs, then the most room left.
+
+Per model and GPU model: a `profile =` pin, else the smallest profile (by memory, then compute
+slices; never the `+me` one unless pinned) whose memory x gpu_memory_utilization holds the
+estimate and any `min_memory_gib`. A `slice =` pin to a GPU, and `share_gpu`, need a whole GPU
+(MIG off); a pin to a MIG device keeps that instance's GPU and profile.
+
+Packing is an exact search: GPUs in index order, each given one of the instance sets a GPU of its
+model can hold (geometry.best_layouts), models that want the same profiles on every GPU model
+counted together. It minimises the GPUs used, then maximises the memory still creatable on all
+GPUs; among equal plans the earlier GPUs are filled first, so the result never varies.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.config import SHARED_GPU_UTILIZATION_CAP, Config, ModelConfig
+from orchestrator.gpu.inventory import GIB, Inventory
+from orchestrator.gpu.mig_profiles import COMPUTE_SLICES, MEMORY_SLICES, GiProfile, GpuModel
+from orchestrator.layout import checkpoint, geometry
+from orchestrator.layout.advice import changes_to_fit
+from orchestrator.layout.estimate import Estimate, EstimateError, gib
+from orchestrator.layout.subject import Subject, load_subject
+from orchestrator.layout.targets import Target, synthetic
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The profile one model gets on one GPU model, and why."""
+
+    profile: GiProfile | None  # None: no profile of this GPU model will do
+    why: str
+    pinned: bool = False
+    advice: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    target: Target
+    mig: bool  # False: MIG off, the whole GPU is one slice
+    instances: tuple[tuple[geometry.Placement, str], ...] = ()
+    whole_models: tuple[str, ...] = ()
+    room: geometry.Layout = ()  # what could still be created on it
+
+    @property
+    def used(self) -> bool:
+        return bool(self.instances or self.whole_models)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Where one model lands, with the estimate and choice for that GPU's model."""
+
+    name: str
+    gpu: int | None = None
+    placement: geometry.Placement | None = None
+    estimate: Estimate | None = None
+    choice: Choice | None = None
+    problem: str | None = None  # why it has no estimate, or why it is not placed
+
+
+@dataclass
+class LayoutPlan:
+    gpus: list[GpuPlan]
+    models: dict[str, ModelPlan]
+    available: int  # GPUs on the host (or --gpus); more in `gpus` are extra, to show the need
+    notes: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why this many GPUs
+
+    @property
+    def feasible(self) -> bool:
+        return not self.unplaced and not any(g.target.extra and g.used for g in self.gpus)
+
+    @property
+    def unplaced(self) -> dict[str, str]:
+        return {n: m.problem or "not placed" for n, m in self.models.items() if m.gpu is None}
+
+
+def _profile_order(gpu: GpuModel) -> list[GiProfile]:
+    return sorted((p for p in gpu.profiles if not p.media_extensions), key=_size)
+
+
+def _size(p: GiProfile) -> tuple[int, int]:
+    return (p.memory_mib, p.slices)
+
+
+def choose(
+    m: ModelConfig, est: Estimate | None, error: str | None, gpu: GpuModel, pins: bool
+) -> tuple[Choice, GiProfile | None]:
+    """The profile for one model on one GPU model; also the smallest profile holding it."""
+    order = _profile_order(gpu)
+    smallest = None if est is None else next((p for p in order if est.fits(p.memory_bytes)), None)
+    if pins and m.profile is not None:
+        p = next((p for p in gpu.profiles if p.name == m.profile), None)
+        if p is None:
+            offered = ", ".join(q.name for q in gpu.profiles)
+            why = f"profile {m.profile!r} does not exist on {gpu.label} (it has {offered})"
+            return Choice(None, why, pinned=True), smallest
+        why = f'pinned: profile = "{p.name}"'
+        if est is None:
+            return Choice(p, f"{why}; no estimate ({error})", pinned=True), smallest
+        usable = est.usable(p.memory_bytes)
+        if est.fits(p.memory_bytes):
+            why += f"; the estimate {gib(est.total)} GiB fits its {gib(usable)} GiB"
+            if smallest is not None and _size(smallest) < _size(p):
+                why += f" (the smallest profile holding it is {smallest.name})"
+            return Choice(p, why, pinned=True), smallest
+        why += f", but the estimate {gib(est.total)} GiB exceeds its {gib(usable)} GiB usable"
+        return Choice(p, why, pinned=True), smallest
+    floor = m.min_memory_gib if pins else None
+    if est is None and floor is None:
+        return Choice(None, f"no estimate: {error}"), None
+    fitting = [
+        p
+        for p in order
+        if (floor is None or p.memory_bytes >= floor * GIB)
+        and (est is None or est.fits(p.memory_bytes))
+    ]
+    needs = [] if est is None else [f"estimate {gib(est.total)} GiB"]
+    if floor is not None:
+        needs.append(f"min_memory_gib = {floor:g}")
+    if not fitting:
+        largest = order[-1]
+        usable = largest.memory_bytes if est is None else est.usable(largest.memory_bytes)
+        why = f"{' and '.join(needs)}: more than {gpu.label}'s largest profile {largest.name} "
+        return Choice(None, why + f"({gib(usable)} GiB usable)"), smallest
+    p = fitting[0]
+    util = "" if est is None else f" x {est.utilization:g} = {gib(est.usable(p.memory_bytes))} GiB"
+    why = (
+        f"{' and '.join(needs)}: the smallest {gpu.label} profile holding it is {p.name} "
+        f"({gib(p.memory_bytes)} GiB{util})"
+    )
+    return Choice(p, why), smallest
+
+
+@dataclass
+class _Model:
+    """A model's inputs to planning: per GPU model its estimate and profile choice."""
+
+    name: str
+    config: ModelConfig
+    subjects: dict[str, Subject] = field(default_factory=dict)
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    choices: dict[str, Choice] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _prepare(cfg: Config, targets: Sequence[Target], pins: bool) -> dict[str, _Model]:
+    firsts = {t.model.key: t for t in reversed(targets)}  # one target per GPU model
+    out: dict[str, _Model] = {}
+    for name in sorted(cfg.models):
+        mm = _Model(name, cfg.models[name])
+        out[name] = mm
+        for key, target in firsts.items():
+            try:
+                subject = load_subject(cfg, name, target.name, target.model.memory_total_bytes)
+                mm.subjects[key] = subject
+                mm.estimates[key] = subject.estimate()
+            except (checkpoint.CheckpointError, EstimateError) as e:
+                mm.error = str(e)
+            est = mm.estimates.get(key)
+            choice, smallest = choose(mm.config, est, mm.error, target.model, pins)
+            if (
+                est is not None
+                and choice.profile is not None
+                and not est.fits(choice.profile.memory_bytes)
+            ):
+                advice = changes_to_fit(mm.subjects[key], choice.profile.memory_bytes)
+                if smallest is not None:
+                    advice.append(f'profile = "{smallest.name}"')
+                choice = Choice(choice.profile, choice.why, choice.pinned, tuple(advice))
+            elif est is not None and choice.profile is None:
+                largest = _profile_order(target.model)[-1]
+                advice = changes_to_fit(mm.subjects[key], largest.memory_bytes)
+                choice = Choice(None, choice.why, choice.pinned, tuple(advice))
+            mm.choices[key] = choice
+    return out
+
+
+Signature = tuple[int | None, ...]  # per GPU model key (sorted): the profile index wanted there
+
+
+class _Search:
+    """Exact search over which instance set each GPU gets; memoised on what is left to place."""
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        classes: Sequence[Signature],
+        model_keys: Sequence[str],
+        pinned: Mapping[int, geometry.Counts],
+        skip: frozenset[int],
+    ) -> None:
+        self.targets = targets
+        self.classes = classes
+        self.column = {key: i for i, key in enumerate(model_keys)}
+        self.pinned = pinned
+        self.skip = skip
+        self.memo: dict[tuple[int, tuple[int, ...]], tuple[tuple[int, int], list[Counts2]] | None]
+        self.memo = {}
+
+    def solve(self, remaining: tuple[int, ...]) -> list[Counts2] | None:
+        found = self._best(0, remaining)
+        return None if found is None else found[1]
+
+    def _best(
+        self, i: int, remaining: tuple[int, ...]
+    ) -> tuple[tuple[int, int], list[Counts2]] | None:
+        if i == len(self.targets):
+            return ((0, 0), []) if not any(remaining) else None
+        key = (i, remaining)
+        if key not in self.memo:
+            self.memo[key] = self._solve(i, remaining)
+        return self.memo[key]
+
+    def _solve(
+        self, i: int, remaining: tuple[int, ...]
+    ) -> tuple[tuple[int, int], list[Counts2]] | None:
+        target = self.targets[i]
+        gpu = target.model
+        if i in self.skip:
+            rest = self._best(i + 1, remaining)
+            return None if rest is None else (rest[0], [((), (0,) * len(remaining)), *rest[1]])
+        best: tuple[tuple[int, int], list[Counts2]] | None = None
+        for combo, taken in self._options(i, gpu, remaining):
+            rest = self._best(i + 1, tuple(r - t for r, t in zip(remaining, taken, strict=True)))
+            if rest is None:
+                continue
+            layout = geometry.best_layouts(gpu)[combo]
+            used = 1 if layout else 0
+            cost = (rest[0][0] + used, rest[0][1] - geometry.room_bytes(gpu, layout))
+            if best is None or cost < best[0]:
+                best = (cost, [(combo, taken), *rest[1]])
+        return best
+
+    def _options(
+        self, i: int, gpu: GpuModel, remaining: tuple[int, ...]
+    ) -> Iterator[tuple[geometry.Counts, tuple[int, ...]]]:
+        """Instance sets GPU i can hold that contain its pins, with the classes filling the rest."""
+        pinned = self.pinned.get(i, (0,) * len(gpu.profiles))
+        combos = geometry.best_layouts(gpu)
+        column = self.column[gpu.key]
+        # Fullest first: among equally good plans the earlier GPUs end up full.
+        for combo in sorted(combos, key=lambda c: (-geometry.memory(combos[c]), c)):
+            extra = [c - p for c, p in zip(combo, pinned, strict=True)]
+            if min(extra) < 0:
+                continue
+            yield from ((combo, taken) for taken in self._fill(extra, column, remaining))
+
+    def _fill(
+        self, extra: list[int], column: int, remaining: tuple[int, ...]
+    ) -> Iterator[tuple[int, ...]]:
+        """Ways to take `extra[j]` instances of each profile j from the classes that want it."""
+        per_profile = []
+        for j, n in enumerate(extra):
+            wanting = [k for k, sig in enumerate(self.classes) if sig[column] == j]
+            ways = list(_split(n, [remaining[k] for k in wanting]))
+            if not ways:
+                return
+            per_profile.append((wanting, ways))
+        for pick in itertools.product(*(ways for _, ways in per_profile)):
+            taken = [0] * len(remaining)
+            for (wanting, _), split in zip(per_profile, pick, strict=True):
+                for k, n in zip(wanting, split, strict=True):
+                    taken[k] += n
+            yield tuple(taken)
+
+
+Counts2 = tuple[geometry.Counts, tuple[int, ...]]  # a GPU's instance set, and per class how many
+
+
+def _split(n: int, limits: Sequence[int]) -> Iterator[tuple[int, ...]]:
+    """Every way to write n as a sum of len(limits) parts, part k at most limits[k]."""
+    if not limits:
+        if n == 0:
+            yield ()
+        return
+    for first in range(min(n, limits[0]), -1, -1):
+        for rest in _split(n - first, limits[1:]):
+            yield (first, *rest)
+
+
+def plan_layout(
+    cfg: Config, targets: Sequence[Target], inventory: Inventory | None = None, pins: bool = True
+) -> LayoutPlan:
+    """The layout for `targets`; with too few GPUs, extra ones show what the rest would need."""
+    models = _prepare(cfg, targets, pins)
+    assign = _Assignment(cfg, list(targets), models)
+    for name in models:
+        assign.pin(name, inventory if pins else None, pins)
+    for name in models:
+        if cfg.models[name].share_gpu and name not in assign.placed and name not in assign.problems:
+            assign.share(name)
+    solution = assign.search()
+    return assign.result(solution)
+
+
+class _Assignment:
+    """Pins and whole GPUs first, then the search for the rest; builds the LayoutPlan."""
+
+    def __init__(self, cfg: Config, targets: list[Target], models: dict[str, _Model]) -> None:
+        self.cfg = cfg
+        self.targets = targets
+        self.available = len(targets)
+        self.models = models
+        self.keys = sorted({t.model.key for t in targets})
+        self.whole: dict[int, list[str]] = {}  # target position -> models on the whole GPU
+        self.pinned: dict[int, list[tuple[str, int]]] = {}  # position -> (model, profile index)
+        self.placed: set[str] = set()
+        self.problems: dict[str, str] = {}
+
+    def _position(self, pin: str) -> int | None:
+        for i, t in enumerate(self.targets):
+            if (pin.isdigit() and t.index == int(pin)) or t.uuid == pin:
+                return i
+        return None
+
+    def pin(self, name: str, inventory: Inventory | None, pins: bool) -> None:
+        pin = self.models[name].config.slice
+        if pin is None or not pins:
+            return
+        text = str(pin)
+        if text.isdigit() or text.startswith("GPU-"):
+            pos = self._position(text)
+            if pos is None:
+                self.problems[name] = f"slice = {text!r}: no such GPU among those planned"
+            else:
+                self._take_whole(name, pos)
+            return
+        found = inventory.slice_by_uuid(text) if inventory is not None else None
+        pos = None if found is None else self._position(str(found.gpu_index))
+        if found is None or pos is None:
+            where = "on this host" if inventory is not None else "without the real GPUs"
+            self.problems[name] = f"slice = {text!r}: no such MIG device {where}"
+            return
+        gpu = self.targets[pos].model
+        index = next(j for j, p in enumerate(gpu.profiles) if p.name == found.profile)
+        self.pinned.setdefault(pos, []).append((name, index))
+        self.placed.add(name)
+
+    def _take_whole(self, name: str, pos: int) -> None:
+        tenants = self.whole.setdefault(pos, [])
+        everyone = [*tenants, name]
+        if len(everyone) > 1 and not all(self.cfg.models[n].share_gpu for n in everyone):
+            self.problems[name] = (
+                f"GPU{self.targets[pos].index} is also pinned by {', '.join(tenants)}; "
+                "only share_gpu models may share a whole GPU"
+            )
+            return
+        if pos in self.pinned:
+            self.problems[name] = f"GPU{self.targets[pos].index} also holds a pinned MIG device"
+            return
+        tenants.append(name)
+        self.placed.add(name)
+
+    def _util(self, name: str) -> float:
+        return self.cfg.effective_settings(name).gpu_memory_utilization or 1.0
+
+    def share(self, name: str) -> None:
+        """A share_gpu model joins a whole GPU with utilisation to spare, or takes the last GPU."""
+        for pos, tenants in sorted(self.whole.items()):
+            total = sum(self._util(n) for n in [*tenants, name])
+            if all(self.cfg.models[n].share_gpu for n in tenants) and (
+                total <= SHARED_GPU_UTILIZATION_CAP + 1e-9
+            ):
+                self._take_whole(name, pos)
+                return
+        free = [i for i in range(len(self.targets)) if i not in self.whole and i not in self.pinned]
+        if not free:
+            self.problems[name] = "share_gpu needs a whole GPU and none is left"
+            return
+        self._take_whole(name, free[-1])
+
+    def _signature(self, name: str) -> Signature:
+        choices = self.models[name].choices
+        out: list[int | None] = []
+        for key in self.keys:
+            p = choices[key].profile
+            gpu = next(t.model for t in self.targets if t.model.key == key)
+            out.append(None if p is None else gpu.profiles.index(p))
+        return tuple(out)
+
+    def search(self) -> tuple[list[Signature], dict[Signature, list[str]], list[Counts2]] | None:
+        by_class: dict[Signature, list[str]] = {}
+        for name in sorted(self.models):
+            if name in self.placed or name in self.problems:
+                continue
+            sig = self._signature(name)
+            if all(j is None for j in sig):
+                self.problems[name] = self.models[name].choices[self.keys[0]].why
+                continue
+            by_class.setdefault(sig, []).append(name)
+        classes = sorted(by_class, key=lambda s: tuple(-1 if j is None else j for j in s))
+        remaining = tuple(len(by_class[c]) for c in classes)
+        extra_model = max((t.model for t in self.targets), key=lambda m: m.memory_total_mib)
+        for _ in range(sum(remaining) + 1):
+            pinned = {
+                pos: tuple(sum(1 for _, j in names if j == k) for k in range(len(t.model.profiles)))
+                for pos, names in self.pinned.items()
+                for t in [self.targets[pos]]
+            }
+            found = _Search(self.targets, classes, self.keys, pinned, frozenset(self.whole)).solve(
+                remaining
+            )
+            if found is not None:
+                return classes, by_class, found
+            next_index = max(t.index for t in self.targets) + 1
+            self.targets.append(synthetic(extra_model, 1, next_index, extra=True)[0])
+        return None
+
+    def result(
+        self, solution: tuple[list[Signature], dict[Signature, list[str]], list[Counts2]] | None
+    ) -> LayoutPlan:
+        plans: dict[str, ModelPlan] = {}
+        gpus: list[GpuPlan] = []
+        if solution is not None:
+            classes, by_class, per_gpu = solution
+            queues = {c: list(names) for c, names in by_class.items()}
+            for pos, (combo, taken) in enumerate(per_gpu):
+                gpus.append(self._gpu(pos, combo, taken, classes, queues, plans))
+        for name in sorted(self.models):
+            if name not in plans:
+                mm = self.models[name]
+                key = self.keys[0]
+                plans[name] = ModelPlan(
+                    name,
+                    estimate=mm.estimates.get(key),
+                    choice=mm.choices.get(key),
+                    problem=self.problems.get(name) or mm.error,
+                )
+        plan = LayoutPlan(gpus, plans, self.available)
+        _explain(plan, self.models)
+        return plan
+
+    def _gpu(
+        self,
+        pos: int,
+        combo: geometry.Counts,
+        taken: tuple[int, ...],
+        classes: list[Signature],
+        queues: dict[Signature, list[str]],
+        plans: dict[str, ModelPlan],
+    ) -> GpuPlan:
+        target = self.targets[pos]
+        key = target.model.key
+        if pos in self.whole:
+            for name in self.whole[pos]:
+                plans[name] = self._model_plan(name, target)
+            return GpuPlan(target, mig=False, whole_models=tuple(self.whole[pos]))
+        if not any(combo):
+            return GpuPlan(target, mig=False)
+        wanting: dict[int, list[str]] = {}
+        for name, j in sorted(self.pinned.get(pos, [])):
+            wanting.setdefault(j, []).append(name)
+        column = self.keys.index(key)
+        for c, n in zip(classes, taken, strict=True):
+            wanted = c[column]
+            if n and wanted is not None:
+                wanting.setdefault(wanted, []).extend(queues[c].pop(0) for _ in range(n))
+        layout = geometry.best_layouts(target.model)[combo]
+        instances = []
+        for placement in layout:
+            j = target.model.profiles.index(placement.profile)
+            name = wanting[j].pop(0)
+            instances.append((placement, name))
+            plans[name] = self._model_plan(name, target, placement)
+        room = geometry.room(target.model, layout)
+        return GpuPlan(target, mig=True, instances=tuple(instances), room=room)
+
+    def _model_plan(
+        self, name: str, target: Target, placement: geometry.Placement | None = None
+    ) -> ModelPlan:
+        mm = self.models[name]
+        key = target.model.key
+        return ModelPlan(
+            name,
+            gpu=target.index,
+            placement=placement,
+            estimate=mm.estimates.get(key),
+            choice=mm.choices.get(key),
+            problem=mm.error,
+        )
+
+
+def _explain(plan: LayoutPlan, models: Mapping[str, _Model]) -> None:
+    """Reasons for the GPU count, and advice where something does not fit."""
+    mig = [g for g in plan.gpus if g.mig and g.used]
+    whole = [g for g in plan.gpus if not g.mig and g.used]
+    if mig:
+        slots = sum(p.profile.memory_slices for g in mig for p, _ in g.instances)
+        compute = sum(p.profile.slices for g in mig for p, _ in g.instances)
+        bound = max(-(-slots // MEMORY_SLICES), -(-compute // COMPUTE_SLICES))
+        line = (
+            f"{len(mig)} GPU(s) with MIG: the instances take {slots} memory slots and {compute} "
+            f"compute slices ({MEMORY_SLICES} and {COMPUTE_SLICES} per GPU)"
+        )
+        if len(mig) > bound:
+            line += "; where instances may start rules out fewer (every valid layout was tried)"
+        plan.reasons.append(line)
+    if whole:
+        names = ", ".join(n for g in whole for n in g.whole_models)
+        plan.reasons.append(f"{len(whole)} whole GPU(s) with MIG off for {names}")
+    used = sum(1 for g in plan.gpus if g.used)
+    if used > plan.available:
+        plan.advice.append(
+            f"needs {used} GPUs, {plan.available} available: the extra GPU(s) show what the rest "
+            "would need"
+        )
+    for name, mp in sorted(plan.models.items()):
+        choice = mp.choice
+        if choice is not None and choice.advice:
+            target = choice.profile.name if choice.profile is not None else "the largest profile"
+            plan.advice.append(f"{name} would fit {target} with: {'; or '.join(choice.advice)}")
+    if used > plan.available:
+        plan.advice += _shrink(plan, models)
+
+
+def _shrink(plan: LayoutPlan, models: Mapping[str, _Model]) -> list[str]:
+    """Models that would drop to the next smaller profile, and with which change."""
+    out = []
+    for name, mp in sorted(plan.models.items()):
+        if mp.placement is None or mp.choice is None or mp.choice.pinned:
+            continue
+        gpu = next(g.target.model for g in plan.gpus if g.target.index == mp.gpu)
+        order = _profile_order(gpu)
+        smaller = [p for p in order if _size(p) < _size(mp.placement.profile)]
+        subject = models[name].subjects.get(gpu.key)
+        if not smaller or subject is None:
+            continue
+        changes = changes_to_fit(subject, smaller[-1].memory_bytes)
+        if changes:
+            out.append(f"{name} would fit {smaller[-1].name} with: {'; or '.join(changes)}")
+    return out
