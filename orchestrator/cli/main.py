@@ -22,6 +22,7 @@ from orchestrator.control.client import (
 from orchestrator.engine.launch import build_launch
 from orchestrator.gpu.inventory import GIB, Inventory
 from orchestrator.gpu.nvml import Nvml, NvmlError
+from orchestrator.layout.slice_fit import slice_warnings
 from orchestrator.placement import PlacementError, plan_partial
 from orchestrator.supervisor.store import StateStore
 
@@ -92,6 +93,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{args.config}: models.{m}: cannot be placed: {why}"
             for m, why in sorted(plan.unplaced.items())
         ]
+        for line in slice_warnings(cfg, plan.assignments, inv):
+            print(f"{args.config}: warning: {line}", file=sys.stderr)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
