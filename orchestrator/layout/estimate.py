@@ -244,8 +244,6 @@ def estimate(
         per_graph = max(MIN_GRAPH_BYTES, shape.layers * GRAPH_BYTES_PER_LAYER)
         graphs = sizes[-1] * width * act + (len(sizes) - 1 + max(len(full) - 1, 0)) * per_graph
     per_token = shape.kv_elements_per_token * _kv_bytes(settings)
-    if ck.quantization:
-        notes.append(f"{ck.quantization} checkpoint: weights counted as stored")
     return Estimate(
         weights=ck.weight_bytes(act),
         activation=activation,

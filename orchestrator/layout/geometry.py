@@ -28,6 +28,12 @@ class Placement:
         return range(self.start, self.start + self.profile.memory_slices)
 
     @property
+    def slot_text(self) -> str:
+        """The memory slots as people write them: "4" or "0-3"."""
+        last = self.start + self.profile.memory_slices - 1
+        return str(self.start) if last == self.start else f"{self.start}-{last}"
+
+    @property
     def key(self) -> tuple[int, int]:
         return (self.start, self.profile.id)
 

@@ -13,16 +13,16 @@ GPUs; among equal plans the earlier GPUs are filled first, so the result never v
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.config import SHARED_GPU_UTILIZATION_CAP, Config, ModelConfig
 from orchestrator.gpu.inventory import GIB, Inventory
 from orchestrator.gpu.mig_profiles import COMPUTE_SLICES, MEMORY_SLICES, GiProfile, GpuModel
-from orchestrator.layout import checkpoint, geometry
+from orchestrator.layout import checkpoint, geometry, search
 from orchestrator.layout.advice import changes_to_fit
 from orchestrator.layout.estimate import Estimate, EstimateError, gib
+from orchestrator.layout.search import Signature
 from orchestrator.layout.subject import Subject, load_subject
 from orchestrator.layout.targets import Target, synthetic
 
@@ -34,7 +34,8 @@ class Choice:
     profile: GiProfile | None  # None: no profile of this GPU model will do
     why: str
     pinned: bool = False
-    advice: tuple[str, ...] = ()
+    advice: tuple[str, ...] = ()  # single changes after which it fits `advice_for`
+    advice_for: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ def choose(
         if p is None:
             offered = ", ".join(q.name for q in gpu.profiles)
             why = f"profile {m.profile!r} does not exist on {gpu.label} (it has {offered})"
+            if smallest is not None:
+                why += f"; the estimate fits {smallest.name}"
             return Choice(None, why, pinned=True), smallest
         why = f'pinned: profile = "{p.name}"'
         if est is None:
@@ -172,116 +175,15 @@ def _prepare(cfg: Config, targets: Sequence[Target], pins: bool) -> dict[str, _M
                 advice = changes_to_fit(mm.subjects[key], choice.profile.memory_bytes)
                 if smallest is not None:
                     advice.append(f'profile = "{smallest.name}"')
-                choice = Choice(choice.profile, choice.why, choice.pinned, tuple(advice))
+                choice = Choice(
+                    choice.profile, choice.why, choice.pinned, tuple(advice), choice.profile.name
+                )
             elif est is not None and choice.profile is None:
                 largest = _profile_order(target.model)[-1]
                 advice = changes_to_fit(mm.subjects[key], largest.memory_bytes)
-                choice = Choice(None, choice.why, choice.pinned, tuple(advice))
+                choice = Choice(None, choice.why, choice.pinned, tuple(advice), largest.name)
             mm.choices[key] = choice
     return out
-
-
-Signature = tuple[int | None, ...]  # per GPU model key (sorted): the profile index wanted there
-
-
-class _Search:
-    """Exact search over which instance set each GPU gets; memoised on what is left to place."""
-
-    def __init__(
-        self,
-        targets: Sequence[Target],
-        classes: Sequence[Signature],
-        model_keys: Sequence[str],
-        pinned: Mapping[int, geometry.Counts],
-        skip: frozenset[int],
-    ) -> None:
-        self.targets = targets
-        self.classes = classes
-        self.column = {key: i for i, key in enumerate(model_keys)}
-        self.pinned = pinned
-        self.skip = skip
-        self.memo: dict[tuple[int, tuple[int, ...]], tuple[tuple[int, int], list[Counts2]] | None]
-        self.memo = {}
-
-    def solve(self, remaining: tuple[int, ...]) -> list[Counts2] | None:
-        found = self._best(0, remaining)
-        return None if found is None else found[1]
-
-    def _best(
-        self, i: int, remaining: tuple[int, ...]
-    ) -> tuple[tuple[int, int], list[Counts2]] | None:
-        if i == len(self.targets):
-            return ((0, 0), []) if not any(remaining) else None
-        key = (i, remaining)
-        if key not in self.memo:
-            self.memo[key] = self._solve(i, remaining)
-        return self.memo[key]
-
-    def _solve(
-        self, i: int, remaining: tuple[int, ...]
-    ) -> tuple[tuple[int, int], list[Counts2]] | None:
-        target = self.targets[i]
-        gpu = target.model
-        if i in self.skip:
-            rest = self._best(i + 1, remaining)
-            return None if rest is None else (rest[0], [((), (0,) * len(remaining)), *rest[1]])
-        best: tuple[tuple[int, int], list[Counts2]] | None = None
-        for combo, taken in self._options(i, gpu, remaining):
-            rest = self._best(i + 1, tuple(r - t for r, t in zip(remaining, taken, strict=True)))
-            if rest is None:
-                continue
-            layout = geometry.best_layouts(gpu)[combo]
-            used = 1 if layout else 0
-            cost = (rest[0][0] + used, rest[0][1] - geometry.room_bytes(gpu, layout))
-            if best is None or cost < best[0]:
-                best = (cost, [(combo, taken), *rest[1]])
-        return best
-
-    def _options(
-        self, i: int, gpu: GpuModel, remaining: tuple[int, ...]
-    ) -> Iterator[tuple[geometry.Counts, tuple[int, ...]]]:
-        """Instance sets GPU i can hold that contain its pins, with the classes filling the rest."""
-        pinned = self.pinned.get(i, (0,) * len(gpu.profiles))
-        combos = geometry.best_layouts(gpu)
-        column = self.column[gpu.key]
-        # Fullest first: among equally good plans the earlier GPUs end up full.
-        for combo in sorted(combos, key=lambda c: (-geometry.memory(combos[c]), c)):
-            extra = [c - p for c, p in zip(combo, pinned, strict=True)]
-            if min(extra) < 0:
-                continue
-            yield from ((combo, taken) for taken in self._fill(extra, column, remaining))
-
-    def _fill(
-        self, extra: list[int], column: int, remaining: tuple[int, ...]
-    ) -> Iterator[tuple[int, ...]]:
-        """Ways to take `extra[j]` instances of each profile j from the classes that want it."""
-        per_profile = []
-        for j, n in enumerate(extra):
-            wanting = [k for k, sig in enumerate(self.classes) if sig[column] == j]
-            ways = list(_split(n, [remaining[k] for k in wanting]))
-            if not ways:
-                return
-            per_profile.append((wanting, ways))
-        for pick in itertools.product(*(ways for _, ways in per_profile)):
-            taken = [0] * len(remaining)
-            for (wanting, _), split in zip(per_profile, pick, strict=True):
-                for k, n in zip(wanting, split, strict=True):
-                    taken[k] += n
-            yield tuple(taken)
-
-
-Counts2 = tuple[geometry.Counts, tuple[int, ...]]  # a GPU's instance set, and per class how many
-
-
-def _split(n: int, limits: Sequence[int]) -> Iterator[tuple[int, ...]]:
-    """Every way to write n as a sum of len(limits) parts, part k at most limits[k]."""
-    if not limits:
-        if n == 0:
-            yield ()
-        return
-    for first in range(min(n, limits[0]), -1, -1):
-        for rest in _split(n - first, limits[1:]):
-            yield (first, *rest)
 
 
 def plan_layout(
@@ -295,8 +197,14 @@ def plan_layout(
     for name in models:
         if cfg.models[name].share_gpu and name not in assign.placed and name not in assign.problems:
             assign.share(name)
-    solution = assign.search()
-    return assign.result(solution)
+    return assign.result(assign.solve())
+
+
+@dataclass(frozen=True)
+class _Solution:
+    classes: list[Signature]
+    by_class: dict[Signature, list[str]]
+    fills: dict[int, search.Fill]  # target position -> its instance set and classes
 
 
 class _Assignment:
@@ -384,7 +292,8 @@ class _Assignment:
             out.append(None if p is None else gpu.profiles.index(p))
         return tuple(out)
 
-    def search(self) -> tuple[list[Signature], dict[Signature, list[str]], list[Counts2]] | None:
+    def solve(self) -> _Solution:
+        """Classes of interchangeable models, and where the exact search puts them."""
         by_class: dict[Signature, list[str]] = {}
         for name in sorted(self.models):
             if name in self.placed or name in self.problems:
@@ -395,33 +304,44 @@ class _Assignment:
                 continue
             by_class.setdefault(sig, []).append(name)
         classes = sorted(by_class, key=lambda s: tuple(-1 if j is None else j for j in s))
-        remaining = tuple(len(by_class[c]) for c in classes)
-        extra_model = max((t.model for t in self.targets), key=lambda m: m.memory_total_mib)
-        for _ in range(sum(remaining) + 1):
-            pinned = {
-                pos: tuple(sum(1 for _, j in names if j == k) for k in range(len(t.model.profiles)))
-                for pos, names in self.pinned.items()
-                for t in [self.targets[pos]]
-            }
-            found = _Search(self.targets, classes, self.keys, pinned, frozenset(self.whole)).solve(
-                remaining
-            )
-            if found is not None:
-                return classes, by_class, found
-            next_index = max(t.index for t in self.targets) + 1
-            self.targets.append(synthetic(extra_model, 1, next_index, extra=True)[0])
-        return None
+        fixed = sorted(self.pinned)
+        free = [i for i in range(len(self.targets)) if i not in self.whole and i not in self.pinned]
+        models = [self.targets[i].model for i in free]
+        spare = (
+            models[0]
+            if models and all(m == models[0] for m in models)
+            else max((t.model for t in self.targets), key=lambda m: m.memory_total_mib)
+        )
+        packing = search.pack(
+            classes,
+            tuple(len(by_class[c]) for c in classes),
+            {key: i for i, key in enumerate(self.keys)},
+            [(self.targets[i].model, self._pinned_counts(i)) for i in fixed],
+            models,
+            spare,
+        )
+        fills: dict[int, search.Fill] = {}
+        if packing is not None:
+            fills = dict(zip(fixed, packing.fixed, strict=True))
+            fills.update(zip(free, packing.free, strict=True))
+            first = max(t.index for t in self.targets) + 1
+            for n, fill in enumerate(packing.extra):
+                self.targets.append(synthetic(spare, 1, first + n, extra=True)[0])
+                fills[len(self.targets) - 1] = fill
+        return _Solution(classes, by_class, fills)
 
-    def result(
-        self, solution: tuple[list[Signature], dict[Signature, list[str]], list[Counts2]] | None
-    ) -> LayoutPlan:
+    def _pinned_counts(self, pos: int) -> geometry.Counts:
+        gpu = self.targets[pos].model
+        pins = [j for _, j in self.pinned[pos]]
+        return tuple(pins.count(j) for j in range(len(gpu.profiles)))
+
+    def result(self, solution: _Solution) -> LayoutPlan:
         plans: dict[str, ModelPlan] = {}
-        gpus: list[GpuPlan] = []
-        if solution is not None:
-            classes, by_class, per_gpu = solution
-            queues = {c: list(names) for c, names in by_class.items()}
-            for pos, (combo, taken) in enumerate(per_gpu):
-                gpus.append(self._gpu(pos, combo, taken, classes, queues, plans))
+        queues = {c: list(names) for c, names in solution.by_class.items()}
+        gpus = [
+            self._gpu(pos, solution.fills.get(pos), solution.classes, queues, plans)
+            for pos in range(len(self.targets))
+        ]
         for name in sorted(self.models):
             if name not in plans:
                 mm = self.models[name]
@@ -430,7 +350,7 @@ class _Assignment:
                     name,
                     estimate=mm.estimates.get(key),
                     choice=mm.choices.get(key),
-                    problem=self.problems.get(name) or mm.error,
+                    problem=self.problems.get(name) or mm.error or "no GPU can hold it",
                 )
         plan = LayoutPlan(gpus, plans, self.available)
         _explain(plan, self.models)
@@ -439,24 +359,23 @@ class _Assignment:
     def _gpu(
         self,
         pos: int,
-        combo: geometry.Counts,
-        taken: tuple[int, ...],
+        fill: search.Fill | None,
         classes: list[Signature],
         queues: dict[Signature, list[str]],
         plans: dict[str, ModelPlan],
     ) -> GpuPlan:
         target = self.targets[pos]
-        key = target.model.key
         if pos in self.whole:
             for name in self.whole[pos]:
                 plans[name] = self._model_plan(name, target)
             return GpuPlan(target, mig=False, whole_models=tuple(self.whole[pos]))
-        if not any(combo):
+        if fill is None or not any(fill[0]):
             return GpuPlan(target, mig=False)
+        combo, taken = fill
         wanting: dict[int, list[str]] = {}
         for name, j in sorted(self.pinned.get(pos, [])):
             wanting.setdefault(j, []).append(name)
-        column = self.keys.index(key)
+        column = self.keys.index(target.model.key)
         for c, n in zip(classes, taken, strict=True):
             wanted = c[column]
             if n and wanted is not None:
@@ -464,8 +383,7 @@ class _Assignment:
         layout = geometry.best_layouts(target.model)[combo]
         instances = []
         for placement in layout:
-            j = target.model.profiles.index(placement.profile)
-            name = wanting[j].pop(0)
+            name = wanting[target.model.profiles.index(placement.profile)].pop(0)
             instances.append((placement, name))
             plans[name] = self._model_plan(name, target, placement)
         room = geometry.room(target.model, layout)
@@ -513,8 +431,8 @@ def _explain(plan: LayoutPlan, models: Mapping[str, _Model]) -> None:
     for name, mp in sorted(plan.models.items()):
         choice = mp.choice
         if choice is not None and choice.advice:
-            target = choice.profile.name if choice.profile is not None else "the largest profile"
-            plan.advice.append(f"{name} would fit {target} with: {'; or '.join(choice.advice)}")
+            changes = "; or ".join(choice.advice)
+            plan.advice.append(f"{name} would fit {choice.advice_for} with: {changes}")
     if used > plan.available:
         plan.advice += _shrink(plan, models)
 
@@ -527,11 +445,13 @@ def _shrink(plan: LayoutPlan, models: Mapping[str, _Model]) -> list[str]:
             continue
         gpu = next(g.target.model for g in plan.gpus if g.target.index == mp.gpu)
         order = _profile_order(gpu)
-        smaller = [p for p in order if _size(p) < _size(mp.placement.profile)]
+        smaller = [p for p in order if p.memory_mib < mp.placement.profile.memory_mib]
         subject = models[name].subjects.get(gpu.key)
         if not smaller or subject is None:
             continue
-        changes = changes_to_fit(subject, smaller[-1].memory_bytes)
+        # The next size down, with the fewest compute slices of that size.
+        target = max(smaller, key=lambda p: (p.memory_mib, -p.slices))
+        changes = changes_to_fit(subject, target.memory_bytes)
         if changes:
-            out.append(f"{name} would fit {smaller[-1].name} with: {'; or '.join(changes)}")
+            out.append(f"{name} would fit {target.name} with: {'; or '.join(changes)}")
     return out

@@ -35,17 +35,27 @@ def _gpu_title(g: GpuPlan) -> str:
         )
     else:
         what = "MIG on: " + " + ".join(p.profile.name for p, _ in g.instances)
-    now = ""
-    if t.mig_now is not None:
-        today = "MIG off" if not t.mig_now else ", ".join(t.now or ()) or "MIG on, no instances"
-        planned = sorted(p.profile.name for p, _ in g.instances) if g.mig else None
-        same = (
-            (planned == sorted(t.now or ()))
-            if t.mig_now and g.mig
-            else (not t.mig_now and not g.mig)
-        )
-        now = f"; now: {today}" + (" (unchanged)" if same else " (to change)")
-    return f"GPU{t.index} {t.model.label}{where}  {what}{now}"
+    return f"GPU{t.index} {t.model.label}{where}  {what}{_today(g)}"
+
+
+def _today(g: GpuPlan) -> str:
+    """What the GPU holds now, and whether the plan needs it changed."""
+    t = g.target
+    if t.mig_now is None:
+        return ""
+    if not t.mig_now:
+        return "; now: MIG off" + (" (unchanged)" if not g.mig else " (to change)")
+    now = Counter(t.now or ())
+    today = ", ".join(t.now or ()) or "MIG on, no instances"
+    if not g.mig:
+        return f"; now: {today} (to change)"
+    planned = Counter(p.profile.name for p, _ in g.instances)
+    if planned == now:
+        return f"; now: {today} (unchanged)"
+    if not planned - now:  # every planned instance is already there; the rest is spare
+        spare = ", ".join(sorted((now - planned).elements()))
+        return f"; now: {today} (already there; spare: {spare})"
+    return f"; now: {today} (to change)"
 
 
 def _fit_cells(e: Estimate | None, memory_bytes: int) -> list[str]:
@@ -73,7 +83,7 @@ def table(plan: LayoutPlan) -> str:
             e = plan.models[name].estimate
             rows.append(
                 [
-                    f"{p.start}-{p.start + p.profile.memory_slices - 1}",
+                    p.slot_text,
                     p.profile.name,
                     name,
                     *_fit_cells(e, p.profile.memory_bytes),
@@ -91,11 +101,9 @@ def table(plan: LayoutPlan) -> str:
             out.append(f"  free: room for {room} ({gib(memory(g.room))} GiB)")
         out.append("")
     out += _estimates(plan)
+    placed = [(n, m) for n, m in plan.models.items() if m.gpu is not None]
     sections: list[tuple[str, list[str]]] = [
-        (
-            "Why",
-            [f"{n}: {m.choice.why}" for n, m in plan.models.items() if m.choice] + plan.reasons,
-        ),
+        ("Why", [f"{n}: {m.choice.why}" for n, m in placed if m.choice] + plan.reasons),
         ("Not placed", [f"{n}: {why}" for n, why in plan.unplaced.items()]),
         ("Notes", plan.notes + _estimate_notes(plan)),
         ("To make it fit", plan.advice),
@@ -270,8 +278,7 @@ def topology(plan: LayoutPlan, source: str = "models.toml") -> str:
             mig_uuid = uuid.uuid5(_UUIDS, f"{gpu_uuid}/{p.start}/{p.profile.name}")
             lines += [
                 "",
-                f"[[gpu.mig_device]]   # {name}: memory slots {p.start}-"
-                f"{p.start + p.profile.memory_slices - 1}",
+                f"[[gpu.mig_device]]   # {name}: memory slots {p.slot_text}",
                 f"slot = {slot}",
                 f'uuid = "MIG-{mig_uuid}"',
                 f'profile = "{p.profile.name}"',
