@@ -418,6 +418,8 @@ def _explain(plan: LayoutPlan, models: Mapping[str, _Model]) -> None:
         )
         if len(mig) > bound:
             line += "; where instances may start rules out fewer (every valid layout was tried)"
+        elif bound > 1:
+            line += f"; fewer than {bound} GPUs cannot hold that much"
         plan.reasons.append(line)
     if whole:
         names = ", ".join(n for g in whole for n in g.whole_models)
