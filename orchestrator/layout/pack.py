@@ -5,10 +5,10 @@ slices; never the `+me` one unless pinned) whose memory x gpu_memory_utilization
 estimate and any `min_memory_gib`. A `slice =` pin to a GPU, and `share_gpu`, need a whole GPU
 (MIG off); a pin to a MIG device keeps that instance's GPU and profile.
 
-Packing is an exact search: GPUs in index order, each given one of the instance sets a GPU of its
-model can hold (geometry.best_layouts), models that want the same profiles on every GPU model
-counted together. It minimises the GPUs used, then maximises the memory still creatable on all
-GPUs; among equal plans the earlier GPUs are filled first, so the result never varies.
+The rest is an exact search (search.py) over the instance sets each GPU model can hold
+(geometry.best_layouts): fewest GPUs, then the most memory still creatable; among equal plans the
+fuller sets come first, so the result never varies. This module turns its counts into named
+placements and explains them.
 """
 
 from __future__ import annotations
@@ -159,31 +159,34 @@ def _prepare(cfg: Config, targets: Sequence[Target], pins: bool) -> dict[str, _M
         mm = _Model(name, cfg.models[name])
         out[name] = mm
         for key, target in firsts.items():
+            est = None
             try:
                 subject = load_subject(cfg, name, target.name, target.model.memory_total_bytes)
-                mm.subjects[key] = subject
-                mm.estimates[key] = subject.estimate()
+                est = subject.estimate()
             except (checkpoint.CheckpointError, EstimateError) as e:
                 mm.error = str(e)
-            est = mm.estimates.get(key)
             choice, smallest = choose(mm.config, est, mm.error, target.model, pins)
-            if (
-                est is not None
-                and choice.profile is not None
-                and not est.fits(choice.profile.memory_bytes)
-            ):
-                advice = changes_to_fit(mm.subjects[key], choice.profile.memory_bytes)
-                if smallest is not None:
-                    advice.append(f'profile = "{smallest.name}"')
-                choice = Choice(
-                    choice.profile, choice.why, choice.pinned, tuple(advice), choice.profile.name
-                )
-            elif est is not None and choice.profile is None:
-                largest = _profile_order(target.model)[-1]
-                advice = changes_to_fit(mm.subjects[key], largest.memory_bytes)
-                choice = Choice(None, choice.why, choice.pinned, tuple(advice), largest.name)
+            if est is not None:
+                mm.subjects[key], mm.estimates[key] = subject, est
+                choice = _with_advice(choice, smallest, est, subject, target.model)
             mm.choices[key] = choice
     return out
+
+
+def _with_advice(
+    choice: Choice, smallest: GiProfile | None, est: Estimate, subject: Subject, gpu: GpuModel
+) -> Choice:
+    """The choice, with the single changes that would make the model fit where it does not."""
+    if choice.profile is None:
+        largest = _profile_order(gpu)[-1]
+        advice = changes_to_fit(subject, largest.memory_bytes)
+        return Choice(None, choice.why, choice.pinned, tuple(advice), largest.name)
+    if est.fits(choice.profile.memory_bytes):
+        return choice
+    advice = changes_to_fit(subject, choice.profile.memory_bytes)
+    if smallest is not None:
+        advice.append(f'profile = "{smallest.name}"')
+    return Choice(choice.profile, choice.why, choice.pinned, tuple(advice), choice.profile.name)
 
 
 def plan_layout(
@@ -192,8 +195,9 @@ def plan_layout(
     """The layout for `targets`; with too few GPUs, extra ones show what the rest would need."""
     models = _prepare(cfg, targets, pins)
     assign = _Assignment(cfg, list(targets), models)
-    for name in models:
-        assign.pin(name, inventory if pins else None, pins)
+    if pins:
+        for name in models:
+            assign.pin(name, inventory)
     for name in models:
         if cfg.models[name].share_gpu and name not in assign.placed and name not in assign.problems:
             assign.share(name)
@@ -227,9 +231,10 @@ class _Assignment:
                 return i
         return None
 
-    def pin(self, name: str, inventory: Inventory | None, pins: bool) -> None:
+    def pin(self, name: str, inventory: Inventory | None) -> None:
+        """A `slice =` pin: a whole GPU, or the GPU and profile of an existing MIG device."""
         pin = self.models[name].config.slice
-        if pin is None or not pins:
+        if pin is None:
             return
         text = str(pin)
         if text.isdigit() or text.startswith("GPU-"):
@@ -245,10 +250,14 @@ class _Assignment:
             where = "on this host" if inventory is not None else "without the real GPUs"
             self.problems[name] = f"slice = {text!r}: no such MIG device {where}"
             return
-        gpu = self.targets[pos].model
-        index = next(j for j, p in enumerate(gpu.profiles) if p.name == found.profile)
-        self.pinned.setdefault(pos, []).append((name, index))
-        self.placed.add(name)
+        names = [p.name for p in self.targets[pos].model.profiles]
+        if found.profile not in names:
+            self.problems[name] = f"slice = {text!r}: a {found.profile} cannot be planned"
+        elif pos in self.whole:
+            self.problems[name] = f"slice = {text!r}: GPU{found.gpu_index} is planned MIG off"
+        else:
+            self.pinned.setdefault(pos, []).append((name, names.index(str(found.profile))))
+            self.placed.add(name)
 
     def _take_whole(self, name: str, pos: int) -> None:
         tenants = self.whole.setdefault(pos, [])
@@ -352,7 +361,7 @@ class _Assignment:
                     choice=mm.choices.get(key),
                     problem=self.problems.get(name) or mm.error or "no GPU can hold it",
                 )
-        plan = LayoutPlan(gpus, plans, self.available)
+        plan = LayoutPlan(gpus, dict(sorted(plans.items())), self.available)
         _explain(plan, self.models)
         return plan
 

@@ -219,3 +219,65 @@ def test_too_few_gpus_names_the_extra_gpu_and_what_would_shrink(
         "  student-b would fit 1g.20gb with: max_model_len = 3360; or a 4-bit (AWQ/GPTQ) variant "
         "of the model (weights about 4.93 GiB)\n" in out
     )
+
+
+MIXED_HOST = """
+[[gpu]]
+name = "NVIDIA H100 80GB HBM3"
+uuid = "GPU-00000000-0000-0000-0000-000000000000"
+mig = "enabled"
+profiles = "h100-80gb"
+memory_total_mib = 81559
+
+[[gpu]]
+name = "NVIDIA A100-SXM4-80GB"
+uuid = "GPU-00000000-0000-0000-0000-000000000001"
+mig = "disabled"
+profiles = "a100-80gb"
+memory_total_mib = 81920
+
+[[gpu]]
+name = "NVIDIA L4"
+uuid = "GPU-00000000-0000-0000-0000-000000000002"
+mig = "unsupported"
+memory_total_mib = 23034
+"""
+
+
+def test_mixed_gpu_models_and_a_gpu_without_mig(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topology = tmp_path / "mixed.toml"
+    topology.write_text(MIXED_HOST)
+    rc, out, _ = run(capsys, "layout", "-c", str(COURSE), "--topology", str(topology), "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["feasible"]
+    assert [g["gpu_model"] for g in doc["gpus"]] == ["H100-80GB", "A100-80GB"]
+    assert doc["notes"][0] == "GPU2 NVIDIA L4: no known MIG profiles; not planned"
+    # Both ways use 2 GPUs; the H100's larger profiles leave 384 MiB more to create if it keeps
+    # the room, so the 2g.20gb goes there and the two 3g.40gb fill the A100 (MIG off today).
+    assert instances(doc, 0) == [("2g.20gb", 0, "student-c")]
+    assert instances(doc, 1) == [("3g.40gb", 0, "student-a"), ("3g.40gb", 4, "student-b")]
+    assert doc["gpus"][0]["now"] == {"mig_enabled": True, "profiles": []}
+    assert doc["gpus"][1]["now"] == {"mig_enabled": False, "profiles": []}
+    # Estimates follow each GPU's vLLM defaults: the H100 gets 8192 batched tokens, the A100 2048.
+    assert doc["models"]["student-c"]["estimate"]["max_num_batched_tokens"] == 8192
+    assert doc["models"]["student-a"]["estimate"]["max_num_batched_tokens"] == 2048
+    assert list(doc["models"]) == ["student-a", "student-b", "student-c"]
+
+
+def test_share_gpu_models_share_one_whole_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = parse_config(
+        "".join(
+            f'[models.{n}]\nmodel = "acme/absent"\nport = {p}\nshare_gpu = true\n'
+            "gpu_memory_utilization = 0.45\n"
+            for n, p in (("x", 8001), ("y", 8002))
+        )
+        + '[models.z]\nmodel = "acme/absent"\nport = 8003\nprofile = "7g.80gb"\n'
+    )
+    plan = plan_layout(cfg, synthetic(GPU_MODELS["h100-80gb"], 2))
+    assert plan.feasible
+    assert [(g.mig, g.whole_models, [n for _, n in g.instances]) for g in plan.gpus] == [
+        (True, (), ["z"]),
+        (False, ("x", "y"), []),
+    ]
