@@ -14,7 +14,7 @@ from pathlib import Path
 from orchestrator.config import load_config
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.gpu.mig_profiles import GPU_MODELS, PROFILE_TABLES, GpuModel, gpu_model
-from orchestrator.gpu.nvml import Nvml
+from orchestrator.gpu.nvml import Nvml, NvmlUnavailable
 from orchestrator.layout import render
 from orchestrator.layout.pack import LayoutPlan, plan_layout
 from orchestrator.layout.targets import Target, from_nvml, synthetic
@@ -90,8 +90,11 @@ def _targets(
 ) -> tuple[list[Target], list[str], Inventory | None]:
     if args.gpu is not None:
         return synthetic(args.gpu, args.gpus or 1), [], None
-    with Nvml.open(topology) as nvml:
-        return from_nvml(nvml)
+    try:
+        with Nvml.open(topology) as nvml:
+            return from_nvml(nvml)
+    except NvmlUnavailable as e:
+        raise NvmlUnavailable(f"{e} Or plan for GPUs to come: --gpu MODEL --gpus N.") from e
 
 
 def render_plan(plan: LayoutPlan, fmt: str, name: str, source: str) -> str:

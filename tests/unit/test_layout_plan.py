@@ -12,7 +12,7 @@ import yaml
 from orchestrator.cli.main import main
 from orchestrator.config import load_config, parse_config
 from orchestrator.gpu.mig_profiles import GPU_MODELS
-from orchestrator.gpu.nvml import Nvml, load_inventory
+from orchestrator.gpu.nvml import Nvml, NvmlUnavailable, load_inventory
 from orchestrator.layout.pack import plan_layout
 from orchestrator.layout.targets import from_nvml, synthetic
 from orchestrator.placement import place
@@ -281,3 +281,19 @@ def test_share_gpu_models_share_one_whole_gpu(capsys: pytest.CaptureFixture[str]
         (True, (), ["z"]),
         (False, ("x", "y"), []),
     ]
+
+
+def test_without_nvml_points_at_gpu_option(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_driver(cls: type[Nvml], topology: Path | None) -> Nvml:
+        raise NvmlUnavailable("NVML Shared Library Not Found.")
+
+    monkeypatch.setattr(Nvml, "open", classmethod(no_driver))
+    rc, out, err = run(capsys, "layout", "-c", str(COURSE))
+    assert (rc, out) == (2, "")
+    assert err == (
+        "error: NVML Shared Library Not Found. Or plan for GPUs to come: --gpu MODEL --gpus N.\n"
+    )
+    rc, _, err = run(capsys, "layout", "-c", str(COURSE), "--gpus", "2")
+    assert (rc, err) == (2, "error: --gpus needs --gpu MODEL\n")
