@@ -403,14 +403,32 @@ class _Assignment:
     ) -> ModelPlan:
         mm = self.models[name]
         key = target.model.key
+        est = mm.estimates.get(key)
+        choice = mm.choices.get(key)
+        if placement is None:  # a whole GPU: the MIG profile choice does not apply
+            choice = Choice(None, _whole_why(mm.config, est, target), pinned=True)
         return ModelPlan(
             name,
             gpu=target.index,
             placement=placement,
-            estimate=mm.estimates.get(key),
-            choice=mm.choices.get(key),
+            estimate=est,
+            choice=choice,
             problem=mm.error,
         )
+
+
+def _whole_why(m: ModelConfig, est: Estimate | None, target: Target) -> str:
+    why = (
+        f"pinned: slice = {m.slice!r}, a whole GPU (MIG off)"
+        if m.slice is not None
+        else "share_gpu: a whole GPU (MIG off) shared while utilisations sum to at most "
+        f"{SHARED_GPU_UTILIZATION_CAP}"
+    )
+    if est is None:
+        return why
+    usable = est.usable(target.model.memory_total_bytes)
+    verdict = "fits" if est.total <= usable else "exceeds"
+    return f"{why}; the estimate {gib(est.total)} GiB {verdict} its {gib(usable)} GiB share"
 
 
 def _explain(plan: LayoutPlan, models: Mapping[str, _Model]) -> None:

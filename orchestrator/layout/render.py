@@ -227,7 +227,9 @@ def mig_parted(plan: LayoutPlan, name: str = MIG_PARTED_NAME, source: str = "mod
     ]
     for (mig, instances), members in groups.items():
         for g in members:
-            held = ", ".join(f"{p}: {n}" for p, n in g.instances) or ", ".join(g.whole_models)
+            held = ", ".join(f"{p}: {n}" for p, n in g.instances) or (
+                "whole GPU for " + ", ".join(g.whole_models) if g.whole_models else ""
+            )
             lines.append(f"    # GPU{g.target.index}: {held or 'nothing planned'}")
         lines.append(f"    - devices: [{', '.join(str(g.target.index) for g in members)}]")
         lines.append(f"      mig-enabled: {'true' if mig else 'false'}")

@@ -281,6 +281,8 @@ def test_share_gpu_models_share_one_whole_gpu(capsys: pytest.CaptureFixture[str]
         (True, (), ["z"]),
         (False, ("x", "y"), []),
     ]
+    choice = plan.models["x"].choice
+    assert choice is not None and choice.why.startswith("share_gpu: a whole GPU (MIG off)")
 
 
 def test_without_nvml_points_at_gpu_option(
