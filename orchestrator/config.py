@@ -95,6 +95,10 @@ Seconds = Annotated[float, Field(gt=0, le=DAY_S)]
 FilePath = Annotated[Path, Field(strict=False)]
 
 
+# vLLM's --kv-cache-dtype values for ordinary attention (MLA- and turboquant-only ones left out).
+KvCacheDtype = Literal["auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used; `errors` holds one line per problem."""
 
@@ -119,6 +123,7 @@ class VllmSettings(_Strict):
     tensor_parallel_size: Annotated[int, Field(ge=1)] | None = None
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None
     max_num_seqs: Annotated[int, Field(gt=0, lt=2**31)] | None = None
+    kv_cache_dtype: KvCacheDtype | None = None
     enforce_eager: bool | None = None
     extra_args: list[str] | None = None
     env: dict[str, str] | None = None
@@ -225,6 +230,21 @@ class OrchestratorSettings(_Strict):
         return parse_listen(self.listen)[1]
 
 
+class SizeHint(_Strict):
+    """A model that is not on this host, described for the layout planner (config.json's keys)."""
+
+    weights_gib: Annotated[float, Field(gt=0)]  # the checkpoint's weights as loaded
+    num_hidden_layers: Annotated[int, Field(gt=0)]
+    hidden_size: Annotated[int, Field(gt=0)]
+    intermediate_size: Annotated[int, Field(gt=0)]
+    vocab_size: Annotated[int, Field(gt=0)]
+    num_attention_heads: Annotated[int, Field(gt=0)]
+    num_key_value_heads: Annotated[int, Field(gt=0)] | None = None  # default: attention heads
+    head_dim: Annotated[int, Field(gt=0)] | None = None  # default: hidden_size / attention heads
+    max_position_embeddings: Annotated[int, Field(gt=0)] | None = None
+    quantization: str | None = None  # quantization_config.quant_method: "awq", "gptq", "fp8", ...
+
+
 class ModelConfig(VllmSettings):
     """One student's engine."""
 
@@ -245,6 +265,10 @@ class ModelConfig(VllmSettings):
     token_file: FilePath | None = None
     command: Command | None = None
     startup_timeout_s: Seconds | None = None
+    # Layout planning only: full-length sequences the KV cache must hold at once (vLLM itself
+    # refuses to start below 1), and the model's figures when it is not on this host.
+    guaranteed_seqs: Annotated[int, Field(gt=0, le=1_000_000)] = 1
+    size_hint: SizeHint | None = None
 
     @field_validator("slice")
     @classmethod
@@ -329,6 +353,7 @@ def _describe(err: Any) -> str:
                 "orchestrator": OrchestratorSettings,
                 "defaults": VllmSettings,
                 "models": ModelConfig,
+                "size_hint": SizeHint,
             }
             parent = tables.get(str(part), parent)
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)

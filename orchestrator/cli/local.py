@@ -22,6 +22,7 @@ from orchestrator.engine.launch import build_launch
 from orchestrator.engine.nvml_shim import fix_status
 from orchestrator.gpu.inventory import Gpu, Inventory
 from orchestrator.gpu.nvml import NvmlError, load_inventory
+from orchestrator.layout.slice_fit import slice_warnings
 from orchestrator.placement import plan_partial
 from orchestrator.supervisor.store import StateStore
 from orchestrator.texttable import render_table
@@ -82,6 +83,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{args.config}: models.{m}: cannot be placed: {why}"
             for m, why in sorted(plan.unplaced.items())
         ]
+        for line in slice_warnings(cfg, plan.assignments, inv):
+            print(f"{args.config}: warning: {line}", file=sys.stderr)
     for warning in config_warnings(cfg, unprivileged_port_start()):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
     if problems:

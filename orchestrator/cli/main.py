@@ -18,6 +18,7 @@ from orchestrator.supervisor.state_lock import StateDirBusy
 _TOOL_MODULES = (
     "orchestrator.gpu.monitor",
     "orchestrator.engine.nvml_check",
+    "orchestrator.layout.cli",
     "orchestrator.tooling.cpu_venv",
     "orchestrator.bench.commands",
     "orchestrator.tooling.demo",

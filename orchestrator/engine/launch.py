@@ -21,6 +21,7 @@ _FLAGS: dict[str, str] = {
     "tensor_parallel_size": "--tensor-parallel-size",
     "dtype": "--dtype",
     "max_num_seqs": "--max-num-seqs",
+    "kv_cache_dtype": "--kv-cache-dtype",
 }
 _TOGGLES: dict[str, str] = {
     "enable_prefix_caching": "prefix-caching",

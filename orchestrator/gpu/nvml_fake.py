@@ -70,78 +70,9 @@ from typing import Any
 
 import pynvml  # error classes, constants and result structs only: nothing here loads the driver
 
+from orchestrator.gpu.mig_profiles import GPU_MODELS, MEMORY_SLICES, PROFILE_TABLES, GiProfile
 from orchestrator.units import MIB
 
-MEMORY_SLICES = 8  # MIG memory is an 8-slot axis on A100, H100 and H200
-
-
-@dataclass(frozen=True)
-class GiProfile:
-    """One GPU-instance profile, as a row of `nvidia-smi mig -lgip` shows it."""
-
-    name: str  # NVIDIA's name, e.g. "1g.10gb+me"
-    id: int  # the lgip ID (GpuInstanceInfo.profileId)
-    enum: str  # the NVML_GPU_INSTANCE_PROFILE_* constant this profile answers to
-    slices: int  # compute slices: the G of "3g"
-    memory_slices: int  # eighths of the GPU's memory it takes
-    memory_mib: int
-    sm_count: int
-    instances: int  # how many can exist at once
-
-
-def _table(
-    memory_mib: tuple[int, int, int, int],
-    sms: tuple[int, int, int, int, int, int],
-    names: tuple[str, str, str, str, str, str],
-) -> tuple[GiProfile, ...]:
-    """The seven profiles every 8-memory-slice MIG GPU offers; `memory_mib` is 1g, 1g-2x, 3g, 7g."""
-    one, two, half, full = memory_mib
-    sm1, sm1x2, sm2, sm3, sm4, sm7 = sms
-    n1, n1x2, n2, n3, n4, n7 = names
-    p = "NVML_GPU_INSTANCE_PROFILE_"
-    return (
-        GiProfile(n1, 19, p + "1_SLICE", 1, 1, one, sm1, 7),
-        GiProfile(n1 + "+me", 20, p + "1_SLICE_REV1", 1, 1, one, sm1, 1),
-        GiProfile(n1x2, 15, p + "1_SLICE_REV2", 1, 2, two, sm1x2, 4),
-        GiProfile(n2, 14, p + "2_SLICE", 2, 2, two, sm2, 3),
-        GiProfile(n3, 9, p + "3_SLICE", 3, 4, half, sm3, 2),
-        GiProfile(n4, 5, p + "4_SLICE", 4, 4, half, sm4, 1),
-        GiProfile(n7, 0, p + "7_SLICE", 7, 8, full, sm7, 1),
-    )
-
-
-# Memory (MiB) and SM counts as `nvidia-smi mig -lgip` prints them. H100: what driver 580.159.04
-# reported through Nvml.mig_profiles on a real H100; A100: published lgip output; H200: values
-# that round to NVIDIA's names the same way (no H200 lgip output was at hand).
-PROFILE_TABLES: Mapping[str, tuple[GiProfile, ...]] = MappingProxyType(
-    {
-        "a100-40gb": _table(
-            (4864, 9984, 20096, 40448),
-            (14, 14, 28, 42, 56, 98),
-            ("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
-        ),
-        "a100-80gb": _table(
-            (9728, 19968, 40192, 80896),
-            (14, 14, 28, 42, 56, 98),
-            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-        ),
-        "h100-80gb": _table(
-            (9984, 20096, 40448, 81152),
-            (16, 26, 32, 60, 64, 132),
-            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-        ),
-        "h200-141gb": _table(
-            (16384, 33280, 68096, 135680),
-            (16, 26, 32, 60, 64, 132),
-            ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
-        ),
-    }
-)
-
-# CUDA compute capability of each profile table's GPU family (NVIDIA's CUDA GPUs table).
-FAMILY_CAPABILITY: Mapping[str, tuple[int, int]] = MappingProxyType(
-    {"a100-40gb": (8, 0), "a100-80gb": (8, 0), "h100-80gb": (9, 0), "h200-141gb": (9, 0)}
-)
 MIG_MODES = ("enabled", "disabled", "unsupported")
 TELEMETRY = (
     "power_w",
@@ -340,7 +271,7 @@ def _parse_gpu(path: Path, index: int, table: object) -> FakeGpu:
                 raise f.error(key, 'makes no sense with mig = "unsupported"')
     else:
         family = f.choice("profiles", tuple(PROFILE_TABLES))
-        profiles, capability = PROFILE_TABLES[family], FAMILY_CAPABILITY[family]
+        profiles, capability = PROFILE_TABLES[family], GPU_MODELS[family].capability
     if "compute_capability" in f.data:
         capability = _capability(f)
     telemetry = {k: float(f.get(k, (int, float))) for k in TELEMETRY if k in f.data}
