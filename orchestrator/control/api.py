@@ -19,7 +19,9 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
+from orchestrator.control.dashboard import Hooks, dashboard_router
 from orchestrator.engine.lifecycle import Engine, EngineSpec
+from orchestrator.gpu.history import GpuHistory
 from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 class Controlled(Protocol):
     supervisor: Supervisor
     tokens: Tokens
+    gpu_history: GpuHistory
 
     async def reload(self) -> ReloadResult: ...
 
@@ -319,4 +322,6 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         log.debug("metrics rendered in %.1f ms", (time.perf_counter() - started) * 1000)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    hooks = Hooks(engine_for, run_later, lambda e: bytes(view.response(e).body))
+    app.include_router(dashboard_router(target, hooks))
     return app

@@ -20,6 +20,7 @@ from orchestrator.control.auth import Tokens
 from orchestrator.control.metrics import MetricsCollector
 from orchestrator.control.sdnotify import SdNotifier
 from orchestrator.engine import process
+from orchestrator.gpu.history import GpuHistory
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.supervisor.store import StateStore
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor
@@ -58,6 +59,7 @@ class Daemon:
             allow_partial=opts.allow_partial,
         )
         self.collector = MetricsCollector(self.supervisor, nvml)
+        self.gpu_history = GpuHistory(nvml.sample)  # the dashboard's utilisation chart
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._last_status = ""
@@ -153,6 +155,7 @@ class Daemon:
             "control plane on http://%s; launched %s", o.listen, ", ".join(started) or "nothing"
         )
         self.notifier.ready(self._status_text())
+        sampler = asyncio.create_task(self.gpu_history.run())
         pinger = None
         if (interval := self.notifier.watchdog_interval()) is not None:
             pinger = asyncio.create_task(self._watchdog(interval))
@@ -161,6 +164,7 @@ class Daemon:
         self.notifier.stopping("stopping engines")
         if pinger is not None:
             pinger.cancel()
+        sampler.cancel()
         await self.supervisor.shutdown()
         server.should_exit = True
         await serving

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator import promtext
-from orchestrator.engine.lifecycle import Engine, State, http_get
+from orchestrator.control.metrics import scrape
+from orchestrator.engine.lifecycle import Engine, State
 
 TTFT = "vllm:time_to_first_token_seconds"
 _COUNTERS = {
@@ -153,14 +154,8 @@ class EngineStats:
             old.popleft()
 
     async def _scrape(self, e: Engine) -> Reading | None:
+        text = await scrape(e, self.timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
-                code, body = await http_get(e.spec.probe_host, e.spec.port, "/metrics", body=True)
-        except (OSError, ValueError):  # TimeoutError is an OSError
-            return None
-        if code != "200":
-            return None
-        try:
-            return parse_reading(body.decode(errors="replace"), time.monotonic())
+            return None if text is None else parse_reading(text, time.monotonic())
         except promtext.PromTextError:
             return None
