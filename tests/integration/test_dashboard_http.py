@@ -6,13 +6,14 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from orchestrator.control.dashboard.routes import CSP
 from orchestrator.control.dashboard.sessions import COOKIE, CSRF_HEADER
-from tests.daemon_harness import Daemon, marked_pids, wait_until, write_secret
+from tests.daemon_harness import Daemon, free_ports, marked_pids, wait_until, write_secret
 from tests.dashboard_host import ADMIN_TOKEN, STUDENT_TOKENS, dashboard_daemon, send_traffic
 
 pytestmark = pytest.mark.slow
@@ -183,3 +184,22 @@ def test_a_reload_that_changes_a_students_token_ends_their_sessions(host: Daemon
     finally:
         write_secret(host.root / "bob.token", STUDENT_TOKENS["bob"] + "\n")
         assert host.post("/api/v1/reload").status_code == 200
+
+
+def test_with_no_token_configured_the_page_opens_as_admin(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    d = Daemon(tmp_path, {"solo": {"model": "stand-in", "port": port, "host": "127.0.0.1"}})
+    d.start(wait_ready=["solo"])
+    try:
+        c = client(d)
+        assert c.get("/ui").status_code == 200  # loopback-only and open: no log-in page
+        assert c.get("/ui/api/overview").status_code == 401  # the page asks for a session first
+        s = c.get("/ui/api/session")
+        assert s.json() == {"role": "admin", "model": None, "csrf": s.json()["csrf"], "auth": False}
+        assert "httponly" in s.headers["set-cookie"].lower()
+        assert [m["name"] for m in c.get("/ui/api/overview").json()["models"]] == ["solo"]
+        assert c.post("/ui/api/models/solo/stop").status_code == 403  # still needs the CSRF token
+    finally:
+        d.terminate()
+        for pid in marked_pids(d.root):
+            os.kill(pid, signal.SIGKILL)
