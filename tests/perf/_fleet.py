@@ -33,7 +33,8 @@ from tests.daemon_harness import STANDIN, TOPOLOGIES, free_ports, render_config
 TOPOLOGY = TOPOLOGIES / "8xh100-7x1g.toml"
 ENGINES = 56
 REPO = Path(__file__).resolve().parents[2]
-_TRANSITION = re.compile(r"orchestrator\.engine: (\S+): (\w+) -> (\w+)$")
+# The engine logger is orchestrator.engine.lifecycle since the package was grouped by layer.
+_TRANSITION = re.compile(r"orchestrator\.engine(?:\.lifecycle)?: (\S+): (\w+) -> (\w+)$")
 
 
 @dataclass(frozen=True)
