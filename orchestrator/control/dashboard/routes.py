@@ -21,12 +21,11 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
 from orchestrator.control.auth import Caller, Tokens
+from orchestrator.control.dashboard import payloads
 from orchestrator.control.dashboard.enginestats import EngineStats
 from orchestrator.control.dashboard.sessions import COOKIE, CSRF_HEADER, Session, Sessions
 from orchestrator.engine.lifecycle import Engine
 from orchestrator.gpu.history import GpuHistory
-from orchestrator.gpu.inventory import Gpu
-from orchestrator.gpu.nvml import GpuSample
 from orchestrator.supervisor.supervisor import Supervisor
 
 # Overview: every engine, so its readings may be older; a model's page shows one, kept fresher.
@@ -44,7 +43,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-_SLICE_FIELDS = ("uuid", "profile", "gi_id", "ci_id", "memory_used_bytes", "memory_total_bytes")
 _STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -269,18 +267,15 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
         hist = target.gpu_history
         extra = {
             "now": hist.latest_at,
-            "gpus": gpus_json(target),
-            "history": [
-                {"at": t.at, "gpus": {i: asdict(p) for i, p in t.gpus.items()}}
-                for t in hist.since(since)
-            ],
+            "gpus": payloads.gpus(hist.latest or sup.inventory.gpus, sup.engines),
+            "history": payloads.history(hist.since(since)),
             "history_interval_s": hist.interval_s,
             "stats": {
                 e.spec.name: None if n is None else asdict(n)
                 for e, n in zip(engines, numbers, strict=True)
             },
         }
-        return _json(_merge(extra, models=hooks.status_json(engines)))
+        return _json(payloads.merge(extra, models=hooks.status_json(engines)))
 
     @router.get("/ui/api/models/{name}")
     async def model(name: str, v: Annotated[Viewer, Depends(viewer)]) -> Response:
@@ -292,7 +287,7 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
             "student": m.student if m else None,
             "needs_api_key": m is not None and m.api_key_file is not None,
         }
-        return _json(_merge(extra, status=hooks.status_json(e)))
+        return _json(payloads.merge(extra, status=hooks.status_json(e)))
 
     @router.get("/ui/api/models/{name}/logs")
     async def logs(
@@ -327,34 +322,3 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
         return _json(hooks.status_json(e), 202)
 
     return router
-
-
-def gpus_json(target: DashboardTarget) -> list[dict[str, Any]]:
-    """Each GPU's latest sample with its slices and the models on them (inventory until then)."""
-    on: dict[str, list[str]] = {}
-    for name, e in sorted(target.supervisor.engines.items()):
-        if e.spec.slice is not None:
-            on.setdefault(e.spec.slice.uuid, []).append(name)
-    gpus: Iterable[GpuSample | Gpu] = target.gpu_history.latest or target.supervisor.inventory.gpus
-    return [
-        {
-            "index": g.index,
-            "name": g.name,
-            "mig": g.mig_enabled,
-            "sm_util_pct": getattr(g, "sm_util_pct", None),  # an inventory Gpu has none
-            "memory_used_bytes": g.memory_used_bytes,
-            "memory_total_bytes": g.memory_total_bytes,
-            "slices": [
-                {**{f: getattr(s, f) for f in _SLICE_FIELDS}, "models": on.get(s.uuid, [])}
-                for s in g.slices
-            ],
-        }
-        for g in gpus
-    ]
-
-
-def _merge(extra: dict[str, Any], **raw: bytes) -> bytes:
-    """`extra` as JSON with already-serialized members added (the REST API's status text)."""
-    head = json.dumps(extra, separators=(",", ":")).encode()
-    parts = b"".join(b',"' + k.encode() + b'":' + v for k, v in raw.items())
-    return head[:-1] + parts + b"}"
