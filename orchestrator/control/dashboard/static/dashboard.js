@@ -134,6 +134,7 @@
       clearTimeout(timer);
       if (document.hidden) return; // nobody looks: no request, so no cost on the daemon
       busy = true;
+      const started = Date.now();
       try {
         await tick();
         updated.classList.remove("error");
@@ -145,7 +146,9 @@
       } finally {
         busy = false;
       }
-      timer = setTimeout(run, Date.now() < fastUntil ? FAST_MS : POLL_MS);
+      // Every POLL_MS from start to start, so the page is never more than that behind.
+      const period = Date.now() < fastUntil ? FAST_MS : POLL_MS;
+      timer = setTimeout(run, Math.max(0, period - (Date.now() - started)));
     }
     document.addEventListener("visibilitychange", run);
     return {
