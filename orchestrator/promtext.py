@@ -87,6 +87,31 @@ class Histogram:
     sum: float
     count: float
 
+    def since(self, earlier: Histogram) -> Histogram:
+        """What was observed after `earlier`, a reading of the same counters taken before."""
+        before = dict(earlier.buckets)
+        return Histogram(
+            tuple((le, n - before.get(le, 0.0)) for le, n in self.buckets),
+            self.sum - earlier.sum,
+            self.count - earlier.count,
+        )
+
+    def quantile(self, q: float) -> float | None:
+        """Prometheus' histogram_quantile: linear within the bucket; None with no observations."""
+        if self.count <= 0 or not self.buckets:
+            return None
+        rank = q * self.buckets[-1][1]
+        lower_le, lower_n = 0.0, 0.0
+        for le, n in self.buckets:
+            if n >= rank:
+                if math.isinf(le):  # beyond the last finite bound: that bound is all we know
+                    return lower_le
+                if n == lower_n:
+                    return le
+                return lower_le + (le - lower_le) * (rank - lower_n) / (n - lower_n)
+            lower_le, lower_n = le, n
+        return lower_le
+
 
 @dataclass
 class Exposition:

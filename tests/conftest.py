@@ -1,10 +1,11 @@
-"""Fixtures shared by unit and integration tests."""
+"""Fixtures and hooks shared by every test directory."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,3 +19,13 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.settimeout(10)
     yield sock, path
     sock.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, Any]:
+    """Keep each phase's report on the item, so fixtures can act on a failure (logs, screenshot)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

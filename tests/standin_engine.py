@@ -89,6 +89,9 @@ KEEP_ALIVE_S = 5.0  # uvicorn's default --timeout-keep-alive, which vLLM keeps
 ENGINE_DEAD_EXIT_S = 0.5  # vLLM waits 5 s; short here so tests stay quick
 DEFAULT_MAX_MODEL_LEN = 2048
 VOCAB = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog")
+# vLLM 0.33's bucket bounds for vllm:time_to_first_token_seconds (v1/metrics/loggers.py).
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
+TTFT_BUCKETS += (7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 LENGTH_SUFFIXES = {"k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}
 # Paths vLLM's API-key middleware guards; /health, /metrics, /version stay open.
 GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
@@ -452,6 +455,16 @@ class EngineStats:
     waiting: int = 0
     blocks_in_use: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    # Time from arrival to the first token: cumulative counts per TTFT_BUCKETS bound, sum, count.
+    ttft_le: list[int] = field(default_factory=lambda: [0] * len(TTFT_BUCKETS))
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+
+    def observe_ttft(self, seconds: float) -> None:
+        for i, le in enumerate(TTFT_BUCKETS):
+            self.ttft_le[i] += seconds <= le
+        self.ttft_sum += seconds
+        self.ttft_count += 1
 
 
 @dataclass(frozen=True)
@@ -480,6 +493,7 @@ class Engine:
         self, prompt: list[Token], max_tokens: int, on_token: Callable[[str], Awaitable[None]]
     ) -> Generation:
         stats = self.stats
+        arrived = time.monotonic()
         stats.waiting += 1
         try:
             await self._slots.acquire()
@@ -506,6 +520,8 @@ class Engine:
                 word = VOCAB[i % len(VOCAB)]
                 seq.append(word)
                 stats.generation_tokens += 1
+                if i == 0:
+                    stats.observe_ttft(time.monotonic() - arrived)
                 await on_token(" " + word)
             reason = "length"
             return Generation(len(prompt), max_tokens, cached)
@@ -964,6 +980,20 @@ class StandIn:
             "counter",
             "Count of successfully processed requests.",
             [("_total", f'finished_reason="{r}",', n) for r, n in sorted(s.finished.items())],
+        )
+        buckets = [
+            ("_bucket", f'le="{le}",', n) for le, n in zip(TTFT_BUCKETS, s.ttft_le, strict=True)
+        ]
+        family(
+            "vllm:time_to_first_token_seconds",
+            "histogram",
+            "Histogram of time to first token in seconds.",
+            [
+                *buckets,
+                ("_bucket", 'le="+Inf",', s.ttft_count),
+                ("_count", "", s.ttft_count),
+                ("_sum", "", s.ttft_sum),
+            ],
         )
         info = (
             f'block_size="{args.block_size}",enable_prefix_caching="{args.prefix_caching}",'

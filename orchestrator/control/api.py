@@ -18,11 +18,13 @@ from pydantic import BaseModel
 
 from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
+from orchestrator.control.dashboard import Hooks, dashboard_router
 from orchestrator.control.errors import install_error_handlers
 from orchestrator.control.guard import RequestGuard
 from orchestrator.control.redact import mask_env
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.engine.states import Desired
+from orchestrator.gpu.history import GpuHistory
 from orchestrator.gpu.inventory import Slice
 from orchestrator.placement import PlacementError
 from orchestrator.supervisor.overrides import OverrideError
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 class Controlled(Protocol):
     supervisor: Supervisor
     tokens: Tokens
+    gpu_history: GpuHistory
 
     async def reload(self) -> ReloadResult: ...
 
@@ -370,4 +373,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         body_timeout_s=lambda: target.supervisor.cfg.orchestrator.client_timeout_s,
     )
     app.include_router(router)
+    ctl: ControlState = app.state.control
+    hooks = Hooks(ctl.engine_for, ctl.command, lambda e: bytes(ctl.view.response(e).body))
+    app.include_router(dashboard_router(target, hooks))
     return app

@@ -26,6 +26,7 @@ from orchestrator.control.metrics import MetricsCollector
 from orchestrator.control.reloadcheck import refused_changes
 from orchestrator.control.sdnotify import SdNotifier
 from orchestrator.engine import process
+from orchestrator.gpu.history import GpuHistory
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.supervisor.store import StateStore
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor
@@ -64,6 +65,7 @@ class Daemon:
             allow_partial=opts.allow_partial,
         )
         self.collector = MetricsCollector(self.supervisor, nvml)
+        self.gpu_history = GpuHistory(nvml.sample)  # the dashboard's utilisation chart
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # reloads started by SIGHUP
@@ -185,6 +187,7 @@ class Daemon:
             self.limits.max_connections,
             self.nofile,
         )
+        sampler = asyncio.create_task(self.gpu_history.run())
         # Kept running through shutdown: stopping engines may take longer than WatchdogSec.
         pinger = None
         if (interval := self.notifier.watchdog_interval()) is not None:
@@ -197,6 +200,7 @@ class Daemon:
             can_reload.set()
             await self._stop.wait()
         log.info("stopping all engines")
+        sampler.cancel()
         await self.supervisor.shutdown()
         if pinger is not None:
             pinger.cancel()

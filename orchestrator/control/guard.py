@@ -18,6 +18,9 @@ from orchestrator.control.auth import Tokens
 
 # Open to anyone: liveness, and the API's own description (no state, no secrets).
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# The dashboard: a browser logs in with a token once and then carries a session cookie, which
+# the dashboard's own routes check before anything else. Its bodies are capped here all the same.
+DASHBOARD = "/ui"
 # The largest body any route takes is a restart's overrides, a few hundred bytes; 64 KiB also
 # holds an admin's extra_args or env at their per-value limit.
 MAX_BODY_BYTES = 64 * 1024
@@ -59,7 +62,7 @@ class RequestGuard:
         headers = Headers(scope=scope)
         tokens = self.tokens()
         if (
-            scope["path"] not in OPEN_PATHS
+            not _checked_elsewhere(scope["path"])
             and tokens.enabled
             and not tokens.identify(headers.get("authorization")).known
         ):
@@ -118,3 +121,10 @@ async def _answer(send: Send, status: int, error: str) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _checked_elsewhere(path: str) -> bool:
+    """Paths whose caller this middleware does not judge: open ones and the dashboard's."""
+    return (
+        path in OPEN_PATHS or path == "/" or path == DASHBOARD or path.startswith(DASHBOARD + "/")
+    )

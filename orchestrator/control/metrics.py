@@ -73,6 +73,16 @@ def engine_series(
         return None
 
 
+async def scrape(e: Engine, timeout_s: float) -> str | None:
+    """The engine's own /metrics page; None when it does not answer 200 in time."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            code, body = await http_get(e.spec.probe_host, e.spec.port, "/metrics", body=True)
+    except (OSError, ValueError):  # TimeoutError is an OSError
+        return None
+    return body.decode(errors="replace") if code == "200" else None
+
+
 class MetricsCollector:
     def __init__(
         self, supervisor: Supervisor, sampler: GpuSampler | None, timeout_s: float | None = None
@@ -82,12 +92,7 @@ class MetricsCollector:
         self.timeout_s = timeout_s or supervisor.cfg.orchestrator.metrics_timeout_s
 
     async def _scrape(self, e: Engine) -> str | None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                code, body = await http_get(e.spec.probe_host, e.spec.port, "/metrics", body=True)
-        except (OSError, ValueError):  # TimeoutError is an OSError
-            return None
-        return body.decode(errors="replace") if code == "200" else None
+        return await scrape(e, self.timeout_s)
 
     async def render(self) -> str:
         started = time.perf_counter()
