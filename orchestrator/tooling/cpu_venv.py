@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.tooling import tinymodel
+from orchestrator.tooling import bundle, tinymodel
 
 VENV_ENV_VAR = "MIG_ORCH_ENGINE_VENV"
 # The version the engine findings were measured with; it pins torch==2.13.0+cpu, which pip finds
@@ -289,8 +289,8 @@ def _positive_int(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `engine install-cpu | build-tiny-model | engine-command`."""
-    engine = sub.add_parser("engine", help="manage the CPU vLLM engine environment")
+    """Add `engine install-cpu | build-tiny-model | engine-command | bundle`."""
+    engine = sub.add_parser("engine", help="vLLM engine environments: CPU venv, offline bundle")
     actions = engine.add_subparsers(dest="engine_action", metavar="ACTION", required=True)
     venv_help = f"engine venv (default: ${VENV_ENV_VAR} or {default_venv({})})"
 
@@ -315,6 +315,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--venv", help=venv_help)
     command.set_defaults(func=_cmd_engine_command)
+
+    bundle.register(actions)
 
 
 def main(argv: list[str] | None = None) -> int:
