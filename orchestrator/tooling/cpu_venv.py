@@ -210,15 +210,19 @@ def cpu_engine_env() -> dict[str, str]:
     }
 
 
-def build_tiny_model(venv: Path, out_dir: Path, seed: int = 0, layers: int = 2) -> Path:
-    """Build (or reuse) the tiny random Llama in out_dir using the engine venv's python."""
+def build_tiny_model(
+    venv: Path, out_dir: Path, seed: int = 0, layers: int = 2, shape: str = "tiny"
+) -> Path:
+    """Build (or reuse) a random-weight Llama in out_dir using the engine venv's python."""
     out_dir = out_dir.expanduser().absolute()
-    if tinymodel.is_built(out_dir, seed, layers):
+    if tinymodel.is_built(out_dir, seed, layers, shape):
         return out_dir
     argv = [
         str(venv_python(venv.expanduser().absolute())),
         tinymodel.__file__,
         str(out_dir),
+        "--shape",
+        shape,
         "--seed",
         str(seed),
         "--layers",
@@ -228,7 +232,7 @@ def build_tiny_model(venv: Path, out_dir: Path, seed: int = 0, layers: int = 2) 
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise EngineEnvError(f"cannot run the engine venv's python {argv[0]}: {exc}") from exc
-    if result.returncode != 0 or not tinymodel.is_built(out_dir, seed, layers):
+    if result.returncode != 0 or not tinymodel.is_built(out_dir, seed, layers, shape):
         detail = result.stderr.strip().splitlines()[-5:]
         raise EngineEnvError(f"building the tiny model in {out_dir} failed: " + " | ".join(detail))
     return out_dir
@@ -250,11 +254,18 @@ def _cmd_install_cpu(args: argparse.Namespace) -> int:
 
 def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
     venv = _venv_arg(args)
-    out = Path(args.out) if args.out else default_tiny_model_dir(args.seed, args.layers)
+    layers = args.layers or tinymodel.SHAPES[args.shape].layers
+    default = default_tiny_model_dir(args.seed, layers)
+    if args.shape != "tiny":
+        default = default.with_name(f"{args.shape}-l{layers}-s{args.seed}")
+    out = Path(args.out) if args.out else default
     try:
-        if not tinymodel.is_built(out.expanduser().absolute(), args.seed, args.layers):
+        built = tinymodel.is_built(out.expanduser().absolute(), args.seed, layers, args.shape)
+        # Any engine venv builds models (torch + transformers); only a missing one is made,
+        # and then as the CPU venv: a CUDA venv is never "repaired" into a CPU one.
+        if not built and not venv_python(venv).exists():
             ensure_cpu_venv(venv)
-        print(build_tiny_model(venv, out, seed=args.seed, layers=args.layers))
+        print(build_tiny_model(venv, out, seed=args.seed, layers=layers, shape=args.shape))
     except EngineEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -305,7 +316,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument(
         "--out", help="output directory (default: ~/.cache/mig-orchestrator/models/...)"
     )
-    tiny.add_argument("--layers", type=_positive_int, default=2)
+    tiny.add_argument(
+        "--shape",
+        choices=sorted(tinymodel.SHAPES),
+        default="tiny",
+        help="tiny (CPU tests) or llama-1b (0.83 B parameters, for GPUs)",
+    )
+    tiny.add_argument("--layers", type=_positive_int, help="default: the shape's")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--venv", help=venv_help)
     tiny.set_defaults(func=_cmd_build_tiny_model)
