@@ -118,6 +118,8 @@ class EngineContext:
     slice_memory: Callable[[str], Awaitable[tuple[int, int] | None]]
     track: Callable[[int, Engine | None], None]  # pid -> engine for the reaper; None untracks
     changed: Callable[[], None]  # persist state
+    # pids holding GPU memory on a slice, per NVML; None when NVML cannot tell
+    slice_pids: Callable[[str], Awaitable[set[int] | None]] | None = None
 
 
 class _Failure(Exception):
@@ -159,6 +161,7 @@ class Engine:
         self._backoff = ctx.settings.backoff_initial_s
         self._probe_now = asyncio.Event()
         self._baseline_used: int | None = None
+        self._last_pids: set[int] = set()  # the previous life's tree, for the memory wait
         self._stopping = False
 
     # ----- commands (callers hold self.lock) -----
@@ -286,7 +289,11 @@ class Engine:
 
     async def _await_memory_release(self) -> None:
         spec = self.spec
-        if spec.slice is None or spec.shared_slice:
+        if spec.slice is None:
+            return
+        if spec.shared_slice:
+            # The slice's total includes the other engine's memory: wait for our own processes.
+            await self._await_own_memory_release(spec.slice.uuid)
             return
         first = await self.ctx.slice_memory(spec.slice.uuid)
         if first is None:
@@ -295,7 +302,8 @@ class Engine:
             self._baseline_used = first[0]
             return
         limit = self._baseline_used + MEMORY_MARGIN_BYTES
-        deadline = time.monotonic() + self.ctx.settings.memory_release_timeout_s
+        started = time.monotonic()
+        deadline = started + self.ctx.settings.memory_release_timeout_s
         used = first[0]
         if used > limit:
             self.log.note(f"waiting for slice memory to be released ({used >> 20} MiB in use)")
@@ -308,6 +316,37 @@ class Engine:
             if got is None:
                 return
             used = got[0]
+        self.log.note(
+            f"slice memory released: {used >> 20} MiB in use, idle {self._baseline_used >> 20} "
+            f"MiB (checked for {time.monotonic() - started:.1f}s)"
+        )
+
+    async def _await_own_memory_release(self, uuid: str) -> None:
+        pids, self._last_pids = self._last_pids, set()
+        query = self.ctx.slice_pids
+        if not pids or query is None:
+            return
+        holders = await query(uuid)
+        if holders is None:
+            return
+        started = time.monotonic()
+        deadline = started + self.ctx.settings.memory_release_timeout_s
+        held = sorted(pids & holders)
+        if held:
+            self.log.note(f"waiting for the previous engine's GPU memory (pids {held}) in NVML")
+        while held:
+            if time.monotonic() >= deadline:
+                self.log.note(f"pids {held} still hold GPU memory; starting anyway")
+                return
+            await asyncio.sleep(0.25)
+            holders = await query(uuid)
+            if holders is None:
+                return
+            held = sorted(pids & holders)
+        self.log.note(
+            f"previous engine's GPU memory released: none of pids {sorted(pids)} in NVML "
+            f"(checked for {time.monotonic() - started:.1f}s)"
+        )
 
     def _spawn(self) -> None:
         spec = self.spec
@@ -449,6 +488,7 @@ class Engine:
         why = "stop requested" if self._stopping else "cleaning up after the engine"
         pgid = proc.pid  # session leader: its pid is the group id
         tracked = [*proc.tree, *process.descendants(proc.pid)]
+        self._last_pids = {proc.pid, *(t.pid for t in tracked)}
         started = time.monotonic()
         if not proc.exited.done():
             process.signal_group(pgid, signal.SIGTERM)
