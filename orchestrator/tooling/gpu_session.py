@@ -56,8 +56,11 @@ class Setup:
     max_model_len: int = 4096
     env: dict[str, str] = field(default_factory=dict)
     backoff_initial_s: float = 0.5  # restarts are measured: keep the daemon's own pause short
+    command: list[str] | None = None  # another engine (the tests' stand-in) instead of vLLM
 
     def engine_command(self) -> list[str]:
+        if self.command is not None:
+            return list(self.command)
         return [str(cpu_venv.venv_python(self.venv.absolute())), "-m", API_SERVER]
 
     def engine_env(self) -> dict[str, str]:
