@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU session, one short step per remote call (docs/gpu-howto.md, "The GPU session").
-# Every step leaves its results in $OUT: step.log and results-STEP.tar.gz (all results so far).
+# Every step leaves in $OUT: gpu-device.log and results-STEP.tar.gz (all results so far).
 #
 #   bash deploy/gpu-device.sh receive          each call: keep the bundle parts carried in
 #   bash deploy/gpu-device.sh install          once all parts are here: venvs + model check
@@ -11,20 +11,23 @@
 #   bash deploy/gpu-device.sh tests            tests/gpu on the running daemon; ends it (d)
 #   bash deploy/gpu-device.sh down             stop the daemon (if tests did not)
 # Steps may be chained in one call: `bash deploy/gpu-device.sh receive install up`.
+# Rehearse here: MIG_ORCH_DEVICE_HOME, MIG_ORCH_DEVICE_PYTHON (base Python), MIG_ORCH_DEVICE_MODEL,
+# MIG_ORCH_PRACTICUM_ARGS (e.g. "--cpu") and MIG_ORCH_GPU_REHEARSAL=cpu (tests) point it at a
+# CPU set-up.
 set -uo pipefail
 
 readonly H5=${MIG_ORCH_DEVICE_HOME:-/root/h5}
 readonly BUNDLE_IN=${MIG_ORCH_BUNDLE_IN:-.gpu/bundle}
 readonly RESULTS=$H5/results
 readonly OPT=$H5/opt
-readonly MODEL=$H5/models/llama-1b-l16-s0
+readonly MODEL=${MIG_ORCH_DEVICE_MODEL:-$H5/models/llama-1b-l16-s0}
 OUT_DIR=${OUT:-$H5/out}
 
 say() { printf '[gpu-device %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 base_python() {
     local candidate
-    for candidate in /opt/torch/.venv/bin/python3 python3; do
+    for candidate in ${MIG_ORCH_DEVICE_PYTHON:-} /opt/torch/.venv/bin/python3 python3; do
         if command -v "$candidate" >/dev/null && "$candidate" -c 'import torch' 2>/dev/null; then
             command -v "$candidate"
             return 0
@@ -113,7 +116,9 @@ step_practicum() {
     local src
     src=$(source_dir) || return 1
     daemon_env
-    (cd "$src" && "$OPT/venv/bin/python" -m orchestrator.tooling.practicum "$phase" "$@")
+    # shellcheck disable=SC2086  # the extra options are words
+    (cd "$src" && "$OPT/venv/bin/python" -m orchestrator.tooling.practicum "$phase" \
+        ${MIG_ORCH_PRACTICUM_ARGS:-} "$@")
 }
 
 step_tests() {
@@ -131,7 +136,7 @@ import json, os, sys; os.kill(json.load(open('$session'))['pid'], 0)" 2>/dev/nul
 }
 
 main() {
-    [[ $# -gt 0 ]] || { sed -n '2,14p' "$0"; return 2; }
+    [[ $# -gt 0 ]] || { sed -n '2,17p' "$0"; return 2; }
     mkdir -p "$RESULTS"
     local step=$1 rc=0
     shift

@@ -267,7 +267,8 @@ def install_env(
     started = time.monotonic()
     python = create_layered_venv(venv, args.base_python, fresh=True)
     wheels = [ctx["unpacked"] / w for w in spec["wheels"]]
-    pip_install(python, ctx["pip"], wheels)
+    if wheels:  # none when the target already has everything (e.g. vLLM itself)
+        pip_install(python, ctx["pip"], wheels)
     timings["install_s"] = time.monotonic() - started
     mark = time.monotonic()
     compile_all(python)

@@ -173,58 +173,77 @@ def _restart(session: Session, name: str, overrides: dict[str, Any]) -> dict[str
         return asyncio.run(restart_and_wait(ThreadedControl(control), name, overrides, 900))
 
 
+class _Results:
+    """restarts.json, rewritten after every result so a command cut short keeps what it got."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.path.write_text(json.dumps(self.rows, indent=2) + "\n")
+
+
+def _switch(
+    rec: Recorder, session: Session, name: str, label: str, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Restart into the variant's settings, then wait for its standby when it has one."""
+    rec.say(f"{label}: restart {name} with {json.dumps(overrides)}")
+    switched = time.time()
+    status = _restart(session, name, overrides)
+    took = round(time.time() - switched, 2)
+    deadline = time.monotonic() + 180
+    with session.client() as control:
+        while not _standby_ready(status) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = control.model(name)
+    return {"variant": label, "settings": overrides, "restart_to_ready_s": took}
+
+
 def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
     session = session_from(args)
     variants = [parse_variant(v) for v in args.variant] or [parse_variant("daemon:")]
-    starts = len(variants) * (1 + args.repeat) + (0 if args.no_restore else 1)
-    starts += 2 * args.repeat if args.direct else 0
-    rec.estimate(
-        starts * (WARM_START_S + 5),
-        f"{len(variants)} variant(s) x (switch + "
-        f"{args.repeat} crash(es)){' + plain vLLM' if args.direct else ''}",
-    )
     name = args.restart_model
-    results: list[dict[str, Any]] = []
-    if args.direct:
-        results += _direct(rec, session, setup_from(args), name, args.repeat)
     with session.client() as control:
         original = dict(control.model(name).get("overrides") or {})
+    switches = sum(1 for v in variants if v.settings)
+    starts = switches + len(variants) * args.repeat + (2 * args.repeat if args.direct else 0)
+    starts += 0 if args.no_restore or not switches else 1
+    rec.estimate(
+        starts * (WARM_START_S + 5),
+        f"{len(variants)} variant(s) x {args.repeat} crash(es), {switches} switch(es)"
+        f"{', plain vLLM without the daemon' if args.direct else ''}",
+    )
+    results = _Results(rec.path("restarts.json"))
+    if args.direct:
+        for row in _direct(rec, session, setup_from(args), name, args.repeat):
+            results.add(row)
+    current = original
     for variant in variants:
         overrides = {**original, **variant.settings}
-        rec.say(f"{variant.label}: restart {name} with {json.dumps(overrides)}")
-        switched = time.time()
-        try:
-            status = _restart(session, name, overrides)
-        except Exception as exc:  # e.g. a setting this daemon refuses (422): report, go on
-            results.append({"variant": variant.label, "error": str(exc)})
-            rec.say(f"{variant.label}: {exc}")
-            continue
-        results.append(
-            {
-                "variant": variant.label,
-                "settings": variant.settings,
-                "restart_to_ready_s": round(time.time() - switched, 2),
-            }
-        )
-        deadline = time.monotonic() + 180
-        with session.client() as control:
-            while not _standby_ready(status) and time.monotonic() < deadline:
-                time.sleep(0.5)
-                status = control.model(name)
+        if overrides != current:
+            try:
+                results.add(_switch(rec, session, name, variant.label, overrides))
+            except Exception as exc:  # e.g. a setting this daemon refuses (422): go on
+                results.add({"variant": variant.label, "error": str(exc)})
+                rec.say(f"{variant.label}: {exc}")
+                continue
+            current = overrides
         time.sleep(args.settle)
         for rep in range(1, args.repeat + 1):
-            results.append(_crash(rec, session, name, variant.label, rep))
-    if not args.no_restore:
+            try:
+                results.add(_crash(rec, session, name, variant.label, rep))
+            except ControlError as exc:
+                results.add({"variant": variant.label, "repeat": rep, "error": str(exc)})
+    if current != original and not args.no_restore:
         _restart(session, name, original)
-    out = rec.path("restarts.json")
-    previous = json.loads(out.read_text()) if out.exists() else []
-    out.write_text(json.dumps(previous + results, indent=2) + "\n")
     argv = [sys.executable, "-m", "orchestrator.tooling.practicum", *sys.argv[1:]]
     rec.record(
         "restarts",
         argv,
         time.monotonic() - rec.started,
         0,
-        [out],
+        [results.path],
         variants=[v.label for v in variants],
     )

@@ -110,5 +110,5 @@ def test_all_phases_record_their_commands_and_render(tmp_path: Path) -> None:
         assert "results/serve/sweep.json" in tar.getnames()
     text = gpu_results.render(results, tmp_path / "docs" / "gpu-results.md")
     assert "## (a) Concurrency sweep" in text and "| 2 |" in text
-    assert "refused: " in text and "*Not run yet: `bash deploy/gpu-device.sh tests`" in text
+    assert "| bogus | error: " in text and "*Not run yet: `bash deploy/gpu-device.sh tests`" in text
     assert (tmp_path / "docs" / "gpu-results" / "sweep.png").exists()
