@@ -188,11 +188,10 @@ class Builder:
         opts = self.opts
         out: dict[str, Resolution] = {}
         self.say(f"target: {opts.target.describe()}, {len(opts.target.installed)} packages")
-        engine = Resolver(opts.target, opts.policy, self.fetch)
-        out["engine"] = engine.resolve(opts.engine)
-        self.say(
-            f"engine: {len(out['engine'].ship)} packages to ship ({out['engine'].rounds} rounds)"
-        )
+        if opts.engine:
+            engine = Resolver(opts.target, opts.policy, self.fetch)
+            out["engine"] = res = engine.resolve(opts.engine)
+            self.say(f"engine: {len(res.ship)} packages to ship ({res.rounds} rounds)")
         if opts.daemon_source is not None:
             wheel = build_daemon_wheel(opts.daemon_source, opts.cache / "local", self.log)
             extras = f"[{','.join(opts.daemon_extras)}]" if opts.daemon_extras else ""
@@ -201,7 +200,7 @@ class Builder:
                 opts.policy,
                 self.fetch,
                 local=[wheel],
-                prefer=out["engine"].ship.values(),
+                prefer=out["engine"].ship.values() if "engine" in out else (),
             )
             out["daemon"] = daemon.resolve([Requirement(f"{DAEMON_DIST}{extras}")])
             self.say(f"daemon: {len(out['daemon'].ship)} packages to ship")
@@ -359,7 +358,7 @@ def options(args: argparse.Namespace) -> Options:
     try:
         installed = read_installed(Path(args.target_packages))
         target = Target.parse(args.python_version, args.platform, installed)
-        engine = [Requirement(r) for r in args.engine or ["vllm"]]
+        engine = [] if args.no_engine else [Requirement(r) for r in args.engine or ["vllm"]]
         overrides = {str(canonicalize_name(r.name)): r for r in map(Requirement, args.override)}
     except (TargetError, ValueError) as exc:
         raise BundleError(str(exc)) from None
@@ -398,6 +397,9 @@ def options(args: argparse.Namespace) -> Options:
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
+    if args.no_engine and args.no_daemon:
+        print("error: --no-engine and --no-daemon leave nothing to bundle", file=sys.stderr)
+        return 2
     try:
         manifest = Builder(options(args)).build()
     except (BundleError, ResolveError, WheelError) as exc:
@@ -507,6 +509,7 @@ def register(actions: argparse._SubParsersAction) -> None:
         help="daemon extra to include, e.g. plot (matplotlib)",
     )
     p.add_argument("--no-daemon", action="store_true", help="engine only")
+    p.add_argument("--no-engine", action="store_true", help="daemon only (engines from elsewhere)")
     p.add_argument("--dry-run", action="store_true", help="resolve and list; write no bundle")
     p.add_argument("--no-pip", action="store_true", help="use the target's pip to install")
     p.add_argument(

@@ -112,9 +112,9 @@ def phase_serve(args: argparse.Namespace, rec: Recorder) -> None:
     vs_s = args.rounds * 2 * (12 + (8 if args.cpu else 35))
     rec.estimate(sweep_s + 40 + vs_s, "bench sweep + monitor, ralph on/off, bench vs vllm bench")
     url = ["--url", session.url]
-    monitor = [
-        *rec.orchestrator("monitor", "--interval", "0.5", "--csv", str(rec.path("monitor.csv")))
-    ]
+    monitor = rec.orchestrator(
+        "monitor", "--interval", "0.5", "--csv", str(rec.path("monitor.csv"))
+    )
     if session.topology:
         monitor += ["--topology", session.topology]
     common = [
@@ -164,7 +164,7 @@ def phase_serve(args: argparse.Namespace, rec: Recorder) -> None:
             str(rec.path(f"{label}.json")),
         )
         rec.run(label, ralph, [rec.path(f"{label}.json")], 300)
-    coder = Session.load(session.handle_file).ports["coder"]
+    coder = session.ports["coder"]
     versus = [
         rec.python,
         str(REPO / "tests" / "perf" / "bench_vs_vllm.py"),

@@ -47,7 +47,8 @@ _FIGURES = (
 _COMPILE_CACHE_HIT = re.compile(r"Directly load the compiled graph")
 _COMPILE_CACHE_MISS = re.compile(r"Compiling a graph for|Cache the graph of")
 _ENGINE_INIT = re.compile(r"Initializing a V1 LLM engine")
-_READY = re.compile(r"Application startup complete")
+# vLLM's own line just before it serves (uvicorn's "Application startup complete" has no time).
+_READY = re.compile(r"Starting vLLM server on")
 _ATTENTION = re.compile(r"Using (FlashAttention version \d|[A-Za-z_]+ backend)")
 
 
