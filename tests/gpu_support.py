@@ -56,7 +56,7 @@ def _model(venv: Path, shape: str) -> Path:
     if configured:
         return Path(configured)
     layers = cpu_venv.tinymodel.SHAPES[shape].layers
-    out = cpu_venv.cache_root() / "models" / f"{shape}-l{layers}-s0"
+    out = cpu_venv.default_tiny_model_dir(layers=layers, shape=shape)
     return cpu_venv.build_tiny_model(venv, out, layers=layers, shape=shape)
 
 

