@@ -12,8 +12,8 @@
 #   bash deploy/gpu-device.sh down             stop the daemon (if tests did not)
 # Steps may be chained in one call: `bash deploy/gpu-device.sh receive install up`.
 # Rehearse here: MIG_ORCH_DEVICE_HOME, MIG_ORCH_DEVICE_PYTHON (base Python), MIG_ORCH_DEVICE_MODEL,
-# MIG_ORCH_PRACTICUM_ARGS (e.g. "--cpu") and MIG_ORCH_GPU_REHEARSAL=cpu (tests) point it at a
-# CPU set-up.
+# MIG_ORCH_PRACTICUM_ARGS (e.g. "--cpu"), MIG_ORCH_DEVICE_TEST_PYTHON and MIG_ORCH_GPU_REHEARSAL=cpu
+# (tests) point it at a CPU set-up.
 set -uo pipefail
 
 readonly H5=${MIG_ORCH_DEVICE_HOME:-/root/h5}
@@ -131,7 +131,9 @@ import json, os, sys; os.kill(json.load(open('$session'))['pid'], 0)" 2>/dev/nul
         export MIG_ORCH_GPU_SESSION_FILE=$session
         say "tests adopt the running daemon (its two engines are reused; test_d stops it)"
     fi
-    (cd "$src" && "$OPT/venv/bin/python" -m pytest tests/gpu -v -rA -p no:cacheprovider \
+    # The daemon venv sees the base's pytest (the GPU image has it); a rehearsal may bring one.
+    (cd "$src" && "${MIG_ORCH_DEVICE_TEST_PYTHON:-$OPT/venv/bin/python}" -m pytest tests/gpu \
+        -v -rA -p no:cacheprovider \
         --junitxml "$RESULTS/gpu-tests.xml" 2>&1 | tee "$RESULTS/gpu-tests.log")
 }
 

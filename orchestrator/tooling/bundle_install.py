@@ -380,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     for name, env in result.get("environments", {}).items():
-        if "engine_command" in env:
-            print(f"# models.toml, [orchestrator] ({name} environment):")
-            print(f"engine_command = {json.dumps(env['engine_command'])}")
+        if "engine_command" in env:  # on stderr, so --json output stays JSON
+            say(f"for models.toml, [orchestrator] ({name} environment):")
+            print(f"engine_command = {json.dumps(env['engine_command'])}", file=sys.stderr)
     return 0
 
 

@@ -68,8 +68,11 @@ class Results:
                     yield json.loads(line)
 
     def json(self, name: str) -> Any:
-        path = self.root / name
-        return json.loads(path.read_text()) if path.exists() else None
+        """A file's JSON; None when it is missing or cut short (a command stopped midway)."""
+        try:
+            return json.loads((self.root / name).read_text())
+        except (OSError, ValueError):
+            return None
 
     def text(self, name: str) -> str | None:
         path = self.root / name

@@ -111,11 +111,11 @@ def test_build_then_install_offline_on_a_layered_venv(tmp_path: Path, offline: N
                "--base-python", str(base / "bin" / "python"), "--json"]  # fmt: skip
     first = subprocess.run(install, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
-    result = json.loads(first.stdout.split("\n# models.toml")[0])
+    result = json.loads(first.stdout)
     env = result["environments"]["engine"]
     assert env["warnings"] == [] and env["packages"] == 4
     assert env["engine_command"][0] == str(prefix / "vllm-venv" / "bin" / "python")
-    assert "engine_command = " in first.stdout
+    assert "engine_command = " in first.stderr
 
     python = prefix / "vllm-venv" / "bin" / "python"
     probe = subprocess.run(
