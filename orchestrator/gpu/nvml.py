@@ -210,6 +210,22 @@ class Nvml:
         with self._errors(what):
             return call(self._lib)
 
+    def slice_pids(self, uuid: str) -> set[int] | None:
+        """pids of the compute processes on a MIG device or whole GPU; None if NVML cannot say."""
+        lib = self._lib
+        query = getattr(lib, "nvmlDeviceGetComputeRunningProcesses", None)
+        if query is None:  # the topology fake models no processes
+            return None
+        with self._errors(f"processes of {uuid}"):
+            try:
+                handle = lib.nvmlDeviceGetHandleByUUID(uuid)
+            except (lib.NVMLError_NotFound, lib.NVMLError_InvalidArgument) as e:
+                raise UnknownDevice(f"no GPU or MIG device has UUID {uuid}") from e
+            try:
+                return {int(p.pid) for p in query(handle)}
+            except (lib.NVMLError_NotSupported, lib.NVMLError_NoPermission):
+                return None
+
     def sample(self) -> list[GpuSample]:
         """Telemetry of every GPU now, with the memory of each of its slices."""
         with self._errors("sampling"):

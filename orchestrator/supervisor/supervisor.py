@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 class SliceMemory(Protocol):
     def slice_memory(self, uuid: str) -> tuple[int, int]: ...
 
+    def slice_pids(self, uuid: str) -> set[int] | None: ...
+
 
 class UnknownModel(KeyError):
     pass
@@ -92,6 +94,7 @@ class Supervisor:
             track=self._track,
             changed=self._changed,
             ops=self.ops,
+            slice_pids=self._slice_pids,
         )
         self.listeners: list[Callable[[], None]] = []  # e.g. sd_notify STATUS updates
 
@@ -281,6 +284,15 @@ class Supervisor:
             return await asyncio.to_thread(self.nvml.slice_memory, uuid)
         except Exception as e:  # NVML hiccups must not take an engine down
             log.warning("cannot read memory of slice %s: %s", uuid, e)
+            return None
+
+    async def _slice_pids(self, uuid: str) -> set[int] | None:
+        if self.nvml is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.nvml.slice_pids, uuid)
+        except Exception as e:  # as for memory: never take an engine down
+            log.warning("cannot list GPU processes of slice %s: %s", uuid, e)
             return None
 
     def _track(self, pid: int, engine: Engine | None) -> None:
