@@ -5,12 +5,15 @@ Run on a GPU host: PYTHONPATH=. python3 -m pytest -m gpu tests/gpu -s -q
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Iterator
 from pprint import pformat
 
 import pytest
 
+from orchestrator.engine.nvml_check import lookups
 from orchestrator.gpu.nvml import Nvml, NvmlUnavailable
 from orchestrator.units import GIB
 
@@ -84,3 +87,17 @@ def test_computed_profile_names_match_the_drivers(nvml: Nvml) -> None:
     if not named:
         pytest.skip("the driver names no MIG profiles on these GPUs")
     assert [ours for ours, _ in named] == [theirs for _, theirs in named]
+
+
+def test_the_mig_fix_lookups_on_the_real_driver(nvml: Nvml) -> None:
+    """`nvml-check`'s lookups, the engine-side fix's own code, against the driver: a whole GPU is
+    not a MIG device (the fix stays off) and vLLM's UUID -> index -> handle route is right."""
+    for s in nvml.inventory().slices:
+        found = nvml.run(functools.partial(lookups, uuid=s.uuid), f"lookups for {s.uuid}")
+        print("\n" + json.dumps(found, indent=2))
+        assert found["device"]["memory_total"] == s.memory_total_bytes
+        if s.profile is None:
+            assert found["mig"] is None and found["with_fix"] is None
+            assert found["vllm_alone"]["right"] and found["vllm_alone"]["index"] == s.gpu_index
+        else:  # on a MIG host: the fix must land on the slice whatever vLLM alone does
+            assert found["mig"] is not None and found["with_fix"]["right"]
