@@ -8,7 +8,8 @@ started and imports first (its time and RSS are printed, not counted), then trig
 (in the environment for plain, in the trigger for a standby); each run also says whether the
 EngineCore was in fact forked, read from its /proc environ (an exec'd child's environment is
 the one its parent had at spawn time, a forked child's is its parent's original). Variants run
-round-robin so that load drifts hit all of them alike; the load average is printed beside each.
+round-robin, each round starting with the next one, so that load drifts hit all of them alike;
+the load average is printed beside each run.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ async def main_async(runs: int) -> dict[str, Any]:
     load_before = os.getloadavg()
     rows = []
     for i in range(runs):
-        for kind, fork in VARIANTS:
+        # Each round starts with another variant: a load that drifts does not favour one.
+        for kind, fork in VARIANTS[i % len(VARIANTS) :] + VARIANTS[: i % len(VARIANTS)]:
             row = await one_run(kind, fork, command, model)
             rows.append(row)
             print(f"run {i + 1}: " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)

@@ -248,15 +248,20 @@ def _function_imports(tree: ast.Module, name: str, package: str | None) -> list[
 
 
 def _entry_imports(tree: ast.Module, package: str | None, own: bool) -> list[_Import]:
-    """What a file run as __main__ imports: at its top (when `own`), in its main block, and at
-    the top of the functions that block calls (console scripts' entry points import lazily)."""
-    block = _main_block(tree) or list(tree.body)  # without a main block, all of it runs
-    visible = _imports(tree.body, package) + _imports(block, package)
-    found = (visible if own else _imports(block, package))[:]
-    bound = {b: (i.module, n) for i in visible for b, n in i.names.items()}
+    """What a file run as __main__ imports: at its top (when `own`), in its main block, and in
+    the functions that block calls (console scripts' entry points import lazily).
+
+    Those imports then happen before the code that precedes them in the function; a module
+    that reads the environment as the function left it needs an explicit --preload instead.
+    """
+    main = _main_block(tree)
+    top = _imports(tree.body, package)
+    inner = _imports(main, package)
+    found = top + inner if own else inner
+    bound = {b: (i.module, n) for i in top + inner for b, n in i.names.items()}
     calls = {
         node.func.id
-        for node in ast.walk(ast.Module(body=block, type_ignores=[]))
+        for node in ast.walk(ast.Module(body=main or list(tree.body), type_ignores=[]))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
     for called in sorted(calls):
