@@ -76,6 +76,12 @@ SOURCES = {
     ),
     "gpu_at_import.py": "import torch\ntorch.cuda.init()\nif __name__ == '__main__':\n    pass\n",
 }
+PACKAGE = {
+    "__init__.py": "from fakeengine.trace import note\nnote('import package')\n",
+    "__main__.py": (
+        "import fakeengine.heavy\nfrom fakeengine.trace import report\nreport(name=__name__)\n"
+    ),
+}
 FAKE_TORCH = {
     "__init__.py": "from . import cuda\n",
     "cuda.py": "_on = False\n\ndef init():\n    global _on\n    _on = True\n\n"
@@ -128,6 +134,9 @@ def root(tmp_path: Path) -> Path:
     for name, text in SOURCES.items():
         (tmp_path / "fakeengine").mkdir(exist_ok=True)
         (tmp_path / "fakeengine" / name).write_text(text)
+    for name, text in PACKAGE.items():
+        (tmp_path / "fakepkg").mkdir(exist_ok=True)
+        (tmp_path / "fakepkg" / name).write_text(text)
     for name, text in FAKE_TORCH.items():
         (tmp_path / "torch").mkdir(exist_ok=True)
         (tmp_path / "torch" / name).write_text(text)
@@ -223,6 +232,21 @@ async def test_console_script_runs_its_entry_point_with_its_argv(start: Any, roo
     assert rep["main_file"] == script
     assert rep["path0"] == str(root / "bin")
     assert run.events() == [f"import lazy {run.sb.pid}"]
+
+
+async def test_a_package_runs_its_dunder_main_and_is_imported_once(start: Any) -> None:
+    run = start([sys.executable, "-m", "fakepkg"])
+    r = await ready(run)
+    assert r.preloaded[0] == "fakepkg"
+    assert "fakeengine.heavy" in r.preloaded  # what fakepkg/__main__.py imports
+    assert await trigger(run, [sys.executable, "-m", "fakepkg", "--port", "1"]) == "module"
+    assert await run.exit_code() == 0
+    assert run.report()["name"] == "__main__"
+    assert run.report()["argv"][1:] == ["--port", "1"]
+    assert [e for e in run.events() if e.startswith("import package")] == [
+        f"import package {run.sb.pid}"
+    ]
+    assert "Warning" not in run.text()
 
 
 async def test_engine_can_spawn_workers_that_reimport_its_main_module(start: Any) -> None:

@@ -472,7 +472,9 @@ def _run(plan: CommandPlan, argv: list[str]) -> None:
     if plan.kind == MODULE:
         # Like `python -m`: the module exists once, as __main__; leaving the preloaded copy makes
         # runpy warn, and a later `import MODULE` would see different globals than a plain run.
-        sys.modules.pop(plan.target, None)
+        # A package stays: `-m PKG` imports it as usual and runs PKG.__main__.
+        if not hasattr(sys.modules.get(plan.target), "__path__"):
+            sys.modules.pop(plan.target, None)
         sys.argv = [plan.target, *rest]
         runpy.run_module(plan.target, run_name="__main__", alter_sys=True)
     else:
