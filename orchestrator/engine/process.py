@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -56,8 +56,13 @@ def become_subreaper() -> bool:
         return False
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[int, int]:
-    """Start argv as the leader of a new session; return (pid, fd of its merged stdout/stderr)."""
+def spawn(
+    argv: list[str], env: dict[str, str], cwd: Path | None = None, pass_fds: Sequence[int] = ()
+) -> tuple[int, int]:
+    """Start argv as the leader of a new session; return (pid, fd of its merged stdout/stderr).
+
+    pass_fds stay open in the child under the same numbers (a standby's trigger channel).
+    """
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -69,6 +74,7 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tupl
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     except BaseException:
         os.close(read_fd)
