@@ -19,6 +19,15 @@ VLLM_DEFAULT_UTILIZATION = 0.92
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _module_names(v: list[str] | None) -> list[str] | None:
+    """A standby's preload list travels comma-separated: each item must be a dotted module name."""
+    for i, name in enumerate(v or []):
+        if not _MODULE_NAME.match(name):
+            raise ValueError(f"item {i}: {name!a} is not a Python module name (like 'a.b.c')")
+    return v
 
 
 def _exec_safe(text: str, where: str) -> None:
@@ -57,6 +66,9 @@ class VllmSettings(_Strict):
     enforce_eager: bool | None = None
     extra_args: list[str] | None = None
     env: dict[str, str] | None = None
+    # Not a vLLM flag: VLLM_WORKER_MULTIPROC_METHOD=fork at launch (docs/standby.md says what it
+    # needs). A setting, not `env`, so that a runtime override or compare variant keeps the standby.
+    engine_fork: bool | None = None
 
     # Checked on the field so [defaults] and runtime overrides are refused too, not only models.
     @field_validator("tensor_parallel_size")
@@ -113,6 +125,13 @@ class OrchestratorSettings(_Strict):
     log_max_bytes: Annotated[int, Field(ge=4096)] = 20 * 1024 * 1024
     log_backups: Annotated[int, Field(ge=0)] = 3
     metrics_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    # Default for every model: a standby engine waits with the engine's imports done, so that a
+    # restart skips them (docs/standby.md). About 0.6 GiB of host RAM per model, no GPU memory.
+    standby: bool = True
+    # Modules a standby imports besides the engine command's own; None = derived from the command.
+    standby_preload: list[str] | None = None
+
+    _preload_names = field_validator("standby_preload")(_module_names)
 
     @field_validator("listen")
     @classmethod
@@ -146,6 +165,10 @@ class ModelConfig(VllmSettings):
     token_file: Path | None = None
     command: Annotated[list[str], Field(min_length=1)] | None = None
     startup_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    standby: bool | None = None  # None: [orchestrator] standby
+    standby_preload: list[str] | None = None  # None: [orchestrator] standby_preload
+
+    _preload_names = field_validator("standby_preload")(_module_names)
 
     @model_validator(mode="after")
     def _one_selector(self) -> ModelConfig:
@@ -175,6 +198,12 @@ class Config(_Strict):
             if env:
                 merged["env"] = env
         return VllmSettings(**merged)
+
+    def standby_of(self, name: str) -> tuple[bool, list[str] | None]:
+        """Whether model `name` keeps a standby, and its preload list (None: derived)."""
+        m, o = self.models[name], self.orchestrator
+        enabled = o.standby if m.standby is None else m.standby
+        return enabled, o.standby_preload if m.standby_preload is None else m.standby_preload
 
 
 def parse_listen(value: str) -> tuple[str, int]:

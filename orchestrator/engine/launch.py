@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.config import Config, VllmSettings
+from orchestrator.engine.standby.launcher import FORK_ENV
 from orchestrator.gpu.inventory import Slice
 
 # Variables that belong to the daemon's own supervisor and must not leak into engines.
@@ -32,9 +33,17 @@ class Launch:
     env: dict[str, str] = field(repr=False)
     # What the daemon adds on top of its own environment; holds VLLM_API_KEY, so kept out of repr.
     extra_env: dict[str, str] = field(repr=False)
+    command: tuple[str, ...] = ()  # the engine command: argv's prefix, what a standby imports
+    # The EngineCore by fork. Kept out of env: a standby is started before it is known, and the
+    # trigger carries it, so that toggling it keeps the standby.
+    fork: bool = False
 
     def redacted_env(self) -> dict[str, str]:
         return {k: ("***" if k in _SECRET_ENV else v) for k, v in self.extra_env.items()}
+
+    def spawn_env(self) -> dict[str, str]:
+        """The environment of a plain launch: env, plus the start method when fork is asked for."""
+        return {**self.env, FORK_ENV: "fork"} if self.fork else self.env
 
 
 def setting_flags(s: VllmSettings) -> list[str]:
@@ -93,4 +102,6 @@ def build_launch(
     for k in _PRIVATE_ENV:
         env.pop(k, None)
     env.update(extra)
-    return Launch(argv=argv, env=env, extra_env=extra)
+    return Launch(
+        argv=argv, env=env, extra_env=extra, command=tuple(command), fork=bool(settings.engine_fork)
+    )

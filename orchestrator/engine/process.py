@@ -86,6 +86,26 @@ def spawn(
     return proc.pid, read_fd
 
 
+def read_output(fd: int) -> bytes | None:
+    """One non-blocking read of a process's output pipe: None when nothing waits; b"" at its
+    end, after which the pipe is no longer watched and is closed."""
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        data = b""
+    if not data:
+        close_output(fd)
+    return data
+
+
+def close_output(fd: int) -> None:
+    """Stop watching an output pipe (event loop reader) and close it."""
+    asyncio.get_running_loop().remove_reader(fd)
+    os.close(fd)
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is pgid, read from /proc."""
     found = []
@@ -189,6 +209,14 @@ async def wait_gone(pgid: int, tracked: list[ProcessId], deadline: float) -> lis
         delay = min(delay * 2, 0.25)
 
 
+def rss_bytes(pid: int) -> int | None:
+    """Resident host memory of one process, None once it is gone."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
+
+
 def describe(pids: Iterable[int]) -> str:
     parts = []
     for pid in pids:
@@ -254,7 +282,9 @@ class ProcessOps(Protocol):
     """What engines and the supervisor ask of the OS: the real one is OsProcesses; unit tests pass
     a fake, so that races (stop vs crash, restart storms) run in-process without real engines."""
 
-    def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]: ...
+    def spawn(
+        self, argv: list[str], env: dict[str, str], *, pass_fds: Sequence[int] = ()
+    ) -> tuple[int, int]: ...
     def ident(self, pid: int) -> ProcessId | None: ...
     def alive(self, p: ProcessId) -> bool: ...
     def descendants(self, pid: int) -> list[ProcessId]: ...
@@ -266,6 +296,7 @@ class ProcessOps(Protocol):
     def describe(self, pids: Iterable[int]) -> str: ...
     def port_holder(self, host: str, port: int) -> str | None: ...
     def reap(self, pids: Iterable[int] | None) -> list[tuple[int, int]]: ...
+    def rss_bytes(self, pid: int) -> int | None: ...
 
 
 class OsProcesses:
@@ -281,3 +312,4 @@ class OsProcesses:
     describe = staticmethod(describe)
     port_holder = staticmethod(port_holder)
     reap = staticmethod(reap)
+    rss_bytes = staticmethod(rss_bytes)

@@ -16,6 +16,7 @@ from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import Desired, State
 from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Inventory
@@ -45,6 +46,7 @@ def _spec_identity(spec: EngineSpec) -> tuple[Any, ...]:
     """What must be equal for a running engine to be left alone on reload."""
     return (
         spec.launch.argv,
+        spec.launch.fork,
         sorted(spec.launch.extra_env.items()),
         spec.slice.uuid if spec.slice else None,
         spec.startup_timeout_s,
@@ -97,8 +99,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self._saved = self.store.load()
-        await self._stop_leftovers(self._saved.engines)
+        await self._stop_leftovers(self._saved.leftovers())
         self._saved.engines.clear()
+        self._saved.standbys.clear()
         plan = plan_partial(self.cfg, self.inventory, self._saved.assignments)
         if plan.unplaced and not self.allow_partial:
             raise PlacementError(dict(plan.unplaced), plan)
@@ -149,6 +152,7 @@ class Supervisor:
             settings=self.cfg.effective_settings(name, overrides),
             overrides=dict(overrides),
             startup_timeout_s=m.startup_timeout_s or self.cfg.orchestrator.startup_timeout_s,
+            standby=StandbySettings.of(self.cfg, name),
         )
 
     def wanted_running(self, name: str) -> bool:
@@ -286,7 +290,12 @@ class Supervisor:
 
     def snapshot(self) -> DaemonState:
         engines = {}
+        standbys = {}
         for name, e in self.engines.items():
+            if (sb := e.standby.record()) is not None:
+                # Its own session: pid = process group. It exits when this daemon's end of its
+                # channel closes, but a daemon started after a crash makes sure.
+                standbys[name] = EngineRecord(sb.pid, sb.pid, sb.create_time, None)
             if e.proc is not None:
                 pid = e.proc.ident
                 if pid is not None:
@@ -301,6 +310,7 @@ class Supervisor:
             desired={n: e.desired.value for n, e in self.engines.items()},
             overrides={n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides},
             engines=engines,
+            standbys=standbys,
         )
 
     async def _save(self) -> None:

@@ -277,6 +277,32 @@ async def test_a_trigger_sent_during_imports_runs_when_they_are_done(start: Any)
     ]
 
 
+@pytest.mark.parametrize("after_ready", [True, False])
+async def test_a_trigger_handed_over_with_the_channel_closed_at_once_still_runs(
+    start: Any, after_ready: bool
+) -> None:
+    """The daemon's hand-over: it sends the trigger and closes its end without waiting, also
+    while the standby is still importing (its "ready" then goes nowhere)."""
+    run = start([sys.executable, *SERVER], FAKE_IMPORT_S="0" if after_ready else "1")
+    if after_ready:
+        await ready(run)
+    run.sb.hand_over([sys.executable, *SERVER, "--flag"], fork=True)
+    assert await run.exit_code() == 0
+    report = run.report()
+    assert report["pid"] == run.sb.pid and report["argv"][-1] == "--flag"
+    assert report["fork"] == "fork"
+    assert "the daemon is gone" not in run.text()
+
+
+async def test_a_hand_over_to_a_standby_that_is_gone_raises(start: Any) -> None:
+    run = start([sys.executable, *SERVER])
+    await ready(run)
+    os.kill(run.sb.pid, signal.SIGKILL)
+    await run.exit_code()
+    with pytest.raises(OSError):
+        run.sb.hand_over([sys.executable, *SERVER])
+
+
 async def test_closing_the_channel_ends_a_waiting_standby(start: Any) -> None:
     run = start([sys.executable, *SERVER])
     await ready(run)

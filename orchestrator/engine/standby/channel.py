@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,19 @@ LAUNCHER = Path(launcher.__file__).resolve()
 
 
 class StandbyError(Exception):
-    """This standby cannot run the engine; the message says why (launch it plainly instead)."""
+    """This standby cannot run the engine; the message says why (launch it plainly instead).
+
+    `refused`: the standby itself found that it cannot be one with this command and environment
+    (its imports initialised CUDA), so another one started the same way would refuse too.
+    """
+
+    def __init__(self, reason: str, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.refused = refused
+
+
+# ProcessOps.spawn: (argv, env, pass_fds=...) -> (pid, fd of its output)
+Spawner = Callable[..., tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -73,15 +86,20 @@ class Standby:
         preload: Sequence[str] | None = None,
         label: str = "",
         cwd: Path | None = None,
+        spawn: Spawner | None = None,
     ) -> Standby:
-        """Start a standby for `command` in `env`; StandbyError when it cannot pre-import."""
+        """Start a standby for `command` in `env`; StandbyError when it cannot pre-import.
+
+        `spawn` starts the process (the daemon's ProcessOps.spawn); by default process.spawn.
+        """
         plan = plan_command(command, env.get("PATH"))
         if plan.kind == PLAIN:
             raise StandbyError(plan.reason)
         ours, theirs = socket.socketpair()
         try:
             argv = standby_argv(plan, command, theirs.fileno(), preload, label)
-            pid, fd = process.spawn(argv, dict(env), cwd, pass_fds=(theirs.fileno(),))
+            run = spawn or functools.partial(process.spawn, cwd=cwd)
+            pid, fd = run(argv, dict(env), pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()
             raise
@@ -99,7 +117,7 @@ class Standby:
         if msg.get("protocol") != launcher.PROTOCOL:
             raise StandbyError(f"the launcher speaks protocol {msg.get('protocol')}")
         if msg.get("event") in ("refused", "error"):
-            raise StandbyError(str(msg.get("reason")))
+            raise StandbyError(str(msg.get("reason")), refused=msg["event"] == "refused")
         return dict(msg)
 
     async def ready(self) -> StandbyReady:
@@ -125,12 +143,29 @@ class Standby:
         if self._streams is None:
             self._streams = await asyncio.open_unix_connection(sock=self.sock)
         writer = self._streams[1]
-        writer.write(json.dumps({"argv": list(argv), "fork": fork}).encode() + b"\n")
+        writer.write(_trigger_line(argv, fork))
         await writer.drain()
         while (msg := await self._receive())["event"] != "running":
             pass  # a "ready" still on its way when the trigger went out early
         self.close()
         return str(msg["mode"])
+
+    def hand_over(self, argv: Sequence[str], fork: bool = False) -> None:
+        """Send the trigger and let go of the channel at once, without waiting for the standby to
+        confirm: from here on it is the engine, watched through its pid and output like any other.
+        OSError when the standby is gone. The launcher runs a trigger it has read even when the
+        channel is closed by then, also one sent during its imports."""
+        data = _trigger_line(argv, fork)
+        try:
+            # On the socket itself, not through the stream: a send to a standby that is gone
+            # fails here and now (a stream would only note it later). Nothing else is ever
+            # written to the channel, and its empty buffer takes a trigger whole.
+            if self.sock.fileno() < 0:
+                raise BrokenPipeError("the standby's channel is closed")
+            if self.sock.send(data) != len(data):
+                raise BlockingIOError("the trigger did not fit in the channel's buffer")
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Let go of the channel: a standby still waiting for its trigger then exits."""
@@ -138,3 +173,7 @@ class Standby:
             self._streams[1].close()
         else:
             self.sock.close()
+
+
+def _trigger_line(argv: Sequence[str], fork: bool) -> bytes:
+    return json.dumps({"argv": list(argv), "fork": fork}).encode() + b"\n"

@@ -390,7 +390,11 @@ class _Channel:
         try:
             os.write(self.fd, data)
         except OSError:
-            if event != "running":  # after the trigger, the engine runs whoever listens
+            # The daemon may hand over a trigger and close the channel at once, even during the
+            # imports: once the reader has that trigger, the engine runs whoever listens. With
+            # the daemon's end closed, the reader ends at once: with the trigger, or at EOF (exit).
+            self._reader.join(5.0)
+            if self.triggers.empty() and event != "running":
                 self.say("the daemon is gone: exiting")
                 os._exit(0)
 
