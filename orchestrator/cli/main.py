@@ -19,6 +19,7 @@ from orchestrator.control.client import (
     add_daemon_options,
     resolve_token,
 )
+from orchestrator.control.standby_view import detail_lines, standby_cell
 from orchestrator.engine.launch import build_launch
 from orchestrator.gpu.inventory import GIB, Inventory
 from orchestrator.gpu.nvml import Nvml, NvmlError
@@ -256,10 +257,12 @@ def _status_rows(models: list[dict[str, Any]]) -> str:
                 where,
                 up,
                 str(m["restarts"]),
+                standby_cell(m),
                 (m["reason"] or "")[:80],
             ]
         )
-    return _table(rows, ["MODEL", "STATE", "PID", "PORT", "SLICE", "UPTIME", "RESTARTS", "REASON"])
+    header = ["MODEL", "STATE", "PID", "PORT", "SLICE", "UPTIME", "RESTARTS", "STANDBY", "REASON"]
+    return _table(rows, header)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -274,6 +277,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"\nendpoint: {m['endpoint']}  (model name: {m['served_model_name']})")
             if m["last_exit"]:
                 print(f"last exit: {m['last_exit']}")
+            print("\n".join(detail_lines(m)))
     return 0
 
 

@@ -19,6 +19,12 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.config import ConfigError
 from orchestrator.control.auth import Caller, Tokens
+from orchestrator.control.standby_view import (
+    LastStartOut,
+    StandbyOut,
+    last_start_json,
+    standby_json,
+)
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.engine.states import Desired
 from orchestrator.gpu.inventory import Slice
@@ -75,6 +81,8 @@ class ModelStatus(BaseModel):
     settings: dict[str, Any]
     overrides: dict[str, Any]
     argv: list[str]
+    standby: StandbyOut
+    last_start: LastStartOut | None
 
 
 class RestartBody(BaseModel):
@@ -132,6 +140,8 @@ class StatusView:
                 else None
             ),
             "reason": e.reason,
+            "standby": standby_json(e),
+            "last_start": last_start_json(e),
         }
 
     def _of(self, e: Engine) -> tuple[EngineSpec, dict[str, Any], str]:

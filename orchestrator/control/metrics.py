@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from orchestrator.control.standby_view import metric_lines as standby_lines
 from orchestrator.engine.lifecycle import Engine
 from orchestrator.engine.probe import http_get
 from orchestrator.engine.states import State
@@ -108,6 +109,7 @@ class MetricsCollector:
         gpu = await self._gpu_lines()
         out: list[str] = []
         self._model_lines(out, engines)
+        out += standby_lines(engines, self._model_labels)
         out += gpu
         meta: dict[str, list[str]] = {}
         samples: list[str] = []

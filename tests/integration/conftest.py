@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +30,9 @@ def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             ("cached", "coder", p1, "3g.40gb", True, model_dir),
             ("nocache", "chat", p2, "2g.20gb", False, model_dir),
         ],
-        extra_orchestrator="max_restarts = 3\nbackoff_initial_s = 1",
+        # Standbys have their own test (test_standby_daemon.py); here they would only share the
+        # two cores with these engines.
+        extra_orchestrator="max_restarts = 3\nbackoff_initial_s = 1\nstandby = false",
         extra_models=(
             f'\n[models.broken]\nmodel = "{model_dir}"\nport = {p3}\nhost = "127.0.0.1"\n'
             'profile = "1g.10gb"\nautostart = false\nmax_model_len = 1000000\n'
@@ -39,3 +45,28 @@ def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     for pgid in groups:
         assert group_pids(pgid) == [], "a vLLM process outlived the daemon"
     assert marked_pids(root) == [], "a process the daemon started is still running"
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Make daemons (not started) with stand-in engines; afterwards stop them, kill what their
+    engines left, and fail a test whose daemon logged an illegal state transition."""
+    started: list[Daemon] = []
+
+    def make(models: dict[str, dict[str, Any]], **kw: Any) -> Daemon:
+        root = tmp_path / f"d{len(started)}"
+        root.mkdir()
+        d = Daemon(root, models, **kw)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.terminate()
+        for pid in marked_pids(d.root):
+            os.kill(pid, signal.SIGKILL)
+    for d in started:
+        # The daemon logs an illegal state transition and carries on: here it fails.
+        assert "illegal engine state transition" not in d.log(), d.log()[-4000:]
+        assert "illegal standby state transition" not in d.log(), d.log()[-4000:]

@@ -323,6 +323,26 @@ async def test_closing_the_channel_during_imports_ends_the_standby_at_once(start
     assert time.monotonic() - t0 < 5
 
 
+async def test_a_standby_whose_daemon_died_exits_though_nobody_reads_its_output(
+    root: Path,
+) -> None:
+    """kill -9 of the daemon closes both its end of the channel and the output pipe's reader."""
+    env = {**os.environ, "PYTHONPATH": str(root), "FAKE_TRACE": str(root / "trace")}
+    sb = Standby.spawn([sys.executable, *SERVER], env, label="alice", cwd=root)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await sb.ready()
+        os.close(sb.output_fd)
+        sb.close()
+        await asyncio.sleep(0)  # the stream's transport closes the socket on the next turn
+        async with asyncio.timeout(10):
+            _, status = await asyncio.to_thread(os.waitpid, sb.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sb.pid, signal.SIGKILL)
+
+
 async def test_imports_that_initialise_cuda_refuse_the_standby(start: Any) -> None:
     run = start([sys.executable, "-m", "fakeengine.gpu_at_import"])
     with pytest.raises(StandbyError, match="initialised CUDA: a standby would hold GPU memory"):

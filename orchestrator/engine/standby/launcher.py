@@ -12,6 +12,7 @@ keeps to Python 3.10 syntax (vLLM's oldest). docs/standby.md describes the proto
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -408,7 +409,10 @@ class _Say:
         self.prefix = f"mig-orchestrator standby{f' [{label}]' if label else ''}: "
 
     def __call__(self, text: str) -> None:
-        print(self.prefix + text, flush=True)
+        # A daemon killed with -9 leaves nobody reading the output pipe: a line that cannot be
+        # written must not raise, or the channel's reader dies before it ends this process.
+        with contextlib.suppress(OSError):
+            print(self.prefix + text, flush=True)
 
 
 @dataclass
