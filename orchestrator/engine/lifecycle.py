@@ -83,6 +83,7 @@ class _Failure(Exception):
         super().__init__(reason)
         self.reason = reason
         self.final = final
+        self.at = time.time()  # when it was found: before the tree is taken down
 
 
 @dataclass
@@ -177,9 +178,12 @@ class Engine:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+        # Side by side: a standby that ignores its channel and SIGTERM delays the stop by its
+        # own grace at most, not by its grace plus the engine's.
+        stops = [self._terminate(_STOP_REQUESTED)]
         if not keep_standby:
-            await self.standby.discard("the model was stopped")
-        await self._terminate(_STOP_REQUESTED)
+            stops.append(self.standby.discard("the model was stopped"))
+        await asyncio.gather(*stops)
         self._set(State.STOPPED)
         self.ready_at = None
 
@@ -258,7 +262,7 @@ class Engine:
             try:
                 await self._one_life()
             except _Failure as f:
-                self._asked = ("retry", time.time())
+                self._asked = ("retry", f.at)
                 self._reason = f.reason
                 self.log.note(f.reason)
                 if f.final:

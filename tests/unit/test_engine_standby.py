@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,21 @@ async def test_a_crash_restarts_from_the_standby(tmp_path: Path) -> None:
         assert "s after the failure" in notes(h)
         # The crashed engine's orphan is gone; the standby was not part of its tree.
         assert not h.fake.procs[first + 1].alive and h.fake.most_alive == 1
+
+
+async def test_a_retry_counts_from_the_crash_not_from_the_end_of_the_cleanup(
+    tmp_path: Path,
+) -> None:
+    async with engine_host(tmp_path, **ON) as h:
+        h.fake.behaviour = Behaviour(term_delay=0.5)  # the orphaned EngineCore takes its time
+        await serving(h)
+        crashed = time.time()
+        h.fake.crash(h.pid(), code=1)
+        await wait_for(lambda: h.engine.restarts == 1 and h.engine.state is READY, "restart")
+        start = h.engine.last_start
+        assert start is not None and start.cause == "retry"
+        # Between the two: the orphan's SIGTERM, stop_grace_s (0.2 s here), SIGKILL.
+        assert crashed <= start.asked_at <= start.launched_at - 0.2
 
 
 async def test_a_trigger_during_the_imports_runs_once_they_are_done(tmp_path: Path) -> None:
