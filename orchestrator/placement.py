@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.config import (
     SHARED_GPU_UTILIZATION_CAP,
@@ -46,16 +47,29 @@ def _sort_key(s: Slice) -> tuple[int, int, str]:
     return (s.gpu_index, s.gi_id if s.gi_id is not None else -1, s.uuid)
 
 
+Overrides = Mapping[str, Mapping[str, Any]]  # model -> runtime overrides in effect
+
+
+def utilization(cfg: Config, name: str, overrides: Mapping[str, Any] | None = None) -> float:
+    """The share of its GPU's memory `name`'s engine takes (vLLM's default when unset)."""
+    u = cfg.effective_settings(name, dict(overrides or {})).gpu_memory_utilization
+    return VLLM_DEFAULT_UTILIZATION if u is None else u
+
+
+def within_shared_cap(utilizations: list[float]) -> bool:
+    return sum(utilizations) <= SHARED_GPU_UTILIZATION_CAP + 1e-9
+
+
 class _Placer:
-    def __init__(self, cfg: Config, inv: Inventory) -> None:
+    def __init__(self, cfg: Config, inv: Inventory, overrides: Overrides) -> None:
         self.cfg = cfg
+        self.overrides = overrides
         self.gpus = inv.gpus
         self.slices = sorted(inv.slices, key=_sort_key)
         self.plan = Plan()
 
     def _util(self, name: str) -> float:
-        u = self.cfg.effective_settings(name).gpu_memory_utilization
-        return VLLM_DEFAULT_UTILIZATION if u is None else u
+        return utilization(self.cfg, name, self.overrides.get(name))
 
     def can_take(self, name: str, s: Slice) -> bool:
         """A free slice, or a whole GPU whose every tenant opted into sharing with headroom left."""
@@ -66,7 +80,7 @@ class _Placer:
             return False
         if not all(self.cfg.models[t].share_gpu for t in tenants):
             return False
-        return sum(self._util(t) for t in [*tenants, name]) <= SHARED_GPU_UTILIZATION_CAP + 1e-9
+        return within_shared_cap([self._util(t) for t in [*tenants, name]])
 
     def fits(self, m: ModelConfig, s: Slice) -> bool:
         if m.profile is not None:
@@ -142,9 +156,16 @@ def place(cfg: Config, inv: Inventory, previous: Mapping[str, str] | None = None
     return plan
 
 
-def plan_partial(cfg: Config, inv: Inventory, previous: Mapping[str, str] | None = None) -> Plan:
-    """Place what can be placed; the rest lands in `plan.unplaced` with the reason."""
-    p = _Placer(cfg, inv)
+def plan_partial(
+    cfg: Config,
+    inv: Inventory,
+    previous: Mapping[str, str] | None = None,
+    overrides: Overrides | None = None,
+) -> Plan:
+    """Place what can be placed; the rest lands in `plan.unplaced` with the reason.
+
+    `overrides` are the runtime overrides in effect: a shared GPU's cap counts them too."""
+    p = _Placer(cfg, inv, overrides or {})
     models = cfg.models
     for name in sorted(n for n, m in models.items() if m.slice is not None):
         p.pinned(name, models[name])

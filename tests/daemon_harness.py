@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -68,6 +70,19 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
+def standin_model(port: int, **kw: Any) -> dict[str, Any]:
+    """A [models.NAME] table for a stand-in engine on 127.0.0.1:port."""
+    env = kw.pop("env", {})
+    return {"model": "stand-in", "port": port, "host": "127.0.0.1", "env": env, **kw}
+
+
+def events(path: Path) -> list[dict[str, Any]]:
+    """The events a stand-in wrote to its STANDIN_STATE_FILE."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _live(field: str) -> Iterator[tuple[int, bytes, list[bytes]]]:
     """(pid, contents of /proc/PID/<field>, stat fields after the name) of non-zombie processes."""
     for entry in os.scandir("/proc"):
@@ -122,6 +137,8 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
     config_text: str | None = None  # a complete models.toml instead of one rendered from fields
+    env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
+    nofile: int | None = None  # the daemon's open-file limit, soft and hard, as `ulimit -n N`
 
     def __post_init__(self) -> None:
         self.port = free_ports(1)[0]
@@ -167,6 +184,8 @@ class Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it until it exits
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.env)
+        limit = self.nofile
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -183,6 +202,9 @@ class Daemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=None
+            if limit is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
         )
         log.close()
         wait_until(self._healthy, 20, "the control plane")

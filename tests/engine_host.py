@@ -21,7 +21,8 @@ from tests.daemon_harness import render_config
 from tests.fake_processes import FakeProcesses
 from tests.health_server import OK, HealthServer
 
-# Small enough that a whole crash-restart cycle takes milliseconds.
+# Small enough that a whole crash-restart cycle takes milliseconds: below what models.toml
+# accepts (health_interval_s >= 0.5 keeps a real daemon from spinning), so applied after parsing.
 FAST: dict[str, Any] = {
     "health_interval_s": 0.02,
     "health_timeout_s": 0.2,
@@ -43,11 +44,11 @@ def config(root: Path, models: dict[str, dict[str, Any]], **orchestrator: Any) -
         "state_dir": str(root / "state"),
         "log_dir": str(root / "logs"),
         "engine_command": ["fake-vllm", "serve"],
-        **FAST,
-        **orchestrator,
     }
     full = {n: {"model": "m", "host": "127.0.0.1", **m} for n, m in models.items()}
-    return parse_config(render_config(orch, full))
+    cfg = parse_config(render_config(orch, full))
+    fast = cfg.orchestrator.model_copy(update={**FAST, **orchestrator})
+    return cfg.model_copy(update={"orchestrator": fast})
 
 
 async def wait_for(pred: Callable[[], object], what: str, timeout: float = 5.0) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.engine.process import ProcessId
+from orchestrator.engine.process import ProcessId, Tagged
 from orchestrator.engine.standby import launcher
 
 
@@ -139,7 +139,9 @@ class FakeProcesses:
     def _engine_runs(self, main: FakeProc) -> None:
         for _ in range(self.behaviour.children):
             kid = next(self._pids)
-            self.procs[kid] = FakeProc(kid, main.pid, main.pid, self.behaviour)
+            self.procs[kid] = FakeProc(
+                kid, main.pid, main.pid, self.behaviour, env=main.env
+            )  # as fork does
         self.most_alive = max(self.most_alive, len(self.engines_alive()))
         if self.behaviour.exits_after is not None:
             asyncio.get_running_loop().call_later(self.behaviour.exits_after, self._exit_now, main)
@@ -263,6 +265,13 @@ class FakeProcesses:
                 p.reaped = True
                 done.append((pid, p.status))
         return done
+
+    def find_by_env(self, name: str, prefix: str) -> list[Tagged]:
+        return [
+            Tagged(ProcessId(p.pid, p.create_time), p.pgid, p.env[name])
+            for p in self.procs.values()
+            if p.alive and name in p.env and p.env[name].startswith(prefix)
+        ]
 
     # ----- behaviour -----
 

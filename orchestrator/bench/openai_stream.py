@@ -98,87 +98,23 @@ class OpenAIClient:
             kind, detail = "connection_error", f"{type(exc).__name__}: {exc}"
         except _StreamError as exc:
             kind, detail = "stream_error", str(exc)
-        return RequestResult(
-            ok=False,
-            start=start,
-            e2e_s=time.perf_counter() - start,
-            estimated_input_tokens=estimate,
-            error=kind,
-            detail=detail,
-        )
+        return _failed(start, estimate, kind, detail)
 
     async def _stream(
         self, prompt: Prompt, gen: Generation, keep_text: bool, start: float, estimate: int
     ) -> RequestResult:
-        chat = self.endpoint == "chat"
-        first: float | None = None
-        last = start
-        gaps: list[float] = []
-        pieces: list[str] = []
-        usage: dict[str, Any] = {}
-        chunks = 0
-        done = False
+        answer = _Answer(start, chat=self.endpoint == "chat", keep_text=keep_text)
         body = self._body(prompt, gen)
         async with self.http.stream("POST", PATHS[self.endpoint], json=body) as r:
             if r.status_code != 200:
-                answer = (await r.aread()).decode(errors="replace")
-                return RequestResult(
-                    ok=False,
-                    start=start,
-                    e2e_s=time.perf_counter() - start,
-                    estimated_input_tokens=estimate,
-                    error=f"http_{r.status_code}",
-                    detail=answer[:300],
-                )
-            pending = b""
+                text = (await r.aread()).decode(errors="replace")
+                return _failed(start, estimate, f"http_{r.status_code}", text[:300])
+            events = _SseData()
             async for data in r.aiter_bytes():
                 now = time.perf_counter()
-                # Split on newlines once per network read; SSE events are `data: {...}` lines.
-                lines = (pending + data).split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        continue
-                    event = _load_event(payload)
-                    if choices := event.get("choices"):
-                        choice = choices[0]
-                        if chat:
-                            delta = choice.get("delta") or {}
-                            if "role" in delta and not delta.get("content"):
-                                continue  # chat's preamble announces the role, not a token
-                            piece = delta.get("content")
-                        else:
-                            piece = choice.get("text")
-                        # Every other chunk is a step of generation, even one whose token
-                        # decodes to no text yet, as vLLM's own benchmark counts them.
-                        if first is None:
-                            first = now
-                        else:
-                            gaps.append(now - last)
-                        last = now
-                        chunks += 1
-                        if keep_text and piece:
-                            pieces.append(piece)
-                    if event.get("usage"):
-                        usage = event["usage"]
-        end = time.perf_counter()
-        if not done:
-            raise _StreamError("the event stream ended without data: [DONE]")
-        return RequestResult(
-            ok=True,
-            start=start,
-            e2e_s=end - start,
-            ttft_s=None if first is None else first - start,
-            itl_s=tuple(gaps),
-            output_tokens=int(usage.get("completion_tokens") or chunks),
-            input_tokens=usage.get("prompt_tokens"),
-            estimated_input_tokens=estimate,
-            text="".join(pieces) if keep_text else None,
-        )
+                for payload in events.feed(data):
+                    answer.add(now, payload)
+        return answer.result(time.perf_counter(), estimate)
 
     async def served_model(self) -> str:
         """The first model id the server lists at /v1/models."""
@@ -198,6 +134,87 @@ class OpenAIClient:
         if queries is None or hits is None:
             return None
         return CacheCounters(queries=queries, hits=hits)
+
+
+def _failed(start: float, estimate: int, kind: str, detail: str) -> RequestResult:
+    return RequestResult(
+        ok=False,
+        start=start,
+        e2e_s=time.perf_counter() - start,
+        estimated_input_tokens=estimate,
+        error=kind,
+        detail=detail,
+    )
+
+
+class _SseData:
+    """Payloads of server-sent `data:` lines, from network reads that may split a line."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payloads of the lines this read completed."""
+        # Split on newlines once per read, not per line: SSE events are `data: {...}` lines.
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        return [line[5:].strip() for line in lines if line.startswith(b"data:")]
+
+
+class _Answer:
+    """One streamed answer as its events arrive: generation steps, their timing, usage, text."""
+
+    def __init__(self, start: float, *, chat: bool, keep_text: bool) -> None:
+        self.start, self.chat, self.keep_text = start, chat, keep_text
+        self.first: float | None = None
+        self.last = start
+        self.gaps: list[float] = []
+        self.pieces: list[str] = []
+        self.usage: dict[str, Any] = {}
+        self.steps = 0
+        self.done = False
+
+    def add(self, now: float, payload: bytes) -> None:
+        if payload == b"[DONE]":
+            self.done = True
+            return
+        event = _load_event(payload)
+        if event.get("usage"):
+            self.usage = event["usage"]
+        if not (choices := event.get("choices")):
+            return
+        if self.chat:
+            delta = choices[0].get("delta") or {}
+            if "role" in delta and not delta.get("content"):
+                return  # chat's preamble announces the role, not a token
+            piece = delta.get("content")
+        else:
+            piece = choices[0].get("text")
+        # Every other chunk is a step of generation, even one whose token decodes to no text
+        # yet, as vLLM's own benchmark counts them.
+        if self.first is None:
+            self.first = now
+        else:
+            self.gaps.append(now - self.last)
+        self.last = now
+        self.steps += 1
+        if self.keep_text and piece:
+            self.pieces.append(piece)
+
+    def result(self, end: float, estimate: int) -> RequestResult:
+        if not self.done:
+            raise _StreamError("the event stream ended without data: [DONE]")
+        return RequestResult(
+            ok=True,
+            start=self.start,
+            e2e_s=end - self.start,
+            ttft_s=None if self.first is None else self.first - self.start,
+            itl_s=tuple(self.gaps),
+            output_tokens=int(self.usage.get("completion_tokens") or self.steps),
+            input_tokens=self.usage.get("prompt_tokens"),
+            estimated_input_tokens=estimate,
+            text="".join(self.pieces) if self.keep_text else None,
+        )
 
 
 def _load_event(payload: bytes) -> dict[str, Any]:

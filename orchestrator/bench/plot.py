@@ -13,15 +13,21 @@ class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
-def _figure(panels: int) -> tuple[Any, list[Any]]:
+def require_matplotlib() -> type[Any]:
+    """matplotlib's Figure; PlotUnavailable when it is missing (check before a long run)."""
     try:
         # Figure without pyplot: no global figure state, no GUI backend.
         from matplotlib.figure import Figure
     except ImportError:
         raise PlotUnavailable(
-            "plots need matplotlib: pip install 'mig-orchestrator[plot]'"
+            "--plot needs matplotlib, which is not installed: "
+            "pip install 'mig-orchestrator[plot]' (or leave out --plot)"
         ) from None
-    fig = Figure(figsize=(6 * panels, 4.2), layout="constrained")
+    return Figure
+
+
+def _figure(panels: int) -> tuple[Any, list[Any]]:
+    fig = require_matplotlib()(figsize=(6 * panels, 4.2), layout="constrained")
     return fig, list(fig.subplots(1, panels))
 
 

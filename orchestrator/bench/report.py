@@ -8,7 +8,14 @@ import math
 from typing import Any
 
 from orchestrator.bench.compare import CompareReport
-from orchestrator.bench.stats import BenchReport, CacheDelta, Distribution, LevelReport
+from orchestrator.bench.stats import (
+    BenchReport,
+    CacheDelta,
+    Distribution,
+    LevelReport,
+    RalphReport,
+)
+from orchestrator.texttable import render_table
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -26,19 +33,6 @@ def to_jsonable(obj: Any) -> Any:
 
 def to_json(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2)
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """Left-align the first column, right-align the rest (numbers)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    out = []
-    for row in [header, *rows]:
-        cells = [
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -89,60 +83,56 @@ def _errors(level: LevelReport, where: str) -> list[str]:
     ]
 
 
+RALPH_HEADER = [
+    "ITER",
+    "OK",
+    "ERR",
+    "HIT RATE",
+    "QUERIED",
+    "HIT",
+    "TTFT ms p50/90/99",
+    "E2E s p50",
+]
+
+
+def _ralph_row(label: str, level: LevelReport, cache: CacheDelta | None) -> list[str]:
+    return [
+        label,
+        str(level.completed),
+        str(level.failed),
+        _rate(cache),
+        "-" if cache is None else f"{cache.queries:.0f}",
+        "-" if cache is None else f"{cache.hits:.0f}",
+        _pcts(level.ttft_ms),
+        _num(level.e2e_s.p50 if level.e2e_s else None, 2),
+    ]
+
+
+def _ralph_lines(report: BenchReport, ralph: RalphReport) -> tuple[list[str], list[str]]:
+    """The per-iteration table (plus the whole run) and the errors by iteration."""
+    rows = [_ralph_row(str(it.iteration), it.level, it.cache) for it in ralph.iterations]
+    if report.levels:
+        rows.append(_ralph_row("all", report.levels[0], ralph.cache))
+    lines = [
+        f"{ralph.loops} Ralph loops in lockstep; hit rate = d(hits)/d(queries)",
+        render_table(RALPH_HEADER, rows, numbers=True),
+    ]
+    errors = [e for it in ralph.iterations for e in _errors(it.level, f"iteration {it.iteration}")]
+    return lines, errors
+
+
 def render_bench(report: BenchReport) -> str:
     lines = [
         f"{report.workload} workload -> {report.target} (model {report.model}, /{report.endpoint})",
         "",
     ]
     if report.ralph is None:
-        lines.append(table(LEVEL_HEADER, [level_row(level) for level in report.levels]))
+        rows = [level_row(level) for level in report.levels]
+        lines.append(render_table(LEVEL_HEADER, rows, numbers=True))
         errors = [e for lv in report.levels for e in _errors(lv, f"concurrency {lv.concurrency}")]
     else:
-        ralph = report.ralph
-        header = [
-            "ITER",
-            "OK",
-            "ERR",
-            "HIT RATE",
-            "QUERIED",
-            "HIT",
-            "TTFT ms p50/90/99",
-            "E2E s p50",
-        ]
-        rows = []
-        for it in ralph.iterations:
-            c = it.cache
-            rows.append(
-                [
-                    str(it.iteration),
-                    str(it.level.completed),
-                    str(it.level.failed),
-                    _rate(c),
-                    "-" if c is None else f"{c.queries:.0f}",
-                    "-" if c is None else f"{c.hits:.0f}",
-                    _pcts(it.level.ttft_ms),
-                    _num(it.level.e2e_s.p50 if it.level.e2e_s else None, 2),
-                ]
-            )
-        if report.levels:
-            total, c = report.levels[0], ralph.cache
-            rows.append(
-                [
-                    "all",
-                    str(total.completed),
-                    str(total.failed),
-                    _rate(c),
-                    "-" if c is None else f"{c.queries:.0f}",
-                    "-" if c is None else f"{c.hits:.0f}",
-                    _pcts(total.ttft_ms),
-                    _num(total.e2e_s.p50 if total.e2e_s else None, 2),
-                ]
-            )
-        lines.append(f"{ralph.loops} Ralph loops in lockstep; hit rate = d(hits)/d(queries)")
-        lines.append(table(header, rows))
-        errors = [
-            e for it in ralph.iterations for e in _errors(it.level, f"iteration {it.iteration}")
-        ]
+        table, errors = _ralph_lines(report, report.ralph)
+        lines += table
     if errors:
         lines += ["", "errors:", *errors]
     lines += [f"note: {n}" for n in report.notes]
@@ -162,7 +152,7 @@ def render_compare(report: CompareReport) -> str:
         for level in v.report.levels:
             rate = _rate(ralph.cache) if ralph else "-"
             rows.append([v.label, v.status, *level_row(level), rate])
-    lines = [f"compare on model {report.model}", "", table(header, rows)]
+    lines = [f"compare on model {report.model}", "", render_table(header, rows, numbers=True)]
     if failures:
         lines += ["", "failed variants:", *failures]
     if report.restored:

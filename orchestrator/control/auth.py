@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hmac
-import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from orchestrator.config import Config, ConfigError, is_loopback
+from orchestrator.secretfile import read_secret_file
 
 
 @dataclass(frozen=True)
@@ -27,23 +26,6 @@ ANONYMOUS = Caller()
 ADMIN = Caller(admin=True)
 
 
-def read_private_file(path: Path, what: str) -> str:
-    """Read a secret, refusing one that every local user could read too."""
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ValueError(f"{what} {path}: cannot read ({e.strerror or e})") from None
-    if mode & stat.S_IROTH:
-        raise ValueError(
-            f"{what} {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); "
-            f"run: chmod 600 {path}"
-        )
-    if not text:
-        raise ValueError(f"{what} {path} is empty")
-    return text
-
-
 @dataclass(frozen=True)
 class Tokens:
     admin: str | None = None
@@ -59,7 +41,7 @@ class Tokens:
         admin = None
         if cfg.orchestrator.admin_token_file is not None:
             try:
-                admin = read_private_file(cfg.orchestrator.admin_token_file, "admin token file")
+                admin = read_secret_file(cfg.orchestrator.admin_token_file, "admin token file")
             except ValueError as e:
                 errors.append(f"orchestrator.admin_token_file: {e}")
         students = {}
@@ -71,7 +53,7 @@ class Tokens:
                 if path is None:
                     continue
                 try:
-                    secret = read_private_file(path, what)
+                    secret = read_secret_file(path, what)
                 except ValueError as e:
                     errors.append(f"models.{name}.{attr}: {e}")
                     continue

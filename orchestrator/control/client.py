@@ -48,6 +48,11 @@ def resolve_token(token_file: str | None) -> str | None:
         return None
 
 
+def _show(show_env: bool) -> dict[str, str]:
+    """env values are masked unless asked for (admin only)."""
+    return {"show_env": "true"} if show_env else {}
+
+
 class ControlClient:
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 30.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -75,11 +80,11 @@ class ControlClient:
             raise ControlError(f"{method} {path}: {r.status_code}: {msg}")
         return r.json()
 
-    def models(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/api/v1/models"))
+    def models(self, show_env: bool = False) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/models", params=_show(show_env)))
 
-    def model(self, name: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/api/v1/models/{name}"))
+    def model(self, name: str, show_env: bool = False) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/models/{name}", params=_show(show_env)))
 
     def slices(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/v1/slices"))

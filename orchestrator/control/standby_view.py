@@ -1,16 +1,14 @@
 """What the control plane shows of each engine's standby and last start: the status fields, their
-lines in the CLI, and the Prometheus series."""
+lines in the CLI (the Prometheus series are in metrics.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from orchestrator.engine.lifecycle import Engine
-from orchestrator.engine.states import StandbyState
 
 
 class StandbyOut(BaseModel):
@@ -74,7 +72,9 @@ def last_start_json(e: Engine) -> dict[str, Any] | None:
 
 def standby_cell(m: dict[str, Any]) -> str:
     """The STANDBY column: its state, and its memory once it holds some."""
-    sb = m.get("standby") or {}
+    sb = m.get("standby")
+    if sb is None:
+        return "-"  # a daemon from before standbys
     if not sb.get("enabled"):
         return "disabled"
     rss = sb.get("rss_bytes")
@@ -107,39 +107,3 @@ def detail_lines(m: dict[str, Any]) -> list[str]:
         fork = ", EngineCore by fork" if start.get("fork") else ""
         lines.append(f"last start: {start['via']}{fork} ({start['launched_at']}), {took}")
     return lines
-
-
-# ----- /metrics -----
-
-
-def metric_lines(
-    engines: Iterable[tuple[str, Engine]], labels: Callable[[str, Engine], str]
-) -> list[str]:
-    """The standby's state and memory, and how long the last start took, per model."""
-    state, rss, start = [], [], []
-    for name, e in engines:
-        lab = labels(name, e)
-        st = e.standby.status()
-        for s in StandbyState:
-            state.append(
-                f'mig_orchestrator_standby_state{{{lab},state="{s.value}"}} {int(st.state is s)}'
-            )
-        if st.rss_bytes is not None:
-            rss.append(f"mig_orchestrator_standby_rss_bytes{{{lab}}} {st.rss_bytes}")
-        last = e.last_start
-        if last is not None and last.launch_to_ready_s is not None:
-            start.append(
-                f'mig_orchestrator_model_last_start_seconds{{{lab},via="{last.via}"}} '
-                f"{last.launch_to_ready_s:.3f}"
-            )
-    return [
-        "# HELP mig_orchestrator_standby_state 1 for the state the model's standby is in.",
-        "# TYPE mig_orchestrator_standby_state gauge",
-        *state,
-        "# HELP mig_orchestrator_standby_rss_bytes Host memory held by the model's standby.",
-        "# TYPE mig_orchestrator_standby_rss_bytes gauge",
-        *rss,
-        "# HELP mig_orchestrator_model_last_start_seconds Launch (or standby trigger) to ready.",
-        "# TYPE mig_orchestrator_model_last_start_seconds gauge",
-        *start,
-    ]

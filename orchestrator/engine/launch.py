@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from orchestrator.config import Config, VllmSettings
+from orchestrator.engine import marker
+from orchestrator.engine.nvml_shim import fix_env
 from orchestrator.engine.standby.launcher import FORK_ENV
 from orchestrator.gpu.inventory import Slice
+from orchestrator.secretfile import read_secret_file
 
 # Variables that belong to the daemon's own supervisor and must not leak into engines.
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
@@ -20,6 +22,7 @@ _FLAGS: dict[str, str] = {
     "tensor_parallel_size": "--tensor-parallel-size",
     "dtype": "--dtype",
     "max_num_seqs": "--max-num-seqs",
+    "kv_cache_dtype": "--kv-cache-dtype",
 }
 _TOGGLES: dict[str, str] = {
     "enable_prefix_caching": "prefix-caching",
@@ -62,10 +65,6 @@ def setting_flags(s: VllmSettings) -> list[str]:
     return out + list(s.extra_args or [])
 
 
-def read_secret(path: Path) -> str:
-    return path.read_text(encoding="utf-8").strip()
-
-
 def build_launch(
     cfg: Config,
     name: str,
@@ -93,15 +92,22 @@ def build_launch(
     # vLLM's tracebacks go to stderr, block-buffered on a pipe: unbuffered keeps them in order
     # with its log lines, so the daemon reads the real error line the moment the engine exits.
     extra = {"PYTHONUNBUFFERED": "1", **(settings.env or {})}
+    base = os.environ if base_env is None else base_env
     if slc is not None:
         extra["CUDA_VISIBLE_DEVICES"] = slc.uuid
+    pythonpath = extra.get("PYTHONPATH", base.get("PYTHONPATH"))
+    extra.update(fix_env(slc, settings, pythonpath))
     if m.api_key_file is not None:
         # The key travels in the environment: argv is readable by every user through ps.
-        extra["VLLM_API_KEY"] = read_secret(m.api_key_file) if read_secrets else "***"
-    env = {k: v for k, v in (os.environ if base_env is None else base_env).items()}
+        extra["VLLM_API_KEY"] = (
+            read_secret_file(m.api_key_file, "API key file") if read_secrets else "***"
+        )
+    env = dict(base)
     for k in _PRIVATE_ENV:
         env.pop(k, None)
     env.update(extra)
+    # Last, so that no setting can take it away: it is how a restarted daemon finds this engine.
+    env.update(marker.engine_env(cfg.orchestrator.state_dir, name))
     return Launch(
         argv=argv, env=env, extra_env=extra, command=tuple(command), fork=bool(settings.engine_fork)
     )

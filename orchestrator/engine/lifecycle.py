@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from orchestrator.config import OrchestratorSettings, VllmSettings
-from orchestrator.engine import probe, process
+from orchestrator.engine import device_check, probe, process
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.restart_policy import RestartPolicy
@@ -22,13 +23,15 @@ from orchestrator.engine.starts import Cause, StartRecord
 from orchestrator.engine.states import Desired, State, check, log_change
 from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Slice
+from orchestrator.units import MIB
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 READY_POLL_S = 0.2
 # Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
 _LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
-MEMORY_MARGIN_BYTES = 256 * 1024**2
+MEMORY_MARGIN_BYTES = 256 * MIB
 _STOP_REQUESTED = "stop requested"
 
 
@@ -74,6 +77,8 @@ class EngineContext:
     track: Callable[[int, Engine | None], None]  # pid -> engine for the reaper; None untracks
     changed: Callable[[], None]  # persist state
     ops: process.ProcessOps
+    # pids holding GPU memory on a slice, per NVML; None when NVML cannot tell
+    slice_pids: Callable[[str], Awaitable[set[int] | None]] | None = None
 
 
 class _Failure(Exception):
@@ -124,6 +129,7 @@ class Engine:
         self.standby = StandbySlot(spec.name, ctx.ops, elog, self._track_standby, ctx.changed)
         self.last_start: StartRecord | None = None
         self._asked: tuple[Cause, float] = ("start", time.time())
+        self._last_pids: set[int] = set()  # the previous life's tree, for the memory wait
 
     # ----- commands: each takes the engine's lock, so commands on one model run one at a time -----
 
@@ -303,6 +309,10 @@ class Engine:
             await self._spawn()
             try:
                 await self._wait_ready()
+                mark = self.proc.log_mark if self.proc else self.log.count
+                wrong = device_check.verify(spec.slice, self.log.lines_since(mark), self.log.note)
+                if wrong is not None:
+                    raise _Failure(wrong, final=True)
             except BaseException as e:
                 await self._cleanup(e)
                 raise
@@ -331,7 +341,11 @@ class Engine:
 
     async def _await_memory_release(self) -> None:
         spec = self.spec
-        if spec.slice is None or spec.shared_slice:
+        if spec.slice is None:
+            return
+        if spec.shared_slice:
+            # The slice's total includes the other engine's memory: wait for our own processes.
+            await self._await_own_memory_release(spec.slice.uuid)
             return
         first = await self.ctx.slice_memory(spec.slice.uuid)
         if first is None:
@@ -340,19 +354,68 @@ class Engine:
             self._baseline_used = first[0]
             return
         limit = self._baseline_used + MEMORY_MARGIN_BYTES
+        if first[0] > limit:
+            self.log.note(f"waiting for slice memory to be released ({first[0] >> 20} MiB in use)")
+        started = time.monotonic()
+        uuid = spec.slice.uuid
+
+        def busy(memory: tuple[int, int] | None) -> bool:
+            return memory is not None and memory[0] > limit
+
+        last, late = await self._poll_while(
+            busy, functools.partial(self.ctx.slice_memory, uuid), 0.5
+        )
+        if last is None:
+            return
+        if late:
+            self.log.note(f"slice still shows {last[0] >> 20} MiB in use; starting anyway")
+            return
+        self.log.note(
+            f"slice memory released: {last[0] >> 20} MiB in use, idle {self._baseline_used >> 20} "
+            f"MiB (checked for {time.monotonic() - started:.1f}s)"
+        )
+
+    async def _await_own_memory_release(self, uuid: str) -> None:
+        pids, self._last_pids = self._last_pids, set()
+        query = self.ctx.slice_pids
+        if not pids or query is None:
+            return
+        holders = await query(uuid)
+        if holders is None:
+            return
+        if held := sorted(pids & holders):
+            self.log.note(f"waiting for the previous engine's GPU memory (pids {held}) in NVML")
+        started = time.monotonic()
+
+        def busy(holders: set[int] | None) -> bool:
+            return holders is not None and bool(pids & holders)
+
+        last, late = await self._poll_while(busy, functools.partial(query, uuid), 0.25)
+        if last is None:
+            return
+        if late:
+            self.log.note(f"pids {sorted(pids & last)} still hold GPU memory; starting anyway")
+            return
+        self.log.note(
+            f"previous engine's GPU memory released: none of pids {sorted(pids)} in NVML "
+            f"(checked for {time.monotonic() - started:.1f}s)"
+        )
+
+    async def _poll_while(
+        self,
+        busy: Callable[[_T], bool],
+        read: Callable[[], Awaitable[_T]],
+        interval: float,
+    ) -> tuple[_T, bool]:
+        """Read until not `busy`, up to the release timeout: (last reading, timed out?)."""
         deadline = time.monotonic() + self.ctx.settings.memory_release_timeout_s
-        used = first[0]
-        if used > limit:
-            self.log.note(f"waiting for slice memory to be released ({used >> 20} MiB in use)")
-        while used > limit:
+        last = await read()
+        while busy(last):
             if time.monotonic() >= deadline:
-                self.log.note(f"slice still shows {used >> 20} MiB in use; starting anyway")
-                return
-            await asyncio.sleep(0.5)
-            got = await self.ctx.slice_memory(spec.slice.uuid)
-            if got is None:
-                return
-            used = got[0]
+                return last, True
+            await asyncio.sleep(interval)
+            last = await read()
+        return last, False
 
     async def _spawn(self) -> None:
         launch, standby = self.spec.launch, self.spec.standby
@@ -494,6 +557,7 @@ class Engine:
             return
         ops = self.ctx.ops
         tracked = [*proc.tree, *ops.descendants(proc.pid)]
+        self._last_pids = {proc.pid, *(p.pid for p in tracked)}
         grace = self.ctx.settings.stop_grace_s
         # Session leader: its pid is the group id.
         t = await terminate_tree(ops, proc.pid, tracked, grace, self.spec.name, proc.exited)

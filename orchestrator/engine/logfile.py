@@ -86,6 +86,11 @@ class EngineLog:
             return []
         return self._recent()[-n:]
 
+    def lines_since(self, mark: int) -> list[str]:
+        """The complete lines written after line number `mark` that are still held in memory."""
+        new = self.count - mark
+        return list(self.lines)[-new:] if new > 0 else []
+
     def error_reason(self, since: int = 0) -> str | None:
         """The engine's own last error line among those logged after line number `since`."""
         new = self.count - since + (1 if self._partial else 0)

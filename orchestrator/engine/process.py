@@ -47,6 +47,45 @@ class ProcessId:
             return False
 
 
+@dataclass(frozen=True)
+class Tagged:
+    """A live process whose environment holds a variable, with that variable's value."""
+
+    proc: ProcessId
+    pgid: int
+    value: str
+
+
+def find_by_env(name: str, prefix: str) -> list[Tagged]:
+    """Other live processes whose environment holds `name` with a value starting with `prefix`: one
+    scan of /proc/*/environ, which keeps what the process was started with whatever it does
+    later. Processes of other users (unreadable) and zombies are skipped."""
+    needle = f"\0{name}={prefix}".encode()
+    found = []
+    me = str(os.getpid())
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or entry.name == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = b"\0" + f.read()
+            at = env.find(needle)
+            if at < 0:
+                continue
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(b")") + 2 :].split()  # state ppid pgrp ...
+        ident = None if rest[0] == b"Z" else ProcessId.of(int(entry.name))
+        if ident is None:
+            continue
+        end = env.find(b"\0", at + 1)
+        value = env[at + len(name) + 2 : end if end >= 0 else len(env)]
+        found.append(Tagged(ident, int(rest[2]), value.decode(errors="replace")))
+    return found
+
+
 def become_subreaper() -> bool:
     """Orphaned engine processes (vLLM's EngineCore) then reparent to us and can be reaped."""
     try:
@@ -297,6 +336,7 @@ class ProcessOps(Protocol):
     def port_holder(self, host: str, port: int) -> str | None: ...
     def reap(self, pids: Iterable[int] | None) -> list[tuple[int, int]]: ...
     def rss_bytes(self, pid: int) -> int | None: ...
+    def find_by_env(self, name: str, prefix: str) -> list[Tagged]: ...
 
 
 class OsProcesses:
@@ -313,3 +353,4 @@ class OsProcesses:
     port_holder = staticmethod(port_holder)
     reap = staticmethod(reap)
     rss_bytes = staticmethod(rss_bytes)
+    find_by_env = staticmethod(find_by_env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GIB = 1024**3
+from orchestrator.units import GIB
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,6 @@ class Slice:
     @property
     def memory_total_gib(self) -> float:
         return self.memory_total_bytes / GIB
-
-    @property
-    def label(self) -> str:
-        """Short human name: `GPU0 3g.40gb (gi 1)` or `GPU1 whole`."""
-        if self.profile is None:
-            return f"GPU{self.gpu_index} whole"
-        return f"GPU{self.gpu_index} {self.profile} (gi {self.gi_id})"
 
 
 @dataclass(frozen=True)

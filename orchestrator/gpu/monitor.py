@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.gpu.nvml import GpuSample, Nvml, NvmlError, SliceSample
+from orchestrator.units import MIB
 
-MIB = 1024**2
 MIG_NA = "n/a (MIG)"
 MIG_NOTE = (
     f"# {MIG_NA}: NVML gives no utilisation on MIG-enabled GPUs, for the GPU or per slice; "

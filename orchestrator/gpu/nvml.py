@@ -1,8 +1,8 @@
 """Every NVML call of the orchestrator: GPU and MIG discovery, slice memory, telemetry samples.
 
 The same code runs on the real `pynvml` (nvidia-ml-py) and on orchestrator.gpu.nvml_fake, a
-look-alike module driven by a topology file. Imports stay stdlib + pynvml + inventory so this
-module works on a bare GPU host.
+look-alike module driven by a topology file. Imports stay stdlib + pynvml + inventory + units, so
+this module works on a bare GPU host.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from orchestrator.gpu.inventory import Gpu, Inventory, Slice
+from orchestrator.units import GIB, MIB
 
 log = logging.getLogger(__name__)
 
-MIB = 1024**2
-GIB = 1024**3
 T = TypeVar("T")
 
 NO_TOPOLOGY_HINT = (
@@ -204,6 +203,28 @@ class Nvml:
             except (lib.NVMLError_NotFound, lib.NVMLError_InvalidArgument) as e:
                 raise UnknownDevice(f"no GPU or MIG device has UUID {uuid}") from e
             return self._memory(handle)
+
+    def run(self, call: Callable[[Any], T], what: str) -> T:
+        """`call(lib)` with this session's pynvml-like module, for NVML code that must stay
+        self-contained elsewhere (the engine-side MIG fix); its errors become NvmlError."""
+        with self._errors(what):
+            return call(self._lib)
+
+    def slice_pids(self, uuid: str) -> set[int] | None:
+        """pids of the compute processes on a MIG device or whole GPU; None if NVML cannot say."""
+        lib = self._lib
+        query = getattr(lib, "nvmlDeviceGetComputeRunningProcesses", None)
+        if query is None:  # the topology fake models no processes
+            return None
+        with self._errors(f"processes of {uuid}"):
+            try:
+                handle = lib.nvmlDeviceGetHandleByUUID(uuid)
+            except (lib.NVMLError_NotFound, lib.NVMLError_InvalidArgument) as e:
+                raise UnknownDevice(f"no GPU or MIG device has UUID {uuid}") from e
+            try:
+                return {int(p.pid) for p in query(handle)}
+            except (lib.NVMLError_NotSupported, lib.NVMLError_NoPermission):
+                return None
 
     def sample(self) -> list[GpuSample]:
         """Telemetry of every GPU now, with the memory of each of its slices."""

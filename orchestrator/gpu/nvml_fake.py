@@ -8,7 +8,6 @@ Topology format (TOML; every file shipped in orchestrator/gpu/topologies/ is an 
 `--topology NAME` picks one of those by its stem, e.g. `--topology a100-mixed`):
 
     [driver]                      # optional
-    version = "550.90.07"         # nvmlSystemGetDriverVersion()
     privileged = true             # false: like a non-root caller, reading a MIG-enabled GPU's
                                   # aggregate memory or its GPU instances raises NoPermission
 
@@ -22,6 +21,8 @@ Topology format (TOML; every file shipped in orchestrator/gpu/topologies/ is an 
     max_mig_devices = 7           # optional (default 7): nvmlDeviceGetMaxMigDeviceCount, MIG on
     memory_total_mib = 81920
     memory_used_mib = 0           # optional: memory held outside any MIG device
+    compute_capability = "8.0"    # optional: nvmlDeviceGetCudaComputeCapability; default the
+                                  # profile table's GPU family's (8.0 A100, 9.0 H100/H200)
     power_w = 64.3                # optional telemetry; a missing value makes its call raise
     temperature_c = 31            #   NotSupported
     sm_clock_mhz = 1410
@@ -45,6 +46,11 @@ write the sidecar `<topology stem>.memory.json` ({uuid: used_bytes}, replaced at
 the topology; every fake reading memory re-reads that file when it changes, in any process. The
 topology itself is read once, by `load`.
 
+MIG handles answer as the NVML reference documents them: nvml.h of NVML API 13 (NVIDIA/go-nvml
+gen/nvml/nvml.h @2f9e261) and the NVML API Reference change log; each call below quotes the part of
+the reference it follows. vLLM's CUDA platform relies on these calls, so tests run vLLM's own code
+against this fake (tests/integration/test_vllm_mig_platform.py).
+
 Not modelled: GPU-instance placements, several compute instances in one GPU instance, processes.
 """
 
@@ -64,72 +70,8 @@ from typing import Any
 
 import pynvml  # error classes, constants and result structs only: nothing here loads the driver
 
-MIB = 1024**2
-MEMORY_SLICES = 8  # MIG memory is an 8-slot axis on A100, H100 and H200
-
-
-@dataclass(frozen=True)
-class GiProfile:
-    """One GPU-instance profile, as a row of `nvidia-smi mig -lgip` shows it."""
-
-    name: str  # NVIDIA's name, e.g. "1g.10gb+me"
-    id: int  # the lgip ID (GpuInstanceInfo.profileId)
-    enum: str  # the NVML_GPU_INSTANCE_PROFILE_* constant this profile answers to
-    slices: int  # compute slices: the G of "3g"
-    memory_slices: int  # eighths of the GPU's memory it takes
-    memory_mib: int
-    sm_count: int
-    instances: int  # how many can exist at once
-
-
-def _table(
-    memory_mib: tuple[int, int, int, int],
-    sms: tuple[int, int, int, int, int, int],
-    names: tuple[str, str, str, str, str, str],
-) -> tuple[GiProfile, ...]:
-    """The seven profiles every 8-memory-slice MIG GPU offers; `memory_mib` is 1g, 1g-2x, 3g, 7g."""
-    one, two, half, full = memory_mib
-    sm1, sm1x2, sm2, sm3, sm4, sm7 = sms
-    n1, n1x2, n2, n3, n4, n7 = names
-    p = "NVML_GPU_INSTANCE_PROFILE_"
-    return (
-        GiProfile(n1, 19, p + "1_SLICE", 1, 1, one, sm1, 7),
-        GiProfile(n1 + "+me", 20, p + "1_SLICE_REV1", 1, 1, one, sm1, 1),
-        GiProfile(n1x2, 15, p + "1_SLICE_REV2", 1, 2, two, sm1x2, 4),
-        GiProfile(n2, 14, p + "2_SLICE", 2, 2, two, sm2, 3),
-        GiProfile(n3, 9, p + "3_SLICE", 3, 4, half, sm3, 2),
-        GiProfile(n4, 5, p + "4_SLICE", 4, 4, half, sm4, 1),
-        GiProfile(n7, 0, p + "7_SLICE", 7, 8, full, sm7, 1),
-    )
-
-
-# Memory (MiB) and SM counts as `nvidia-smi mig -lgip` prints them. H100: what driver 580.159.04
-# reported through Nvml.mig_profiles on a real H100; A100: published lgip output; H200: values
-# that round to NVIDIA's names the same way (no H200 lgip output was at hand).
-PROFILE_TABLES: Mapping[str, tuple[GiProfile, ...]] = MappingProxyType(
-    {
-        "a100-40gb": _table(
-            (4864, 9984, 20096, 40448),
-            (14, 14, 28, 42, 56, 98),
-            ("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
-        ),
-        "a100-80gb": _table(
-            (9728, 19968, 40192, 80896),
-            (14, 14, 28, 42, 56, 98),
-            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-        ),
-        "h100-80gb": _table(
-            (9984, 20096, 40448, 81152),
-            (16, 26, 32, 60, 64, 132),
-            ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-        ),
-        "h200-141gb": _table(
-            (16384, 33280, 68096, 135680),
-            (16, 26, 32, 60, 64, 132),
-            ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
-        ),
-    }
-)
+from orchestrator.gpu.mig_profiles import GPU_MODELS, MEMORY_SLICES, PROFILE_TABLES, GiProfile
+from orchestrator.units import MIB
 
 MIG_MODES = ("enabled", "disabled", "unsupported")
 TELEMETRY = (
@@ -181,6 +123,7 @@ class FakeGpu:
     max_mig_devices: int
     memory_total_bytes: int
     memory_used_bytes: int
+    compute_capability: tuple[int, int] | None  # None: the topology gives none
     telemetry: Mapping[str, float]
     mig_devices: tuple[FakeMigDevice, ...]
 
@@ -188,16 +131,17 @@ class FakeGpu:
 @dataclass(frozen=True)
 class Topology:
     path: Path
-    driver_version: str
     privileged: bool
     gpus: tuple[FakeGpu, ...]
 
     def device(self, uuid: str) -> FakeGpu | FakeMigDevice | None:
+        """The GPU or MIG device of `uuid`; MIG devices also by the pre-R470 form
+        `MIG-GPU-<parent uuid>/<gi>/<ci>`, which NVML still accepts."""
         for gpu in self.gpus:
             if gpu.uuid == uuid:
                 return gpu
             for mig in gpu.mig_devices:
-                if mig.uuid == uuid:
+                if uuid in (mig.uuid, f"MIG-{gpu.uuid}/{mig.gi_id}/{mig.ci_id}"):
                     return mig
         return None
 
@@ -290,7 +234,7 @@ def load_topology(path: Path) -> Topology:
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"{path}: not valid TOML: {e}") from e
     top = _Fields(path, "", data, ("driver", "gpu"))
-    driver = _Fields(path, "driver", top.get("driver", dict, {}), ("version", "privileged"))
+    driver = _Fields(path, "driver", top.get("driver", dict, {}), ("privileged",))
     gpu_tables = top.get("gpu", list, [])
     gpus = tuple(_parse_gpu(path, i, table) for i, table in enumerate(gpu_tables))
     seen: dict[str, str] = {}
@@ -303,7 +247,6 @@ def load_topology(path: Path) -> Topology:
             seen[uuid] = where
     return Topology(
         path=path,
-        driver_version=driver.get("version", str, "550.90.07"),
         privileged=driver.get("privileged", bool, True),
         gpus=gpus,
     )
@@ -312,7 +255,8 @@ def load_topology(path: Path) -> Topology:
 def _parse_gpu(path: Path, index: int, table: object) -> FakeGpu:
     where = f"gpu[{index}]"
     keys = ("name", "uuid", "mig", "mig_pending", "profiles", "max_mig_devices", "memory_total_mib")
-    f = _Fields(path, where, table, (*keys, "memory_used_mib", "mig_device", *TELEMETRY))
+    more = ("memory_used_mib", "compute_capability", "mig_device")
+    f = _Fields(path, where, table, (*keys, *more, *TELEMETRY))
     mig = f.choice("mig", MIG_MODES)
     mig_pending = f.choice("mig_pending", MIG_MODES, mig)
     if (mig == "unsupported") != (mig_pending == "unsupported"):
@@ -320,12 +264,16 @@ def _parse_gpu(path: Path, index: int, table: object) -> FakeGpu:
             "mig_pending", "a GPU either supports MIG or not: both or neither unsupported"
         )
     profiles: tuple[GiProfile, ...] = ()
+    capability: tuple[int, int] | None = None
     if mig == "unsupported":
         for key in ("profiles", "max_mig_devices"):
             if key in f.data:
                 raise f.error(key, 'makes no sense with mig = "unsupported"')
     else:
-        profiles = PROFILE_TABLES[f.choice("profiles", tuple(PROFILE_TABLES))]
+        family = f.choice("profiles", tuple(PROFILE_TABLES))
+        profiles, capability = PROFILE_TABLES[family], GPU_MODELS[family].capability
+    if "compute_capability" in f.data:
+        capability = _capability(f)
     telemetry = {k: float(f.get(k, (int, float))) for k in TELEMETRY if k in f.data}
     if ("sm_util_pct" in telemetry) != ("mem_util_pct" in telemetry):
         raise f.error("sm_util_pct", "give sm_util_pct and mem_util_pct together, or neither")
@@ -352,9 +300,18 @@ def _parse_gpu(path: Path, index: int, table: object) -> FakeGpu:
         max_mig_devices=max_mig,
         memory_total_bytes=total,
         memory_used_bytes=used,
+        compute_capability=capability,
         telemetry=MappingProxyType(telemetry),
         mig_devices=tuple(sorted(devices, key=lambda m: m.slot)),
     )
+
+
+def _capability(f: _Fields) -> tuple[int, int]:
+    text: str = f.get("compute_capability", str)
+    major, dot, minor = text.partition(".")
+    if not (dot and major.isdigit() and minor.isdigit()):
+        raise f.error("compute_capability", f'must look like "8.0", not {text!r}')
+    return int(major), int(minor)
 
 
 def _parse_mig_device(
@@ -515,50 +472,79 @@ class FakeNvml:
 
     # --- init -------------------------------------------------------------------------------
     def nvmlInit(self) -> None:
-        self.nvmlInitWithFlags(0)
-
-    def nvmlInitWithFlags(self, flags: int) -> None:
         self.init_count += 1
 
     def nvmlShutdown(self) -> None:
         self._ready()
         self.init_count -= 1
 
-    def nvmlSystemGetDriverVersion(self) -> str:
-        self._ready()
-        return self.topology.driver_version
-
     # --- devices ----------------------------------------------------------------------------
+    # Quotes are from nvml.h (NVML API 13) unless marked otherwise.
     def nvmlDeviceGetCount(self) -> int:
+        # "Retrieves the number of compute devices in the system. A compute device is a single
+        # GPU." MIG devices are not counted.
         self._ready()
         return len(self.topology.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
+        # "@param index The index of the target GPU, >= 0 and < accessibleDevices";
+        # "NVML_ERROR_INVALID_ARGUMENT if index is invalid". Indices name GPUs, never MIG devices.
         self._ready()
         if not 0 <= index < len(self.topology.gpus):
             raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return self.topology.gpus[index]
 
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu | FakeMigDevice:
+        # "@param uuid The UUID of the target GPU or MIG instance"; "@param device Reference in
+        # which to return the device handle or MIG device handle"; "NVML_ERROR_NOT_FOUND if uuid
+        # does not match a valid device on the system". NVML API Reference change log (R470):
+        # "Updated nvmlDeviceGetHandleByUUID to accept both UUID formats, 'MIG-UUID' and
+        # 'MIG-GPU UUID/GID/CID'" (Topology.device takes both).
         self._ready()
         device = self.topology.device(uuid)
         if device is None:
             raise _fail(pynvml.NVML_ERROR_NOT_FOUND)
         return device
 
+    def nvmlDeviceGetIndex(self, handle: FakeGpu | FakeMigDevice) -> int:
+        # "When used with MIG device handles this API returns indices that can be passed to
+        # nvmlDeviceGetMigDeviceHandleByIndex to retrieve an identical handle. MIG device indices
+        # are unique within a device." So a MIG handle answers its slot within its parent, not a
+        # GPU index.
+        self._ready()
+        return handle.slot if isinstance(handle, FakeMigDevice) else handle.index
+
     def nvmlDeviceGetName(self, handle: FakeGpu | FakeMigDevice) -> str:
+        # "When used with MIG device handles the API returns MIG device names which can be used to
+        # identify devices based on their attributes", as "<GPU name> MIG <profile>".
         self._ready()
         if isinstance(handle, FakeMigDevice):
             return f"{self._parent(handle).name} MIG {handle.profile_name}"
         return handle.name
 
     def nvmlDeviceGetUUID(self, handle: FakeGpu | FakeMigDevice) -> str:
+        # "When used with MIG device handles the API returns globally unique UUIDs which can be
+        # used to identify MIG devices across both GPU and MIG devices."
         self._ready()
         return handle.uuid
+
+    def nvmlDeviceGetCudaComputeCapability(
+        self, handle: FakeGpu | FakeMigDevice
+    ) -> tuple[int, int]:
+        # "For all products": a MIG device is a partition of its parent's silicon, so it has the
+        # parent's capability (what CUDA reports for it too).
+        self._ready()
+        gpu = self._parent(handle) if isinstance(handle, FakeMigDevice) else handle
+        if gpu.compute_capability is None:  # the topology does not say: no guess
+            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return gpu.compute_capability
 
     def nvmlDeviceGetMemoryInfo(
         self, handle: FakeGpu | FakeMigDevice, version: int | None = None
     ) -> Any:
+        # "In MIG mode, if device handle is provided, the API returns aggregate information, only
+        # if the caller has appropriate privileges. Per-instance information can be queried by
+        # using specific MIG device handles."
         self._ready()
         if isinstance(handle, FakeMigDevice):
             used = self._held.get(handle.uuid, handle.memory_used_bytes)
@@ -580,6 +566,7 @@ class FakeNvml:
 
     # --- MIG --------------------------------------------------------------------------------
     def nvmlDeviceGetMigMode(self, handle: FakeGpu | FakeMigDevice) -> list[int]:
+        # "NVML_ERROR_NOT_SUPPORTED If device doesn't support MIG mode".
         gpu = self._physical(handle)
         if gpu.mig == "unsupported":
             raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
@@ -590,12 +577,16 @@ class FakeNvml:
         return [mode[gpu.mig], mode[gpu.mig_pending]]
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: FakeGpu | FakeMigDevice) -> int:
+        # "Returns zero if MIG is not supported or enabled."
         gpu = self._physical(handle)
         return gpu.max_mig_devices if gpu.mig == "enabled" else 0
 
     def nvmlDeviceGetMigDeviceHandleByIndex(
         self, handle: FakeGpu | FakeMigDevice, index: int
     ) -> FakeMigDevice:
+        # "@param device Reference to the parent GPU device handle"; "NVML_ERROR_INVALID_ARGUMENT
+        # if device, index or migDevice reference is invalid"; "NVML_ERROR_NOT_FOUND if no valid
+        # MIG device was found at index" (slots can be empty).
         gpu = self._physical(handle)
         if gpu.mig != "enabled" or not 0 <= index < gpu.max_mig_devices:
             raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -605,12 +596,14 @@ class FakeNvml:
         return device
 
     def nvmlDeviceIsMigDeviceHandle(self, handle: FakeGpu | FakeMigDevice) -> c_uint:
+        # "Test if the given handle refers to a MIG device."
         self._ready()
         return c_uint(isinstance(handle, FakeMigDevice))  # the real binding returns a raw c_uint
 
     def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
         self, handle: FakeGpu | FakeMigDevice
     ) -> FakeGpu:
+        # "Get parent device handle from a MIG device handle."
         return self._parent(self._mig(handle))
 
     def nvmlDeviceGetGpuInstanceId(self, handle: FakeGpu | FakeMigDevice) -> int:

@@ -11,16 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.config import Config
+from orchestrator.config import Config, ConfigError
 from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import Desired, State
-from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
+from orchestrator.supervisor import overrides as runtime_overrides
+from orchestrator.supervisor.leftovers import stop_leftovers
+from orchestrator.supervisor.state_lock import StateDirLock
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 class SliceMemory(Protocol):
     def slice_memory(self, uuid: str) -> tuple[int, int]: ...
+
+    def slice_pids(self, uuid: str) -> set[int] | None: ...
 
 
 class UnknownModel(KeyError):
@@ -82,6 +86,9 @@ class Supervisor:
         self._save_task: asyncio.Task[None] | None = None
         self._save_lock = asyncio.Lock()
         self._written: DaemonState | None = None
+        self._dir_lock = StateDirLock(cfg.orchestrator.state_dir)
+        # Restart overrides answered 202 but not yet applied: saved at once, like desired state.
+        self._asked_overrides: dict[str, dict[str, Any]] = {}
         self._ctx = EngineContext(
             settings=cfg.orchestrator,
             slice_lock=self._slice_lock,
@@ -89,17 +96,28 @@ class Supervisor:
             track=self._track,
             changed=self._changed,
             ops=self.ops,
+            slice_pids=self._slice_pids,
         )
         self.listeners: list[Callable[[], None]] = []  # e.g. sd_notify STATUS updates
 
     # ----- start-up -----
 
     async def open(self) -> None:
-        """Load saved state, stop leftovers of an earlier instance, place every model."""
+        """Take the state_dir, load saved state, stop leftovers of an earlier instance, place
+        every model."""
+        self._dir_lock.acquire()
+        try:
+            await self._open()
+        except BaseException:
+            self._dir_lock.release()
+            raise
+
+    async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self._saved = self.store.load()
-        await self._stop_leftovers(self._saved.leftovers())
+        o = self.cfg.orchestrator
+        await stop_leftovers(self.ops, o.state_dir, self._saved.leftovers(), o.stop_grace_s)
         self._saved.engines.clear()
         self._saved.standbys.clear()
         plan = plan_partial(self.cfg, self.inventory, self._saved.assignments)
@@ -107,24 +125,13 @@ class Supervisor:
             raise PlacementError(dict(plan.unplaced), plan)
         self.plan = plan
         self.unplaced = dict(plan.unplaced)
+        # Saved by an earlier daemon, maybe under other rules or another models.toml.
+        saved = runtime_overrides.usable(self.cfg, plan, self._saved.overrides)
         for name in self.cfg.models:
-            overrides = self._saved.overrides.get(name, {})
-            self.engines[name] = self._make_engine(name, overrides, self.wanted_running(name))
+            self.engines[name] = self._make_engine(
+                name, saved.get(name, {}), self.wanted_running(name)
+            )
         self._changed()
-
-    async def _stop_leftovers(self, records: dict[str, EngineRecord]) -> None:
-        async def stop_one(name: str, rec: EngineRecord) -> None:
-            pid = process.ProcessId(rec.pid, rec.create_time)
-            if not self.ops.alive(pid):
-                return
-            # Ours for certain (pid and start time match): stop it rather than adopt it, since
-            # its output pipe and exit status went with the earlier daemon.
-            log.warning("stopping engine of %s left by an earlier daemon (pid %d)", name, rec.pid)
-            tracked = [pid, *self.ops.descendants(rec.pid)]
-            grace = self.cfg.orchestrator.stop_grace_s
-            await terminate_tree(self.ops, rec.pgid, tracked, grace, f"leftover engine of {name}")
-
-        await asyncio.gather(*(stop_one(n, r) for n, r in records.items()))
 
     def _make_engine(self, name: str, overrides: dict[str, Any], wanted: bool) -> Engine:
         spec = self._spec(name, overrides)
@@ -187,21 +194,36 @@ class Supervisor:
         e = self.engine(name)
         if name in self.unplaced:
             return
-        await e.restart(None if overrides is None else self._spec(name, overrides))
+        if overrides is None:
+            await e.restart()
+            return
+        self._asked_overrides[name] = overrides
+        self._changed()
+        try:
+            await e.restart(self._spec(name, overrides))
+        finally:
+            if self._asked_overrides.get(name) is overrides:  # not replaced by a later restart
+                del self._asked_overrides[name]
 
     def validate_overrides(self, name: str, overrides: dict[str, Any]) -> None:
-        """Raise ValueError when the overrides would not make a valid engine."""
+        """Raise OverrideError unless the overrides make a valid engine, as placement judges."""
         self.engine(name)
-        self.cfg.effective_settings(name, overrides)
+        runtime_overrides.check(self.cfg, self.plan, self._overrides(), name, overrides)
+
+    def _overrides(self) -> dict[str, dict[str, Any]]:
+        return {n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides}
 
     # ----- reload -----
 
     async def reload(self, new: Config) -> ReloadResult:
         """Apply a new configuration as a difference: untouched engines keep running."""
         previous = {n: s.uuid for n, s in self.plan.assignments.items()}
-        plan = plan_partial(new, self.inventory, previous)
+        current = self._overrides()
+        plan = plan_partial(new, self.inventory, previous, current)
         if plan.unplaced and not self.allow_partial:
             raise PlacementError(dict(plan.unplaced), plan)
+        if stale := runtime_overrides.stale(new, plan, current):
+            raise ConfigError("runtime overrides", stale)
         old_cfg, self.cfg = self.cfg, new
         self.plan, self.unplaced = plan, dict(plan.unplaced)
         self._ctx.settings = new.orchestrator
@@ -252,6 +274,7 @@ class Supervisor:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
         for e in self.engines.values():
             e.log.close()
+        self._dir_lock.release()
 
     # ----- plumbing for engines -----
 
@@ -265,6 +288,15 @@ class Supervisor:
             return await asyncio.to_thread(self.nvml.slice_memory, uuid)
         except Exception as e:  # NVML hiccups must not take an engine down
             log.warning("cannot read memory of slice %s: %s", uuid, e)
+            return None
+
+    async def _slice_pids(self, uuid: str) -> set[int] | None:
+        if self.nvml is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.nvml.slice_pids, uuid)
+        except Exception as e:  # as for memory: never take an engine down
+            log.warning("cannot list GPU processes of slice %s: %s", uuid, e)
             return None
 
     def _track(self, pid: int, engine: Engine | None) -> None:
@@ -308,7 +340,11 @@ class Supervisor:
         return DaemonState(
             assignments={n: s.uuid for n, s in self.plan.assignments.items()},
             desired={n: e.desired.value for n, e in self.engines.items()},
-            overrides={n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides},
+            overrides={
+                n: o
+                for n, e in self.engines.items()
+                if (o := self._asked_overrides.get(n, e.spec.overrides))
+            },
             engines=engines,
             standbys=standbys,
         )
@@ -317,15 +353,24 @@ class Supervisor:
         await asyncio.sleep(0)  # coalesce the burst of changes one event-loop turn brings
         async with self._save_lock:
             self._save_pending = False
-            snap = self.snapshot()
-            # Most changes are state transitions, which are not saved: no write (and fsync) then.
-            if snap == self._written:
-                return
-            try:
-                await asyncio.to_thread(self.store.save, snap)
-                self._written = snap
-            except OSError as e:
-                log.error("cannot save state to %s: %s", self.store.path, e)
+            await self._write_if_changed()
+
+    async def persist(self) -> None:
+        """Return once what was asked so far is on disk: a command's 202 must survive a crash.
+        Callers that arrive during one write share the next."""
+        async with self._save_lock:
+            await self._write_if_changed()
+
+    async def _write_if_changed(self) -> None:
+        snap = self.snapshot()
+        # Most changes are state transitions, which are not saved: no write (and fsync) then.
+        if snap == self._written:
+            return
+        try:
+            await asyncio.to_thread(self.store.save, snap)
+            self._written = snap
+        except OSError as e:
+            log.error("cannot save state to %s: %s", self.store.path, e)
 
     async def flush(self) -> None:
         if self._save_task is not None:

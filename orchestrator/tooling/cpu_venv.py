@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.tooling import tinymodel
+from orchestrator.tooling import bundle, tinymodel
 
 VENV_ENV_VAR = "MIG_ORCH_ENGINE_VENV"
 # The version the engine findings were measured with; it pins torch==2.13.0+cpu, which pip finds
@@ -54,9 +54,10 @@ def default_venv(environ: Mapping[str, str] | None = None) -> Path:
     return Path(configured).expanduser() if configured else cache_root(env) / "vllm-cpu"
 
 
-def default_tiny_model_dir(seed: int = 0, layers: int = 2) -> Path:
-    """Cache location of the tiny model built with these parameters."""
-    return cache_root() / "models" / f"tiny-llama-l{layers}-s{seed}"
+def default_tiny_model_dir(seed: int = 0, layers: int = 2, shape: str = "tiny") -> Path:
+    """Cache location of the model built with these parameters."""
+    stem = "tiny-llama" if shape == "tiny" else shape
+    return cache_root() / "models" / f"{stem}-l{layers}-s{seed}"
 
 
 def venv_python(venv: Path) -> Path:
@@ -210,15 +211,19 @@ def cpu_engine_env() -> dict[str, str]:
     }
 
 
-def build_tiny_model(venv: Path, out_dir: Path, seed: int = 0, layers: int = 2) -> Path:
-    """Build (or reuse) the tiny random Llama in out_dir using the engine venv's python."""
+def build_tiny_model(
+    venv: Path, out_dir: Path, seed: int = 0, layers: int = 2, shape: str = "tiny"
+) -> Path:
+    """Build (or reuse) a random-weight Llama in out_dir using the engine venv's python."""
     out_dir = out_dir.expanduser().absolute()
-    if tinymodel.is_built(out_dir, seed, layers):
+    if tinymodel.is_built(out_dir, seed, layers, shape):
         return out_dir
     argv = [
         str(venv_python(venv.expanduser().absolute())),
         tinymodel.__file__,
         str(out_dir),
+        "--shape",
+        shape,
         "--seed",
         str(seed),
         "--layers",
@@ -228,7 +233,7 @@ def build_tiny_model(venv: Path, out_dir: Path, seed: int = 0, layers: int = 2) 
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise EngineEnvError(f"cannot run the engine venv's python {argv[0]}: {exc}") from exc
-    if result.returncode != 0 or not tinymodel.is_built(out_dir, seed, layers):
+    if result.returncode != 0 or not tinymodel.is_built(out_dir, seed, layers, shape):
         detail = result.stderr.strip().splitlines()[-5:]
         raise EngineEnvError(f"building the tiny model in {out_dir} failed: " + " | ".join(detail))
     return out_dir
@@ -250,11 +255,15 @@ def _cmd_install_cpu(args: argparse.Namespace) -> int:
 
 def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
     venv = _venv_arg(args)
-    out = Path(args.out) if args.out else default_tiny_model_dir(args.seed, args.layers)
+    layers = args.layers or tinymodel.SHAPES[args.shape].layers
+    out = Path(args.out) if args.out else default_tiny_model_dir(args.seed, layers, args.shape)
     try:
-        if not tinymodel.is_built(out.expanduser().absolute(), args.seed, args.layers):
+        built = tinymodel.is_built(out.expanduser().absolute(), args.seed, layers, args.shape)
+        # Any engine venv builds models (torch + transformers); only a missing one is made,
+        # and then as the CPU venv: a CUDA venv is never "repaired" into a CPU one.
+        if not built and not venv_python(venv).exists():
             ensure_cpu_venv(venv)
-        print(build_tiny_model(venv, out, seed=args.seed, layers=args.layers))
+        print(build_tiny_model(venv, out, seed=args.seed, layers=layers, shape=args.shape))
     except EngineEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -289,8 +298,8 @@ def _positive_int(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `engine install-cpu | build-tiny-model | engine-command`."""
-    engine = sub.add_parser("engine", help="manage the CPU vLLM engine environment")
+    """Add `engine install-cpu | build-tiny-model | engine-command | bundle`."""
+    engine = sub.add_parser("engine", help="vLLM engine environments: CPU venv, offline bundle")
     actions = engine.add_subparsers(dest="engine_action", metavar="ACTION", required=True)
     venv_help = f"engine venv (default: ${VENV_ENV_VAR} or {default_venv({})})"
 
@@ -305,7 +314,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument(
         "--out", help="output directory (default: ~/.cache/mig-orchestrator/models/...)"
     )
-    tiny.add_argument("--layers", type=_positive_int, default=2)
+    tiny.add_argument(
+        "--shape",
+        choices=sorted(tinymodel.SHAPES),
+        default="tiny",
+        help="tiny (CPU tests) or llama-1b (0.83 B parameters, for GPUs)",
+    )
+    tiny.add_argument("--layers", type=_positive_int, help="default: the shape's")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--venv", help=venv_help)
     tiny.set_defaults(func=_cmd_build_tiny_model)
@@ -315,6 +330,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     command.add_argument("--venv", help=venv_help)
     command.set_defaults(func=_cmd_engine_command)
+
+    bundle.register(actions)
 
 
 def main(argv: list[str] | None = None) -> int:

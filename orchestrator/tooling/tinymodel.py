@@ -1,9 +1,11 @@
-"""Build a tiny random-weight Llama with a locally trained tokenizer, fully offline.
+"""Build a random-weight Llama with a locally trained tokenizer, fully offline.
 
-Standalone on purpose: it runs under the engine venv's python (torch, transformers, tokenizers),
-which lacks the orchestrator's dependencies. Module level imports only the stdlib, so the daemon
-side can import it for `is_built` and the constants.
-Usage: python tinymodel.py OUT_DIR [--seed N] [--layers N]
+Two shapes: `tiny` (a few MB, for CPU tests) and `llama-1b` (16 layers, hidden 2048, 16 heads of
+128, 0.83 B parameters, 1.54 GiB in bf16: a realistic GPU workload, the shape the H200 numbers
+in docs/gpu-results.md were measured with). Standalone on purpose: it runs under the engine's
+python (torch, transformers, tokenizers), which lacks the orchestrator's dependencies. Module
+level imports only the stdlib, so the daemon side can import it for `is_built` and the constants.
+Usage: python tinymodel.py OUT_DIR [--shape tiny|llama-1b] [--seed N] [--layers N]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the layout or the architecture changes so cached builds get rebuilt.
@@ -21,11 +24,28 @@ FORMAT_VERSION = 1
 MARKER = "tinymodel.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
-HIDDEN_SIZE = 128
-HEAD_DIM = 64  # vLLM's CPU attention rejects small head sizes (16 crashes); 64 works everywhere.
-NUM_HEADS = HIDDEN_SIZE // HEAD_DIM
-INTERMEDIATE_SIZE = 256
 MAX_POSITIONS = 4096
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    head_dim: int
+    intermediate: int
+    layers: int  # the default; --layers overrides it
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // self.head_dim
+
+
+SHAPES = {
+    # vLLM's CPU attention rejects small head sizes (16 crashes); 64 works everywhere.
+    "tiny": Shape(hidden=128, head_dim=64, intermediate=256, layers=2),
+    # TinyLlama-like widths: GEMMs and KV traffic of a real small model, with the tiny tokenizer
+    # (vocab 2048) so detokenizing random ids stays cheap and valid.
+    "llama-1b": Shape(hidden=2048, head_dim=128, intermediate=5632, layers=16),
+}
 TOKENIZER_TARGET_VOCAB = 2048
 
 BOS = "<|begin_of_text|>"
@@ -111,7 +131,7 @@ Questions: what, why, how, when, where, which, who? Answers: yes, no, maybe, it 
 """
 
 
-def is_built(out_dir: Path, seed: int, layers: int) -> bool:
+def is_built(out_dir: Path, seed: int, layers: int, shape: str = "tiny") -> bool:
     """True when out_dir holds a complete build made with these parameters."""
     try:
         marker = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
@@ -119,6 +139,9 @@ def is_built(out_dir: Path, seed: int, layers: int) -> bool:
         return False
     expected = {"format": FORMAT_VERSION, "seed": seed, "layers": layers}
     if not isinstance(marker, dict) or any(marker.get(k) != v for k, v in expected.items()):
+        return False
+    # Builds from before shapes existed carry no "shape": they are tiny.
+    if marker.get("shape", "tiny") != shape:
         return False
     return all((out_dir / name).is_file() for name in REQUIRED_FILES)
 
@@ -170,7 +193,12 @@ def _write_tokenizer(tokenizer, out_dir: Path) -> None:
 
 
 def _write_model(
-    out_dir: Path, tokenizer_size: int, token_ids: dict[str, int], seed: int, layers: int
+    out_dir: Path,
+    tokenizer_size: int,
+    token_ids: dict[str, int],
+    seed: int,
+    layers: int,
+    shape: Shape,
 ):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -182,12 +210,12 @@ def _write_model(
     vocab_size = -(-tokenizer_size // 64) * 64
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=HIDDEN_SIZE,
-        intermediate_size=INTERMEDIATE_SIZE,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
         num_hidden_layers=layers,
-        num_attention_heads=NUM_HEADS,
-        num_key_value_heads=NUM_HEADS,
-        head_dim=HEAD_DIM,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        head_dim=shape.head_dim,
         max_position_embeddings=MAX_POSITIONS,
         bos_token_id=token_ids[BOS],
         eos_token_id=token_ids[EOT],
@@ -197,7 +225,10 @@ def _write_model(
         dtype="bfloat16",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    # A GPU initialises 0.8 B random weights in a second; a CPU needs a minute.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(
         bos_token_id=token_ids[BOS],
         eos_token_id=[token_ids[EOT], token_ids[EOS]],
@@ -216,9 +247,11 @@ def _make_readable(directory: Path) -> None:
         entry.chmod(0o666 & ~umask)
 
 
-def build(out_dir: Path, seed: int = 0, layers: int = 2) -> Path:
+def build(out_dir: Path, seed: int = 0, layers: int | None = None, shape: str = "tiny") -> Path:
     """Build into out_dir atomically (a temp sibling renamed into place); reuse a valid build."""
-    if is_built(out_dir, seed, layers):
+    dims = SHAPES[shape]
+    layers = dims.layers if layers is None else layers
+    if is_built(out_dir, seed, layers, shape):
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
         raise SystemExit(f"tinymodel: refusing to overwrite {out_dir}: not a tiny-model directory")
@@ -228,8 +261,8 @@ def build(out_dir: Path, seed: int = 0, layers: int = 2) -> Path:
         tokenizer = _train_tokenizer()
         _write_tokenizer(tokenizer, staging)
         token_ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
-        _write_model(staging, tokenizer.get_vocab_size(), token_ids, seed, layers)
-        marker = {"format": FORMAT_VERSION, "seed": seed, "layers": layers}
+        _write_model(staging, tokenizer.get_vocab_size(), token_ids, seed, layers, dims)
+        marker = {"format": FORMAT_VERSION, "seed": seed, "layers": layers, "shape": shape}
         (staging / MARKER).write_text(json.dumps(marker) + "\n")
         _make_readable(staging)
         if out_dir.exists():
@@ -244,12 +277,14 @@ def build(out_dir: Path, seed: int = 0, layers: int = 2) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, help="default: the shape's (tiny 2, llama-1b 16)")
     args = parser.parse_args(argv)
-    if args.layers < 1:
+    if args.layers is not None and args.layers < 1:
         parser.error("--layers must be at least 1")
-    print(build(args.out_dir.resolve(), seed=args.seed, layers=args.layers))
+    out = build(args.out_dir.resolve(), seed=args.seed, layers=args.layers, shape=args.shape)
+    print(out)
     return 0
 
 

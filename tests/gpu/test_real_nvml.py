@@ -12,10 +12,10 @@ from pprint import pformat
 import pytest
 
 from orchestrator.gpu.nvml import Nvml, NvmlUnavailable
+from orchestrator.units import GIB
 
 pytestmark = pytest.mark.gpu
 
-GIB = 1024**3
 GPU_UUID = re.compile(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # R470+ MIG UUIDs, or the older MIG-GPU-<uuid>/<gi>/<ci> form.
 MIG_UUID = re.compile(

@@ -1,4 +1,5 @@
-"""Shared fixtures for daemon tests: one daemon with real vLLM CPU engines per session."""
+"""Shared fixtures for daemon tests: daemons with stand-in engines, made per test; one daemon with
+real vLLM CPU engines per session."""
 
 from __future__ import annotations
 

@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from orchestrator.gpu import nvml_fake
+from orchestrator.units import GIB
 from tests.daemon_harness import (
     engine_pids,
+    events,
     free_ports,
     group_pids,
     wait_until,
     write_secret,
 )
+from tests.daemon_harness import standin_model as model
 
 pytestmark = pytest.mark.slow
-
-
-def model(port: int, **kw: Any) -> dict[str, Any]:
-    env = kw.pop("env", {})
-    return {"model": "stand-in", "port": port, "host": "127.0.0.1", "env": env, **kw}
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_ready_status_and_openai_on_own_port(daemons) -> None:
@@ -389,7 +379,7 @@ def test_relaunch_waits_for_slice_memory_release(daemons) -> None:
     s = d.status("m")
     uuid = s["slice"]["uuid"]
     # The old engine's memory is still held when it dies (as a slow driver teardown would).
-    nvml_fake.hold_memory(d.topology, uuid, 30 * 1024**3)
+    nvml_fake.hold_memory(d.topology, uuid, 30 * GIB)
     os.kill(s["pid"], signal.SIGKILL)
     time.sleep(2.0)
     assert d.status("m")["state"] in ("starting", "backoff") and engine_pids("m") == []

@@ -47,7 +47,7 @@ def test_restart_and_crash_run_in_the_standbys_process(daemons: Any, tmp_path: P
     state = tmp_path / "standin.jsonl"
     d = daemons(
         {"m": model(port, env={"STANDIN_STATE_FILE": str(state)})},
-        orchestrator={**ON, "backoff_initial_s": 0.05},
+        orchestrator={**ON, "backoff_initial_s": 0.1},
     )
     d.start(wait_ready=["m"])
     s = standby_ready(d, "m")
@@ -64,7 +64,7 @@ def test_restart_and_crash_run_in_the_standbys_process(daemons: Any, tmp_path: P
     page = d.get("/metrics").text
     assert 'mig_orchestrator_standby_state{model="m",' in page
     ready_line = next(ln for ln in page.splitlines() if 'state="ready"' in ln and "standby" in ln)
-    assert ready_line.endswith(" 1")
+    assert ready_line.endswith(" 1.0")
     assert "mig_orchestrator_standby_rss_bytes{" in page
     assert 'mig_orchestrator_model_last_start_seconds{model="m"' in page and 'via="plain"' in page
     cli = subprocess.run(

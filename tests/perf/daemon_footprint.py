@@ -14,6 +14,7 @@ import time
 
 import psutil
 
+from orchestrator.units import MIB
 from tests.perf._fleet import ENGINES, Fleet, load_avg, report, verdict
 
 TARGET_RSS_MB = 100.0
@@ -45,7 +46,6 @@ def main(argv: list[str]) -> int:
         still_ready = fleet.count("ready")
     cpu_s = (c1.user - c0.user) + (c1.system - c0.system)
     cpu_pct = 100 * cpu_s / (t1 - t0)
-    mb = 1024**2
     result = {
         "engines": ENGINES,
         "window_s": round(t1 - t0, 2),
@@ -53,8 +53,8 @@ def main(argv: list[str]) -> int:
         "cpu_pct_of_one_core": round(cpu_pct, 3),
         "cpu_user_s": round(c1.user - c0.user, 3),
         "cpu_system_s": round(c1.system - c0.system, 3),
-        "rss_mb_max": round(max(rss) / mb, 1),
-        "uss_mb_max": round(max(uss) / mb, 1),
+        "rss_mb_max": round(max(rss) / MIB, 1),
+        "uss_mb_max": round(max(uss) / MIB, 1),
         "threads": threads,
         "fds": fds,
         "engines_ready_at_end": still_ready,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nspawn_harness import REPO, Container, ensure_host_tools, ensure_rootfs, unavailable_reason
@@ -28,16 +27,6 @@ def container(rootfs: Path) -> Iterator[Container]:
     """One booted container per test module, with the checkout bound read-only at /repo."""
     with Container(rootfs, binds_ro={str(REPO): "/repo"}) as booted:
         yield booted
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, Any]:
-    """Keep each phase's report on the item so fixtures can dump logs after a failure."""
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
 
 
 @pytest.fixture(autouse=True)

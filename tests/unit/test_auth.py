@@ -24,7 +24,7 @@ def cfg_of(
     admin: Path | None = None,
     models: dict[str, str] | None = None,
 ) -> Config:
-    text = f'[orchestrator]\nlisten = "{listen}"\n'
+    text = f'[orchestrator]\nlisten = "{listen}"\nallow_no_models = true\n'
     if admin is not None:
         text += f'admin_token_file = "{admin}"\n'
     for i, (name, extra) in enumerate((models or {}).items()):

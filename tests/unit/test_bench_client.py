@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator.bench.nullserver import NullServer, NullServerConfig
 from orchestrator.bench.openai_stream import Endpoint, Generation, OpenAIClient, run_level, send_all
+from orchestrator.bench.report import render_bench
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
 from orchestrator.bench.stats import BenchReport, RequestResult
 from orchestrator.bench.workloads import BatchWorkload, Prompt, RandomWorkload
@@ -295,3 +296,14 @@ async def test_ralph_without_metrics_reports_no_hit_rate_and_says_why() -> None:
     assert report.ralph is not None and report.ralph.cache is None
     assert all(it.cache is None for it in report.ralph.iterations)
     assert any("cannot read prefix-cache counters" in n and "404" in n for n in report.notes)
+
+
+async def test_ralph_table_has_a_row_per_iteration_and_one_for_the_whole_run() -> None:
+    _, report = await _ralph(caching=True)
+    assert report.ralph is not None and report.ralph.cache is not None
+    lines = render_bench(report).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ITER "))
+    rows = [line.split() for line in lines[start + 1 : start + 6]]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "all"]
+    assert rows[-1][1:4] == ["12", "0", f"{report.ralph.cache.hit_rate:.1%}"]
+    assert rows[-1][4:6] == [f"{report.ralph.cache.queries:.0f}", f"{report.ralph.cache.hits:.0f}"]

@@ -74,8 +74,12 @@ class FakeDaemon:
             raise HTTPException(404, f"no model {name}")
         return dict(self.status)
 
-    async def get(self, name: str) -> dict[str, Any]:
-        return self._model(name)
+    async def get(self, name: str, show_env: bool = False) -> dict[str, Any]:
+        status = self._model(name)
+        env = status["overrides"].get("env")
+        if env and not show_env:  # as the real daemon masks them
+            status["overrides"] = {**status["overrides"], "env": dict.fromkeys(env, "***")}
+        return status
 
     async def restart(
         self, name: str, body: Annotated[dict[str, Any] | None, Body()] = None
@@ -195,6 +199,17 @@ async def test_each_variant_is_measured_then_the_original_overrides_return(host:
     assert report.restored and report.original_overrides == ORIGINAL
     assert host.daemon.status["state"] == "ready"
     assert host.daemon.status["overrides"] == ORIGINAL
+
+
+async def test_env_overrides_are_restored_with_their_values(host: Host) -> None:
+    original = {"env": {"HF_TOKEN": "hf_secret"}}
+    host.daemon.status["overrides"] = dict(original)
+    report = CompareReport(model="m")
+    await run_compare(
+        _control(host), "m", [parse_variant("a:max_num_seqs=2")], _ralph, report, progress=_quiet
+    )
+    assert host.daemon.restarts == [{**original, "max_num_seqs": 2}, original]
+    assert report.restored and host.daemon.status["overrides"] == original
 
 
 async def test_an_exception_while_measuring_still_restores(host: Host) -> None:

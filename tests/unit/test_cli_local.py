@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from orchestrator.cli.main import main
+from orchestrator.engine.nvml_shim import SHIM_DIR
 from orchestrator.gpu import nvml
 from orchestrator.supervisor.store import DaemonState, StateStore
+from orchestrator.units import GIB
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
@@ -230,8 +232,11 @@ def test_plan_json_shape(site: Path, capsys: pytest.CaptureFixture[str]) -> None
                 "env": {
                     "PYTHONUNBUFFERED": "1",
                     "CUDA_VISIBLE_DEVICES": MIG_3G,
+                    "PYTHONPATH": str(SHIM_DIR),
+                    "MIG_ORCH_MIG_UUID": MIG_3G,
                     "VLLM_API_KEY": "***",
                 },
+                "mig_nvml_fix": "on",
                 "unplaced": None,
             },
             {
@@ -258,14 +263,20 @@ def test_plan_json_shape(site: Path, capsys: pytest.CaptureFixture[str]) -> None
                     "--enable-prefix-caching",
                     "--enforce-eager",
                 ],
-                "env": {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": MIG_2G},
+                "env": {
+                    "PYTHONUNBUFFERED": "1",
+                    "CUDA_VISIBLE_DEVICES": MIG_2G,
+                    "PYTHONPATH": str(SHIM_DIR),
+                    "MIG_ORCH_MIG_UUID": MIG_2G,
+                },
+                "mig_nvml_fix": "on",
                 "unplaced": None,
             },
         ],
     }
     # The NVIDIA profile names promise at least their size in GB.
-    assert 39 * 1024**3 < doc["models"][0]["slice"]["memory_total_bytes"] <= 40 * 1024**3
-    assert 19 * 1024**3 < doc["models"][1]["slice"]["memory_total_bytes"] <= 20 * 1024**3
+    assert 39 * GIB < doc["models"][0]["slice"]["memory_total_bytes"] <= 40 * GIB
+    assert 19 * GIB < doc["models"][1]["slice"]["memory_total_bytes"] <= 20 * GIB
 
 
 def test_plan_never_prints_the_api_key(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,15 +301,31 @@ def test_plan_text(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "plan", "-c", str(path))
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["MODEL", "SLICE", "MEMORY", "PORT", "UUID"]
+    assert lines[0].split() == ["MODEL", "SLICE", "MEMORY", "PORT", "MIG", "NVML", "FIX", "UUID"]
     assert lines[1].split()[:3] == ["alice", "GPU0", "3g.40gb"]
-    assert lines[1].split()[-2:] == ["8001", MIG_3G]
+    assert lines[1].split()[-3:] == ["8001", "on", MIG_3G]
     assert lines[2].split()[:3] == ["bob", "GPU0", "2g.20gb"]
     assert (
         "  argv /opt/vllm/bin/vllm serve --model acme/tiny-model --host 0.0.0.0 --port 8002 "
         "--served-model-name bob --enable-prefix-caching --enforce-eager"
     ) in lines
-    assert f"  env  CUDA_VISIBLE_DEVICES={MIG_2G} PYTHONUNBUFFERED=1" in lines
+    assert (
+        f"  env  CUDA_VISIBLE_DEVICES={MIG_2G} MIG_ORCH_MIG_UUID={MIG_2G} "
+        f"PYTHONPATH={SHIM_DIR} PYTHONUNBUFFERED=1"
+    ) in lines
+
+
+def test_plan_says_where_the_mig_fix_is_off(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bob_off = GOOD.replace('"acme/tiny-model"', '"acme/tiny-model"\nmig_nvml_fix = false')
+    path = write_config(site, bob_off)
+    rc, doc, _ = plan_json(capsys, "-c", str(path))
+    assert rc == 0
+    assert [m["mig_nvml_fix"] for m in doc["models"]] == ["on", "off (mig_nvml_fix = false)"]
+    assert "PYTHONPATH" not in doc["models"][1]["env"]
+    shutil.copy(TOPOLOGIES / "h100-whole.toml", site / "topo.toml")
+    rc, doc, _ = plan_json(capsys, "-c", str(path), "--allow-partial")
+    assert rc == 0
+    assert [m["mig_nvml_fix"] for m in doc["models"]] == ["-", "off (whole GPU)"]
 
 
 def test_plan_with_unplaced_models(site: Path, capsys: pytest.CaptureFixture[str]) -> None:

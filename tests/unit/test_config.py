@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.config import ConfigError, load_config, parse_config
 
@@ -181,7 +182,7 @@ def test_share_gpu_takes_gpu_memory_utilization_from_defaults() -> None:
     "listen", ["localhost", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:70000", "1.2.3.4:http"]
 )
 def test_bad_listen_address(listen: str) -> None:
-    err = only_error(f'[orchestrator]\nlisten = "{listen}"\n')
+    err = only_error(f'[orchestrator]\nlisten = "{listen}"\n' + ONE_MODEL)
     assert err == f"orchestrator.listen: listen must be HOST:PORT, got {listen!r}"
 
 
@@ -190,7 +191,7 @@ def test_bad_listen_address(listen: str) -> None:
     [("0.0.0.0:80", "0.0.0.0", 80), ("[::1]:8700", "::1", 8700), (":9000", "127.0.0.1", 9000)],
 )
 def test_listen_host_and_port(listen: str, host: str, port: int) -> None:
-    o = parse_config(f'[orchestrator]\nlisten = "{listen}"\n', SRC).orchestrator
+    o = parse_config(f'[orchestrator]\nlisten = "{listen}"\n' + ONE_MODEL, SRC).orchestrator
     assert (o.listen_host, o.listen_port) == (host, port)
 
 
@@ -286,6 +287,14 @@ def test_effective_settings_refuses_unknown_override() -> None:
     cfg = parse_config(ONE_MODEL, SRC)
     with pytest.raises(ValueError, match="gpu_memory_utilisation"):
         cfg.effective_settings("alice", {"gpu_memory_utilisation": 0.5})
+
+
+@pytest.mark.parametrize("env", [1.5, "A=1", ["A"]])
+def test_effective_settings_refuses_an_env_override_that_is_no_table(env: object) -> None:
+    # Found by test_api_fuzz: a non-table env reached the merge and raised TypeError (a 500).
+    cfg = parse_config(ONE_MODEL, SRC)
+    with pytest.raises(ValidationError, match="env"):
+        cfg.effective_settings("alice", {"env": env})
 
 
 def test_effective_settings_refuses_tensor_parallel_override() -> None:

@@ -8,7 +8,10 @@ import pytest
 
 from orchestrator.config import Config, parse_config
 from orchestrator.engine.launch import build_launch
-from orchestrator.gpu.inventory import GIB, Slice
+from orchestrator.engine.nvml_shim import SHIM_DIR
+from orchestrator.engine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
+from orchestrator.gpu.inventory import Slice
+from orchestrator.units import GIB
 
 SLICE = Slice(
     uuid="MIG-11111111-2222-3333-4444-555555555555",
@@ -20,6 +23,18 @@ SLICE = Slice(
     gi_id=2,
     ci_id=0,
 )
+# Every engine's mark (orchestrator/engine/marker.py), for the default state_dir.
+MARK = {"MIG_ORCH_ENGINE": "/var/lib/mig-orchestrator:alice", "SPT_NOENV": "1"}
+WHOLE = Slice(
+    uuid="GPU-66666666-7777-8888-9999-000000000000",
+    gpu_index=1,
+    gpu_uuid="GPU-66666666-7777-8888-9999-000000000000",
+    gpu_name="NVIDIA H100 80GB HBM3",
+    profile=None,
+    memory_total_bytes=80 * GIB,
+)
+# What arms the MIG NVML fix in an engine on SLICE (a MIG device).
+FIX = {"PYTHONPATH": str(SHIM_DIR), UUID_ENV: SLICE.uuid}
 BASE = ["vllm", "serve", "--model", "/models/tiny", "--host", "0.0.0.0", "--port", "8001"]
 
 
@@ -157,8 +172,47 @@ def test_engine_sees_only_its_slice() -> None:
         cfg_of(), "alice", SLICE, base_env={"CUDA_VISIBLE_DEVICES": "0,1", "PATH": "/bin"}
     )
     assert launch.env["CUDA_VISIBLE_DEVICES"] == SLICE.uuid
-    assert launch.extra_env == {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": SLICE.uuid}
+    assert launch.extra_env == {
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+        **FIX,
+    }
     assert launch.env["PATH"] == "/bin"
+
+
+def test_whole_gpu_engine_launches_without_the_mig_fix() -> None:
+    base = {"PATH": "/bin", "PYTHONPATH": "/site"}
+    launch = build_launch(cfg_of(), "alice", WHOLE, base_env=base)
+    assert launch.extra_env == {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": WHOLE.uuid}
+    assert launch.env == {**base, **launch.extra_env, **MARK}
+
+
+def test_mig_fix_goes_first_on_the_pythonpath_the_engine_would_have_had() -> None:
+    from_daemon = build_launch(cfg_of(), "alice", SLICE, base_env={"PYTHONPATH": "/a:/b"})
+    assert from_daemon.env["PYTHONPATH"] == f"{SHIM_DIR}:/a:/b"
+    from_config = build_launch(
+        cfg_of('env = { PYTHONPATH = "/c" }'), "alice", SLICE, base_env={"PYTHONPATH": "/a"}
+    )
+    assert from_config.env["PYTHONPATH"] == f"{SHIM_DIR}:/c"
+
+
+@pytest.mark.parametrize(
+    ("model_line", "defaults", "overrides", "armed"),
+    [
+        ("", "mig_nvml_fix = false", None, False),
+        ("mig_nvml_fix = true", "mig_nvml_fix = false", None, True),
+        ("mig_nvml_fix = false", "", None, False),
+        ("", "", {"mig_nvml_fix": False}, False),
+        ("mig_nvml_fix = false", "", {"mig_nvml_fix": True}, True),
+    ],
+)
+def test_mig_fix_can_be_turned_off(
+    model_line: str, defaults: str, overrides: dict[str, object] | None, armed: bool
+) -> None:
+    cfg = cfg_of(model_line, defaults)
+    launch = build_launch(cfg, "alice", SLICE, overrides, base_env={})
+    assert (launch.extra_env.items() >= FIX.items()) is armed
+    assert armed or not FIX.keys() & launch.env.keys()
 
 
 def test_settings_env_is_merged_but_cannot_move_the_engine_off_its_slice() -> None:
@@ -177,6 +231,8 @@ def test_settings_env_is_merged_but_cannot_move_the_engine_off_its_slice() -> No
         "HF_HUB_OFFLINE": "1",
         "VLLM_LOGGING_LEVEL": "DEBUG",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+        **MARK,
+        **FIX,
     }
 
 
@@ -199,7 +255,25 @@ def test_systemd_variables_are_not_inherited() -> None:
         "INVOCATION_ID": "abc",
         "PYTHONUNBUFFERED": "1",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+        **MARK,
+        **FIX,
     }
+
+
+def test_every_engine_is_marked_with_its_daemon_and_model_and_no_setting_removes_it(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    cfg = cfg_of(
+        'env = { MIG_ORCH_ENGINE = "elsewhere:bob", SPT_NOENV = "" }',
+        orchestrator=f'state_dir = "{tmp_path / "link"}"',
+    )
+    launch = build_launch(cfg, "alice", SLICE, base_env={"MIG_ORCH_ENGINE": "inherited:x"})
+    # The real path: one state_dir reached through two paths is still one daemon's.
+    assert launch.env["MIG_ORCH_ENGINE"] == f"{tmp_path / 'real'}:alice"
+    # setproctitle (vLLM's EngineCore) would otherwise overwrite /proc/PID/environ, mark and all.
+    assert launch.env["SPT_NOENV"] == "1"
 
 
 def test_os_environ_is_the_default_base(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,6 +297,7 @@ def test_api_key_goes_to_env_never_argv(tmp_path: Path) -> None:
     assert launch.redacted_env() == {
         "PYTHONUNBUFFERED": "1",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
+        **FIX,
         "VLLM_API_KEY": "***",
     }
     # A Launch (or a spec holding one) that ends up in a log line must not carry the key.
@@ -246,7 +321,17 @@ def test_plan_can_show_the_env_without_reading_the_key(tmp_path: Path) -> None:
 
 def test_missing_api_key_file_is_an_error(tmp_path: Path) -> None:
     cfg = cfg_of(f'api_key_file = "{tmp_path / "nope.key"}"')
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"API key file .*nope\.key: cannot read"):
+        build_launch(cfg, "alice", SLICE, base_env={})
+
+
+def test_world_readable_api_key_file_is_refused_at_launch(tmp_path: Path) -> None:
+    # Launch reads the key with the same reader as `check` and the daemon's start-up.
+    key_file = tmp_path / "alice.key"
+    key_file.write_text("sk-alice\n")
+    key_file.chmod(0o644)
+    cfg = cfg_of(f'api_key_file = "{key_file}"')
+    with pytest.raises(ValueError, match="readable by every user"):
         build_launch(cfg, "alice", SLICE, base_env={})
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.gpu import monitor, nvml_fake
+from orchestrator.units import GIB, MIB
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "orchestrator" / "gpu" / "topologies"
 A100_MIXED = TOPOLOGIES / "a100-mixed.toml"
@@ -75,7 +76,7 @@ def test_held_memory_shows_in_slice_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     topology = Path(shutil.copy(A100_MIXED, tmp_path))
-    nvml_fake.hold_memory(topology, A100_3G, 3 * 1024**3)
+    nvml_fake.hold_memory(topology, A100_3G, 3 * GIB)
     assert run_monitor("--topology", str(topology), "--count", "1", "--per-slice") == 0
     out = capsys.readouterr().out.splitlines()
     row = next(line for line in out if line.endswith(A100_3G))
@@ -95,7 +96,7 @@ def test_csv_has_gpu_and_slice_rows_with_blank_utilisation(
     assert [r["kind"] for r in rows] == (["gpu"] + ["slice"] * 4) * 2
     gpu = rows[0]
     assert (gpu["mig_enabled"], gpu["sm_util_pct"], gpu["mem_util_pct"]) == ("True", "", "")
-    assert (gpu["power_w"], gpu["memory_total_bytes"]) == ("64.3", str(81920 * 1024**2))
+    assert (gpu["power_w"], gpu["memory_total_bytes"]) == ("64.3", str(81920 * MIB))
     assert [r["profile"] for r in rows[1:5]] == ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]
     assert rows[1]["uuid"] == A100_3G and rows[1]["gi_id"] == "2"
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.gpu.inventory import GIB, Gpu, Inventory, Slice
+from orchestrator.gpu.inventory import Gpu, Inventory, Slice
+from orchestrator.gpu.nvml import load_inventory
 from orchestrator.placement import PlacementError, Plan, place, plan_partial
+from orchestrator.units import GIB
 
 TOPOLOGIES = sorted(
     (Path(__file__).resolve().parents[2] / "orchestrator" / "gpu" / "topologies").glob("*.toml")
@@ -368,10 +370,7 @@ def test_sharers_pack_so_a_whole_gpu_stays_free_for_a_model_that_wont_share() ->
 @pytest.mark.skipif(not TOPOLOGIES, reason="no topology files shipped yet")
 @pytest.mark.parametrize("topology", TOPOLOGIES, ids=lambda p: p.stem)
 def test_one_unconstrained_model_per_slice_on_shipped_topologies(topology: Path) -> None:
-    from orchestrator.gpu.nvml import Nvml
-
-    with Nvml.open(topology) as nv:
-        inv = nv.inventory()
+    inv = load_inventory(topology)
     slices = inv.slices
     assert slices, topology
     cfg = config({f"s{i:02d}": "" for i in range(len(slices))})
@@ -389,10 +388,7 @@ def test_one_unconstrained_model_per_slice_on_shipped_topologies(topology: Path)
 @pytest.mark.skipif(not TOPOLOGIES, reason="no topology files shipped yet")
 @pytest.mark.parametrize("topology", TOPOLOGIES, ids=lambda p: p.stem)
 def test_every_profile_of_shipped_topologies_can_be_requested(topology: Path) -> None:
-    from orchestrator.gpu.nvml import Nvml
-
-    with Nvml.open(topology) as nv:
-        inv = nv.inventory()
+    inv = load_inventory(topology)
     profiles = [s.profile for s in inv.slices if s.profile is not None]
     if not profiles:
         pytest.skip(f"{topology.name} has no MIG slices")

@@ -7,7 +7,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,31 +14,21 @@ import pytest
 from orchestrator.control.sdnotify import SdNotifier
 
 
-@pytest.fixture
-def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify")
-    sock.bind(path)
-    sock.settimeout(2)
-    yield sock, path
-    sock.close()
-
-
 def _recv(sock: socket.socket) -> dict[str, str]:
     lines = sock.recv(4096).decode().split("\n")
     return dict(line.split("=", 1) for line in lines)
 
 
-def test_ready_with_status(listener: tuple[socket.socket, str]) -> None:
-    sock, path = listener
+def test_ready_with_status(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
     notifier = SdNotifier.from_env({"NOTIFY_SOCKET": path})
     assert notifier.enabled
     assert notifier.ready("2/2 models ready")
     assert _recv(sock) == {"READY": "1", "STATUS": "2/2 models ready"}
 
 
-def test_each_message_kind(listener: tuple[socket.socket, str]) -> None:
-    sock, path = listener
+def test_each_message_kind(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
     notifier = SdNotifier.from_env({"NOTIFY_SOCKET": path})
     notifier.status("1/3 models ready\nsecond line")
     assert _recv(sock) == {"STATUS": "1/3 models ready second line"}
@@ -84,8 +73,8 @@ def test_missing_socket_logs_and_continues(
     assert "sd_notify" in caplog.text
 
 
-def test_full_receiver_does_not_block(listener: tuple[socket.socket, str]) -> None:
-    _, path = listener
+def test_full_receiver_does_not_block(notify_socket: tuple[socket.socket, str]) -> None:
+    _, path = notify_socket
     notifier = SdNotifier.from_env({"NOTIFY_SOCKET": path})
     # Nobody reads: the receive queue fills and sends must fail fast rather than block.
     started = time.monotonic()

@@ -1,15 +1,16 @@
-"""What status, the CLI and /metrics show of a standby and of the last start, from a real Engine
-on fake processes."""
+"""What status and the CLI show of a standby and of the last start, and its /metrics
+series, from a real Engine on fake processes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator import promtext
 from orchestrator.control.api import ModelStatus, StatusView
+from orchestrator.control.metrics import standby_families
 from orchestrator.control.standby_view import (
     detail_lines,
     last_start_json,
-    metric_lines,
     standby_cell,
     standby_json,
 )
@@ -48,10 +49,10 @@ async def test_status_shows_the_standby_and_how_the_last_start_went(tmp_path: Pa
         assert lines[0] == f"standby: ready, pid {proc.pid}, RSS 600 MiB, imports took 0.0 s"
         assert lines[1].startswith("last start: plain (") and "s after the start" in lines[1]
 
-        page = metric_lines([("m", h.engine)], lambda name, e: f'model="{name}"')
-        assert 'mig_orchestrator_standby_state{model="m",state="ready"} 1' in page
-        assert 'mig_orchestrator_standby_state{model="m",state="off"} 0' in page
-        assert f'mig_orchestrator_standby_rss_bytes{{model="m"}} {600 << 20}' in page
+        page = promtext.render(standby_families([({"model": "m"}, h.engine)])).splitlines()
+        assert 'mig_orchestrator_standby_state{model="m",state="ready"} 1.0' in page
+        assert 'mig_orchestrator_standby_state{model="m",state="off"} 0.0' in page
+        assert f'mig_orchestrator_standby_rss_bytes{{model="m"}} {float(600 << 20)}' in page
         assert any(
             ln.startswith('mig_orchestrator_model_last_start_seconds{model="m",via="plain"}')
             for ln in page

@@ -419,6 +419,15 @@ def test_fail_start_ends_stderr_with_the_message(start: Start) -> None:
     assert not s.events("ready")
 
 
+def test_device_memory_is_logged_like_vllms_gpu_worker_before_listening(start: Start) -> None:
+    s = start(env={"STANDIN_DEVICE_MEMORY": "38.91/39.25"})
+    lines = s.stdout().splitlines()
+    device = next(i for i, line in enumerate(lines) if "Free memory on device" in line)
+    assert lines[device].startswith(f"(EngineCore_DP0 pid={s.proc.pid}) INFO ")
+    assert "Free memory on device (38.91/39.25 GiB) on startup. Desired GPU memory" in lines[device]
+    assert device < next(i for i, line in enumerate(lines) if "Starting vLLM server" in line)
+
+
 def test_port_clash_fails_at_once(start: Start) -> None:
     first = start()
     second = start("--port", str(first.port), ready=False)
@@ -432,6 +441,7 @@ def test_port_clash_fails_at_once(start: Start) -> None:
         ({"STANDIN_STARTUP_DELAY": "soon"}, (), "STANDIN_STARTUP_DELAY"),
         ({"STANDIN_HANG_MODE": "slow"}, (), "STANDIN_HANG_MODE"),
         ({"STANDIN_CRASH_AFTR": "1"}, (), "STANDIN_CRASH_AFTR"),
+        ({"STANDIN_DEVICE_MEMORY": "80/40"}, (), "STANDIN_DEVICE_MEMORY"),
         ({}, ("--standin-startup-dely", "1"), "--standin-startup-dely"),
         ({}, ("--max-num-seqs", "many"), "--max-num-seqs"),
     ],
@@ -442,3 +452,40 @@ def test_bad_settings_exit_2_naming_them(
     s = start(*flags, env=env, ready=False)
     assert s.wait_exit() == 2
     assert named in s.stderr()
+
+
+@pytest.mark.parametrize("ignore_epipe", [True, False])
+def test_a_closed_stdout_ends_it_unless_epipe_is_ignored(
+    tmp_path: Path, ignore_epipe: bool
+) -> None:
+    """A killed daemon closes the engine's pipe: vLLM lives on (its orphan keeps serving)."""
+    state = tmp_path / "state.jsonl"
+    env = {"STANDIN_STATE_FILE": str(state), "STANDIN_STARTUP_DELAY": "0.3"}
+    if ignore_epipe:
+        env["STANDIN_IGNORE_EPIPE"] = "1"
+    argv = [sys.executable, str(STANDIN), "--model", "m", "--host", "127.0.0.1", "--port", "0"]
+    proc = subprocess.Popen(
+        [*argv, "--served-model-name", "tiny"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    s = StandIn(proc, state, tmp_path / "unused", tmp_path / "unused")
+    try:
+        s.port = s.event("started")["port"]
+        assert proc.stdout is not None
+        proc.stdout.close()  # before "ready": its ready lines meet a closed pipe
+        if not ignore_epipe:
+            assert s.wait_exit() == 1
+            return
+        s.wait_ready()
+        assert httpx.get(s.url("/health")).status_code == 200
+        assert complete(s, "still serving")["choices"]
+        proc.send_signal(signal.SIGTERM)
+        assert s.wait_exit() == 0
+        assert s.events("exit")[0]["reason"] == "sigterm"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

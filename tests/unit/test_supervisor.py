@@ -12,8 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from orchestrator.engine import marker
 from orchestrator.engine.states import Desired, State
 from orchestrator.gpu.nvml import load_inventory
+from orchestrator.supervisor.state_lock import StateDirBusy
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 from orchestrator.supervisor.supervisor import Supervisor
 from tests.daemon_harness import TOPOLOGIES
@@ -123,6 +127,79 @@ async def test_engines_left_by_an_earlier_daemon_are_stopped_and_a_reused_pid_is
         assert h.saved()["engines"] == {}
         await sup.autostart()
         await h.reach("a", READY)
+
+
+async def test_an_orphaned_engine_core_is_found_by_its_mark_without_any_saved_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11 item 1: the main process died while the daemon was down (and item 2: state.json
+    never recorded it); a pid or group that is not ours is never touched."""
+    async with host(tmp_path, "a") as h:
+        cfg = h.cfg({"a": "3g.40gb"})
+        h.fake.behaviour = Behaviour(children=1)
+        spawned = []
+        for env in (
+            marker.engine_env(cfg.orchestrator.state_dir, "a"),  # ours
+            marker.engine_env(tmp_path / "another-daemon", "a"),  # another daemon's
+            {},  # in a group whose id was recorded, but unmarked: maybe a reused id
+        ):
+            _, read_fd = h.fake.spawn(["vllm"], env)
+            os.close(read_fd)
+            spawned.append(h.fake.spawned[-1])
+        ours, theirs, unmarked = spawned
+        for main in (ours, unmarked):
+            h.fake.crash(main.pid, sig=signal.SIGKILL)  # its EngineCore lives on
+        record = EngineRecord(unmarked.pid, unmarked.pgid, unmarked.create_time, None)
+        StateStore(cfg.orchestrator.state_dir).save(DaemonState(engines={"a": record}))
+        await h.open({"a": "3g.40gb"})
+        assert h.fake.group(ours.pgid) == []
+        assert h.fake.procs[ours.pid + 1].signals == [signal.SIGTERM]
+        assert h.fake.group(theirs.pgid) == [theirs.pid, theirs.pid + 1]
+        assert h.fake.group(unmarked.pgid) == [unmarked.pid + 1]
+        assert theirs.signals == [] and h.fake.procs[unmarked.pid + 1].signals == []
+        assert f"process group {unmarked.pgid} of a" in caplog.text
+        assert "without this daemon's mark: not stopped" in caplog.text
+
+
+async def test_a_second_supervisor_on_one_state_dir_is_refused_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    async with host(tmp_path, "a") as h:
+        sup = await h.open({"a": "3g.40gb"})
+        await sup.autostart()
+        await h.reach("a", READY)
+        (engine,) = h.fake.engines_alive()
+        inventory = load_inventory(TOPOLOGIES / "a100-mixed.toml")
+        second = Supervisor(sup.cfg, inventory, StateStore(tmp_path / "state"), ops=h.fake)
+        with pytest.raises(StateDirBusy, match=rf"another daemon \(pid {os.getpid()}\)"):
+            await second.open()
+        assert engine.alive and engine.signals == []
+        await sup.shutdown()
+        h.sup = second
+        await second.open()  # the first one is gone: the state_dir is free
+
+
+async def test_what_a_command_asked_is_on_disk_when_persist_returns(tmp_path: Path) -> None:
+    """A command answered 202 must survive a daemon crash: desired state and restart overrides
+    are saved before the answer, not when the engine gets to them."""
+    async with host(tmp_path, "a", "c") as h:
+        h.fake.behaviour = Behaviour(term_delay=0.3)  # the old engine takes its time to stop
+        sup = await h.open({"a": "3g.40gb", "c": "2g.20gb"})
+        await sup.autostart()
+        await h.reach("a", READY)
+        sup.engine("c").want(Desired.STOPPED)
+        restart = asyncio.create_task(sup.restart("a", {"max_num_seqs": 7}))
+        await asyncio.sleep(0)
+        await sup.persist()
+        saved = h.saved()
+        assert saved["desired"] == {"a": "running", "c": "stopped"}
+        assert saved["overrides"] == {"a": {"max_num_seqs": 7}}
+        assert sup.engine("a").state is State.STOPPING  # not yet applied
+        await restart
+        await h.reach("a", READY)
+        await sup.flush()
+        assert h.saved()["overrides"] == {"a": {"max_num_seqs": 7}}
+        assert "--max-num-seqs" in h.fake.engines_alive()[-1].argv
 
 
 async def test_shutdown_stops_everything_keeps_what_was_asked_and_refuses_late_starts(

@@ -237,12 +237,21 @@ def _target(args: argparse.Namespace) -> Target:
     return Target(base, served, args.metrics_url or f"{base}/metrics", args.api_key)
 
 
+def _require_plot(args: argparse.Namespace) -> None:
+    """Refuse --plot without matplotlib now, rather than after a run of many minutes."""
+    if args.plot:
+        from orchestrator.bench.plot import require_matplotlib
+
+        require_matplotlib()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from orchestrator.bench.plot import plot_bench
+    from orchestrator.bench.plot import PlotUnavailable, plot_bench
 
     try:
+        _require_plot(args)
         plan = _plan(args)
-    except ValueError as exc:
+    except (ValueError, PlotUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     target = _target(args)
@@ -257,12 +266,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from orchestrator.bench.plot import plot_compare
+    from orchestrator.bench.plot import PlotUnavailable, plot_compare
 
     try:
+        _require_plot(args)
         plan = _plan(args)
         variants = [parse_variant(v) for v in args.variant] + sweep_variants(args.sweep)
-    except (ValueError, VariantError) as exc:
+    except (ValueError, VariantError, PlotUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not variants:

@@ -1,0 +1,58 @@
+"""Stop what an earlier daemon on this state_dir left running, found through what a crash cannot
+lose: the mark every engine process carries, and the engines state.json recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from orchestrator.engine import marker
+from orchestrator.engine.process import ProcessId, ProcessOps
+from orchestrator.engine.terminate import terminate_tree
+from orchestrator.supervisor.store import EngineRecord
+
+log = logging.getLogger(__name__)
+
+
+async def stop_leftovers(
+    ops: ProcessOps, state_dir: Path, records: dict[str, EngineRecord], grace: float
+) -> None:
+    """Stop every engine tree of an earlier daemon (not adopted: its output pipe and exit status
+    went with that daemon). Call before spawning anything."""
+    trees: dict[int, set[ProcessId]] = {}  # process group -> its processes we know are ours
+    names: dict[int, str] = {}
+    for t in ops.find_by_env(marker.ENV, marker.prefix(state_dir)):
+        model = marker.model_of(t.value, state_dir)
+        if model is not None:
+            trees.setdefault(t.pgid, set()).add(t.proc)
+            names[t.pgid] = model
+    for name, rec in records.items():
+        leader = ProcessId(rec.pid, rec.create_time)
+        if ops.alive(leader):  # pid and start time match: ours even without a mark (older daemon)
+            trees.setdefault(rec.pgid, set()).update([leader, *ops.descendants(rec.pid)])
+            names.setdefault(rec.pgid, name)
+        elif rec.pgid not in trees:
+            # A group id outlives its leader only while members live, but without a mark
+            # nothing proves they are that engine's rather than a reused id's: say so only.
+            left = await ops.wait_gone(rec.pgid, [], 0.0)  # what of the group is there now
+            if left:
+                log.warning(
+                    "process group %d of %s, recorded by an earlier daemon, still holds %s "
+                    "without this daemon's mark: not stopped; stop them by hand if they are "
+                    "that engine's",
+                    rec.pgid,
+                    name,
+                    ops.describe(left),
+                )
+
+    async def stop(pgid: int, procs: set[ProcessId]) -> None:
+        name = names[pgid]
+        pids = ops.describe(sorted(p.pid for p in procs))
+        log.warning(
+            "stopping engine of %s left by an earlier daemon: group %d: %s", name, pgid, pids
+        )
+        tracked = sorted(procs, key=lambda p: p.pid)
+        await terminate_tree(ops, pgid, tracked, grace, f"leftover engine of {name}")
+
+    await asyncio.gather(*(stop(pgid, procs) for pgid, procs in trees.items()))

@@ -1,0 +1,112 @@
+"""Headless Debian Chromium driven by selenium, and a screenshot of the page when a test fails.
+
+Needs the Debian packages chromium and chromium-driver (tests/run.sh installs them as root). The
+tests skip without them, unless MIG_ORCH_REQUIRE_BROWSER=1 (CI), where they fail instead.
+The `shot` fixture writes the README's screenshots to docs/ with MIG_ORCH_DOCS_SCREENSHOTS=1,
+otherwise to .work/browser/, so an ordinary run leaves the checkout as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon_harness import REPO
+
+REQUIRE_ENV_VAR = "MIG_ORCH_REQUIRE_BROWSER"
+# Failure screenshots go here (ignored by git), named after the test.
+ARTIFACTS = REPO / ".work" / "browser"
+DOCS = REPO / "docs" if os.environ.get("MIG_ORCH_DOCS_SCREENSHOTS") == "1" else ARTIFACTS
+CHROMIUM = ("chromium", "chromedriver")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1366,900",
+)
+
+
+def _unavailable() -> str | None:
+    missing = [name for name in CHROMIUM if shutil.which(name) is None]
+    if missing:
+        return f"{' and '.join(missing)} not found: apt-get install chromium chromium-driver"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed: pip install -e '.[dev]'"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """One headless Chromium for the session, on a fresh profile directory."""
+    reason = _unavailable()
+    if reason:
+        if os.environ.get(REQUIRE_ENV_VAR) == "1":
+            pytest.fail(f"browser tests need Chromium ({REQUIRE_ENV_VAR}=1): {reason}")
+        pytest.skip(reason)
+    # Selenium Manager would look for a driver online; the Debian one is given explicitly.
+    os.environ.setdefault("SE_OFFLINE", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    with tempfile.TemporaryDirectory(prefix="mig-orch-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium") or ""
+        for flag in (*FLAGS, f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(
+            service=Service(shutil.which("chromedriver") or ""), options=options
+        )
+        driver.set_page_load_timeout(20)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+@pytest.fixture
+def browser(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The session's browser, logged out; a failing test leaves a screenshot in .work/browser."""
+    chromium.delete_all_cookies()
+    yield chromium
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{request.node.name}.png"
+        if full_page_screenshot(chromium, path):
+            print(f"screenshot of the failing page ({chromium.current_url}): {path}")
+
+
+def full_page_screenshot(driver: Any, path: Path) -> bool:
+    """The whole page, not only the window: the viewport grows to the document for the shot."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    width = driver.execute_script("return window.innerWidth")
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        return bool(driver.save_screenshot(str(path)))
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+@pytest.fixture
+def shot(browser: Any) -> Callable[[str], None]:
+    """Saves the whole page as dashboard-<name>.png, for the README."""
+
+    def save(name: str) -> None:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        assert full_page_screenshot(browser, DOCS / f"dashboard-{name}.png")
+
+    return save
