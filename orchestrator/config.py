@@ -44,6 +44,17 @@ DAY_S = 86400.0
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _module_names(v: list[str] | None) -> list[str] | None:
+    """A standby's preload list travels comma-separated: each item must be a dotted module name."""
+    for i, name in enumerate(v or []):
+        if not _MODULE_NAME.match(name):
+            raise ValueError(f"item {i}: {name!a} is not a Python module name (like 'a.b.c')")
+    return v
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -127,6 +138,9 @@ class VllmSettings(_Strict):
     enforce_eager: bool | None = None
     extra_args: list[str] | None = None
     env: dict[str, str] | None = None
+    # Not a vLLM flag: VLLM_WORKER_MULTIPROC_METHOD=fork at launch (docs/standby.md says what it
+    # needs). A setting, not `env`, so that a runtime override or compare variant keeps the standby.
+    engine_fork: bool | None = None
     # On a MIG slice, correct the NVML lookups vLLM makes for its device (README "MIG and vLLM");
     # unset means on. Not a vLLM flag: the daemon arms it through the engine's environment.
     mig_nvml_fix: bool | None = None
@@ -214,6 +228,13 @@ class OrchestratorSettings(_Strict):
     # A control-plane client must send its request head, then its body, within this; an idle
     # or trickling socket is closed after it (each one holds a descriptor).
     client_timeout_s: Annotated[float, Field(ge=0.5, le=300)] = 10.0
+    # Default for every model: a standby engine waits with the engine's imports done, so that a
+    # restart skips them (docs/standby.md). About 0.6 GiB of host RAM per model, no GPU memory.
+    standby: bool = True
+    # Modules a standby imports besides the engine command's own; None = derived from the command.
+    standby_preload: list[str] | None = None
+
+    _preload_names = field_validator("standby_preload")(_module_names)
 
     @field_validator("listen")
     @classmethod
@@ -269,6 +290,10 @@ class ModelConfig(VllmSettings):
     # refuses to start below 1), and the model's figures when it is not on this host.
     guaranteed_seqs: Annotated[int, Field(gt=0, le=1_000_000)] = 1
     size_hint: SizeHint | None = None
+    standby: bool | None = None  # None: [orchestrator] standby
+    standby_preload: list[str] | None = None  # None: [orchestrator] standby_preload
+
+    _preload_names = field_validator("standby_preload")(_module_names)
 
     @field_validator("slice")
     @classmethod
@@ -309,6 +334,12 @@ class Config(_Strict):
             if env:
                 merged["env"] = env
         return VllmSettings(**merged)
+
+    def standby_of(self, name: str) -> tuple[bool, list[str] | None]:
+        """Whether model `name` keeps a standby, and its preload list (None: derived)."""
+        m, o = self.models[name], self.orchestrator
+        enabled = o.standby if m.standby is None else m.standby
+        return enabled, o.standby_preload if m.standby_preload is None else m.standby_preload
 
 
 def parse_listen(value: str) -> tuple[str, int]:

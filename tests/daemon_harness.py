@@ -167,6 +167,10 @@ class Daemon:
             "backoff_max_s": 1.0,
             "stop_grace_s": 2.0,
             "memory_release_timeout_s": 20.0,
+            # Tests find engines by --served-model-name in their command line, which an engine
+            # started from a standby does not show (its argv came through the channel): the
+            # standby tests turn it on.
+            "standby": False,
             **self.orchestrator,
         }
         # Engines inherit the marker, so teardown finds exactly this daemon's leftovers.

@@ -14,6 +14,7 @@ from orchestrator.config import Config, OrchestratorSettings, parse_config
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import State
 from orchestrator.gpu.inventory import Slice
 from tests.daemon_harness import render_config
@@ -100,6 +101,7 @@ class EngineHost:
             settings=self.cfg.effective_settings("m", overrides),
             overrides=dict(overrides),
             startup_timeout_s=self.settings.startup_timeout_s,
+            standby=StandbySettings.of(self.cfg, "m"),
         )
 
     def pid(self) -> int:

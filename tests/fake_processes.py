@@ -1,18 +1,26 @@
 """A fake of the OS process operations (orchestrator.engine.process.ProcessOps) for in-process
 engine and supervisor tests: spawned "engines" are records with a real output pipe, signals
-follow each record's behaviour, and exits are reported like the daemon's SIGCHLD reaper does."""
+follow each record's behaviour, and exits are reported like the daemon's SIGCHLD reaper does.
+
+A spawn that passes a channel (pass_fds) is a standby: the fake speaks the launcher's side of the
+protocol (orchestrator/engine/standby/launcher.py) on that socket: "ready" after its imports, then
+on a trigger it becomes the engine in the same record; EOF before a trigger ends it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import os
 import signal
+import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.engine.process import ProcessId, Tagged
+from orchestrator.engine.standby import launcher
 
 
 @dataclass
@@ -25,6 +33,10 @@ class Behaviour:
     survives_kill: bool = False  # a process stuck in D state: even SIGKILL does nothing
     exits_after: float | None = None  # the main process exits with code 1 this long after spawn
     last_words: bytes = b""  # what it writes just before that exit
+    standby_import_s: float = 0.0  # a standby's imports take this long
+    standby_refuses: bool = False  # a standby's imports initialise CUDA: it refuses, exit 3
+    standby_mode: str = launcher.MODULE  # EXEC: it could not import the engine's module
+    rss_bytes: int = 600 << 20
 
 
 @dataclass
@@ -41,6 +53,16 @@ class FakeProc:
     status: int | None = None  # wait status once it exited
     reaped: bool = False
     signals: list[signal.Signals] = field(default_factory=list)
+    started_as_standby: bool = False
+    channel: socket.socket | None = None  # a standby's end of its channel, until it runs
+    triggered_argv: list[str] | None = None  # a standby that became an engine: its argv
+    fork: bool | None = None  # what its trigger asked
+    imported: bool = False  # a standby's imports are done
+
+    @property
+    def is_standby(self) -> bool:
+        """Still waiting as a standby (started with a channel, not triggered yet)."""
+        return self.started_as_standby and self.triggered_argv is None
 
 
 def exit_status(code: int | None = None, sig: int | None = None) -> int:
@@ -65,7 +87,11 @@ class FakeProcesses:
     # ----- what tests do to the fake engines -----
 
     def engines_alive(self) -> list[FakeProc]:
-        return [p for p in self.spawned if p.alive]
+        """Live engine main processes (a standby counts once triggered)."""
+        return [p for p in self.spawned if p.alive and not p.is_standby]
+
+    def standbys_alive(self) -> list[FakeProc]:
+        return [p for p in self.spawned if p.alive and p.is_standby]
 
     def output(self, pid: int, data: bytes) -> None:
         os.write(self.procs[pid].write_fd, data)
@@ -81,13 +107,16 @@ class FakeProcesses:
             if p.write_fd >= 0:
                 os.close(p.write_fd)
                 p.write_fd = -1
+            self._close_channel(p)
 
     def group(self, pgid: int) -> list[int]:
         return sorted(p.pid for p in self.procs.values() if p.alive and p.pgid == pgid)
 
     # ----- ProcessOps -----
 
-    def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    def spawn(
+        self, argv: list[str], env: dict[str, str], *, pass_fds: Sequence[int] = ()
+    ) -> tuple[int, int]:
         if self.spawn_error is not None:
             raise self.spawn_error
         read_fd, write_fd = os.pipe()
@@ -95,13 +124,91 @@ class FakeProcesses:
         main = FakeProc(pid, pid, None, self.behaviour, argv, env, write_fd=write_fd)
         self.procs[pid] = main
         self.spawned.append(main)
+        if pass_fds:
+            # The real child keeps its own copy of the channel; the daemon closes its copy.
+            main.started_as_standby = True
+            main.channel = socket.socket(fileno=os.dup(pass_fds[0]))
+            main.channel.setblocking(False)
+            loop = asyncio.get_running_loop()
+            loop.add_reader(main.channel.fileno(), self._standby_reads, main)
+            loop.call_later(self.behaviour.standby_import_s, self._standby_imported, main)
+            return pid, read_fd
+        self._engine_runs(main)
+        return pid, read_fd
+
+    def _engine_runs(self, main: FakeProc) -> None:
         for _ in range(self.behaviour.children):
             kid = next(self._pids)
-            self.procs[kid] = FakeProc(kid, pid, pid, self.behaviour, env=env)  # as fork does
+            self.procs[kid] = FakeProc(
+                kid, main.pid, main.pid, self.behaviour, env=main.env
+            )  # as fork does
         self.most_alive = max(self.most_alive, len(self.engines_alive()))
         if self.behaviour.exits_after is not None:
             asyncio.get_running_loop().call_later(self.behaviour.exits_after, self._exit_now, main)
-        return pid, read_fd
+
+    # ----- a standby: the launcher's side of the channel -----
+
+    def _standby_imported(self, p: FakeProc) -> None:
+        if not p.alive:
+            return
+        p.imported = True
+        if p.triggered_argv is not None:  # the trigger came during the imports: run it now
+            self._becomes_engine(p)
+            return
+        if p.behaviour.standby_refuses:
+            self._standby_says(p, "refused", reason="importing the engine initialised CUDA")
+            self._die(p, exit_status(code=launcher.EXIT_REFUSED))
+            return
+        os.write(p.write_fd, b"mig-orchestrator standby: ready\n")
+        self._standby_says(
+            p,
+            "ready",
+            pid=p.pid,
+            mode=p.behaviour.standby_mode,
+            target="fakevllm",
+            preloaded=["fakevllm"],
+            failed=[],
+            reason="",
+            prepare_s=p.behaviour.standby_import_s,
+            rss_bytes=p.behaviour.rss_bytes,
+            libcuda_loaded=False,
+        )
+
+    def _standby_says(self, p: FakeProc, event: str, **fields: object) -> None:
+        msg = {"event": event, "protocol": launcher.PROTOCOL, **fields}
+        assert p.channel is not None
+        # The daemon may have closed its end after a trigger: the engine runs anyway.
+        with contextlib.suppress(OSError):
+            p.channel.send(json.dumps(msg).encode() + b"\n")
+
+    def _standby_reads(self, p: FakeProc) -> None:
+        assert p.channel is not None
+        try:
+            data = p.channel.recv(65536)
+        except BlockingIOError:
+            return
+        if not data:  # the daemon let go before a trigger: the launcher exits at once
+            self._die(p, exit_status(code=0))
+            return
+        trigger = json.loads(data.partition(b"\n")[0])
+        p.triggered_argv, p.fork = trigger["argv"], trigger["fork"]
+        asyncio.get_running_loop().remove_reader(p.channel.fileno())  # reads nothing more
+        if p.imported:
+            self._becomes_engine(p)
+
+    def _becomes_engine(self, p: FakeProc) -> None:
+        assert p.triggered_argv is not None
+        p.argv = p.triggered_argv
+        self._close_channel(p)
+        os.write(p.write_fd, b"mig-orchestrator standby: triggered\n")
+        self._engine_runs(p)
+
+    def _close_channel(self, p: FakeProc) -> None:
+        if p.channel is not None:
+            with contextlib.suppress(RuntimeError):  # no loop: a test's teardown
+                asyncio.get_running_loop().remove_reader(p.channel.fileno())
+            p.channel.close()
+            p.channel = None
 
     def ident(self, pid: int) -> ProcessId | None:
         p = self.procs.get(pid)
@@ -145,6 +252,10 @@ class FakeProcesses:
     def port_holder(self, host: str, port: int) -> str | None:
         return self.busy_ports.get(port)
 
+    def rss_bytes(self, pid: int) -> int | None:
+        p = self.procs.get(pid)
+        return p.behaviour.rss_bytes if p is not None and p.alive else None
+
     def reap(self, pids: Iterable[int] | None) -> list[tuple[int, int]]:
         wanted = set(self.procs) if pids is None else set(pids)
         done = []
@@ -186,6 +297,7 @@ class FakeProcesses:
         if not p.alive:
             return
         p.alive, p.status = False, status
+        self._close_channel(p)
         if p.write_fd >= 0:
             os.close(p.write_fd)  # the engine's pipe reaches EOF
             p.write_fd = -1

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from orchestrator.control.client import ControlClient, ControlError, resolve_token
+from orchestrator.control.standby_view import detail_lines, standby_cell
 from orchestrator.texttable import render_table
 
 
@@ -30,10 +31,11 @@ def _status_rows(models: list[dict[str, Any]]) -> str:
                 where,
                 up,
                 str(m["restarts"]),
+                standby_cell(m),
                 (m["reason"] or "")[:80],
             ]
         )
-    header = ["MODEL", "STATE", "PID", "PORT", "SLICE", "UPTIME", "RESTARTS", "REASON"]
+    header = ["MODEL", "STATE", "PID", "PORT", "SLICE", "UPTIME", "RESTARTS", "STANDBY", "REASON"]
     return render_table(header, rows)
 
 
@@ -49,6 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"\nendpoint: {m['endpoint']}  (model name: {m['served_model_name']})")
             if m["last_exit"]:
                 print(f"last exit: {m['last_exit']}")
+            print("\n".join(detail_lines(m)))
     return 0
 
 

@@ -22,6 +22,12 @@ from orchestrator.control.dashboard import Hooks, dashboard_router
 from orchestrator.control.errors import install_error_handlers
 from orchestrator.control.guard import RequestGuard
 from orchestrator.control.redact import mask_env
+from orchestrator.control.standby_view import (
+    LastStartOut,
+    StandbyOut,
+    last_start_json,
+    standby_json,
+)
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.engine.states import Desired
 from orchestrator.gpu.history import GpuHistory
@@ -81,6 +87,8 @@ class ModelStatus(BaseModel):
     settings: dict[str, Any]
     overrides: dict[str, Any]
     argv: list[str]
+    standby: StandbyOut
+    last_start: LastStartOut | None
 
 
 class RestartBody(BaseModel):
@@ -138,6 +146,8 @@ class StatusView:
                 else None
             ),
             "reason": e.reason,
+            "standby": standby_json(e),
+            "last_start": last_start_json(e),
         }
 
     def _part(self, spec: EngineSpec, show_env: bool) -> dict[str, Any]:

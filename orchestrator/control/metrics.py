@@ -11,7 +11,7 @@ from typing import Protocol
 from orchestrator import promtext
 from orchestrator.engine.lifecycle import Engine
 from orchestrator.engine.probe import http_get
-from orchestrator.engine.states import State
+from orchestrator.engine.states import StandbyState, State
 from orchestrator.gpu.nvml import GpuSample, SliceSample
 from orchestrator.promtext import Family, Sample, TextFamily
 from orchestrator.supervisor.supervisor import Supervisor
@@ -158,6 +158,7 @@ class MetricsCollector:
                 "1 when the engine answers /health.",
                 ((lab, int(e.state is State.READY)) for lab, e in labelled),
             ),
+            *standby_families(labelled),
         ]
 
     async def _gpu_families(self) -> list[Family]:
@@ -180,6 +181,37 @@ class MetricsCollector:
             if engine.spec.slice is not None:
                 assigned.setdefault(engine.spec.slice.uuid, []).append(name)
         return assigned
+
+
+def standby_families(labelled: list[tuple[dict[str, str], Engine]]) -> list[Family]:
+    """The standby's state and memory, and how long the last start took, per model."""
+    standbys = [(lab, e.standby.status()) for lab, e in labelled]
+    starts = [(lab, e.last_start) for lab, e in labelled]
+    return [
+        family(
+            "mig_orchestrator_standby_state",
+            "1 for the state the model's standby is in.",
+            (
+                ({**lab, "state": s.value}, int(st.state is s))
+                for lab, st in standbys
+                for s in StandbyState
+            ),
+        ),
+        family(
+            "mig_orchestrator_standby_rss_bytes",
+            "Host memory held by the model's standby.",
+            ((lab, st.rss_bytes) for lab, st in standbys if st.rss_bytes is not None),
+        ),
+        family(
+            "mig_orchestrator_model_last_start_seconds",
+            "Launch (or standby trigger) to ready.",
+            (
+                ({**lab, "via": last.via}, round(last.launch_to_ready_s, 3))
+                for lab, last in starts
+                if last is not None and last.launch_to_ready_s is not None
+            ),
+        ),
+    ]
 
 
 def _gpu_values(g: GpuSample) -> dict[str, float | None]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from orchestrator.config import Config, VllmSettings
 from orchestrator.engine import marker
 from orchestrator.engine.nvml_shim import fix_env
+from orchestrator.engine.standby.launcher import FORK_ENV
 from orchestrator.gpu.inventory import Slice
 from orchestrator.secretfile import read_secret_file
 
@@ -35,9 +36,17 @@ class Launch:
     env: dict[str, str] = field(repr=False)
     # What the daemon adds on top of its own environment; holds VLLM_API_KEY, so kept out of repr.
     extra_env: dict[str, str] = field(repr=False)
+    command: tuple[str, ...] = ()  # the engine command: argv's prefix, what a standby imports
+    # The EngineCore by fork. Kept out of env: a standby is started before it is known, and the
+    # trigger carries it, so that toggling it keeps the standby.
+    fork: bool = False
 
     def redacted_env(self) -> dict[str, str]:
         return {k: ("***" if k in _SECRET_ENV else v) for k, v in self.extra_env.items()}
+
+    def spawn_env(self) -> dict[str, str]:
+        """The environment of a plain launch: env, plus the start method when fork is asked for."""
+        return {**self.env, FORK_ENV: "fork"} if self.fork else self.env
 
 
 def setting_flags(s: VllmSettings) -> list[str]:
@@ -99,4 +108,6 @@ def build_launch(
     env.update(extra)
     # Last, so that no setting can take it away: it is how a restarted daemon finds this engine.
     env.update(marker.engine_env(cfg.orchestrator.state_dir, name))
-    return Launch(argv=argv, env=env, extra_env=extra)
+    return Launch(
+        argv=argv, env=env, extra_env=extra, command=tuple(command), fork=bool(settings.engine_fork)
+    )

@@ -11,14 +11,16 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from orchestrator.config import OrchestratorSettings, VllmSettings
 from orchestrator.engine import device_check, probe, process
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.restart_policy import RestartPolicy
-from orchestrator.engine.states import Desired, IllegalTransition, State, check
+from orchestrator.engine.standby.slot import StandbyKey, StandbySettings, StandbySlot
+from orchestrator.engine.starts import Cause, StartRecord
+from orchestrator.engine.states import Desired, State, check, log_change
 from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gpu.inventory import Slice
 from orchestrator.units import MIB
@@ -46,6 +48,7 @@ class EngineSpec:
     settings: VllmSettings
     overrides: dict[str, Any]
     startup_timeout_s: float
+    standby: StandbySettings = field(default_factory=StandbySettings)
 
     @property
     def probe_host(self) -> str:
@@ -85,6 +88,7 @@ class _Failure(Exception):
         super().__init__(reason)
         self.reason = reason
         self.final = final
+        self.at = time.time()  # when it was found: before the tree is taken down
 
 
 @dataclass
@@ -121,6 +125,10 @@ class Engine:
         self._policy = RestartPolicy()
         self._probe_now = asyncio.Event()
         self._baseline_used: int | None = None
+        # The standby is the engine's to command; it changes its own state (one writer).
+        self.standby = StandbySlot(spec.name, ctx.ops, elog, self._track_standby, ctx.changed)
+        self.last_start: StartRecord | None = None
+        self._asked: tuple[Cause, float] = ("start", time.time())
         self._last_pids: set[int] = set()  # the previous life's tree, for the memory wait
 
     # ----- commands: each takes the engine's lock, so commands on one model run one at a time -----
@@ -130,7 +138,7 @@ class Engine:
         afresh."""
         async with self._lock:
             if not self._retired:
-                self._start()
+                self._start(("start", time.time()))
 
     async def stop(self, desired: Desired = Desired.STOPPED) -> None:
         """Take the whole tree down; `desired` is what it should be next time the daemon starts
@@ -139,32 +147,35 @@ class Engine:
             await self._stop(desired)
 
     async def restart(self, spec: EngineSpec | None = None) -> None:
-        """Stop, take the new spec if given, and start afresh (restart budget reset)."""
+        """Stop, take the new spec if given, and start afresh (restart budget reset); the standby
+        is kept for the new start, which uses it if the new spec's command and environment match."""
+        asked = time.time()
         async with self._lock:
             if self._retired:
                 return
-            await self._stop(Desired.RUNNING)
+            await self._stop(Desired.RUNNING, keep_standby=True)
             if spec is not None:
                 self.spec = spec
             self._policy.reset()
-            self._start()
+            self._start(("restart", asked))
 
     def retire(self) -> None:
         """Refuse every later start and restart, including those already waiting for the lock:
         the daemon is shutting down, or the model was removed. A stop() should follow."""
         self._retired = True
 
-    def _start(self) -> None:
+    def _start(self, asked: tuple[Cause, float]) -> None:
         self._desired = Desired.RUNNING
         if self._runner is not None and not self._runner.done():
             return
+        self._asked = asked
         if self._state is State.FAILED:
             self._policy.reset()
         self._reason = None
         self._set(State.STARTING)
         self._runner = asyncio.create_task(self._run(), name=f"engine-{self.spec.name}")
 
-    async def _stop(self, desired: Desired) -> None:
+    async def _stop(self, desired: Desired, keep_standby: bool = False) -> None:
         self._desired = desired
         if self.proc is not None:
             self._set(State.STOPPING)
@@ -173,13 +184,23 @@ class Engine:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-        await self._terminate(_STOP_REQUESTED)
+        # Side by side: a standby that ignores its channel and SIGTERM delays the stop by its
+        # own grace at most, not by its grace plus the engine's.
+        stops = [self._terminate(_STOP_REQUESTED)]
+        if not keep_standby:
+            stops.append(self.standby.discard("the model was stopped"))
+        await asyncio.gather(*stops)
         self._set(State.STOPPED)
         self.ready_at = None
 
     def set_spec(self, spec: EngineSpec) -> None:
-        """The spec for the next life (a reload's: the one running keeps what it started with)."""
+        """The spec for the next life (a reload's: the one running keeps what it started with).
+        The standby follows it at once: it is made for the next life."""
         self.spec = spec
+        if self._state in (State.READY, State.UNHEALTHY):
+            self.standby.prepare(spec.launch, spec.standby, spec.startup_timeout_s)
+        else:
+            self.standby.reconcile(StandbyKey.of(spec.launch, spec.standby), spec.standby.enabled)
 
     def want(self, desired: Desired) -> None:
         """Record what was asked for at once (status shows it, it is saved); a command follows."""
@@ -214,13 +235,7 @@ class Engine:
         """The one place state changes, checked against the transition table."""
         if state is self._state:
             return
-        try:
-            check(self._state, state)
-        except IllegalTransition as e:
-            # A bookkeeping bug must not stop the real work under way (taking a tree down, a
-            # restart): say so loudly, with the stack, and go on. Tests fail on this line.
-            log.error("%s: BUG: %s", self.spec.name, e, stack_info=True)
-        log.info("%s: %s -> %s", self.spec.name, self._state.value, state.value)
+        log_change(log, self.spec.name, self._state, state, check)
         self._state = state
         self.ctx.changed()
 
@@ -241,6 +256,7 @@ class Engine:
         except Exception as e:  # a bug, or the log's disk is full; a stop's cancel passes
             log.exception("%s: the engine's supervision failed", self.spec.name)
             try:
+                await self.standby.discard("internal error in the daemon")
                 await self._terminate("cleaning up after an internal error")
             finally:
                 self._force(State.FAILED, f"internal error in the daemon: {e!r}")
@@ -252,10 +268,12 @@ class Engine:
             try:
                 await self._one_life()
             except _Failure as f:
+                self._asked = ("retry", f.at)
                 self._reason = f.reason
                 self.log.note(f.reason)
                 if f.final:
                     self._fail(f.reason)
+                    await self.standby.discard("the engine failed")
                     return
             s, now = self.ctx.settings, time.monotonic()
             up_s = None if self.ready_at is None else now - started
@@ -266,6 +284,7 @@ class Engine:
                     f"{self._policy.failures} failures within {s.restart_window_s:g}s; "
                     f"giving up. Last: {self._reason}"
                 )
+                await self.standby.discard("the engine failed")
                 return
             self._set(State.BACKOFF)
             await asyncio.sleep(delay)
@@ -287,7 +306,7 @@ class Engine:
             holder = self.ctx.ops.port_holder(spec.host, spec.port)
             if holder is not None:
                 raise _Failure(f"port {spec.port} is already in use by {holder}", final=True)
-            self._spawn()
+            await self._spawn()
             try:
                 await self._wait_ready()
                 mark = self.proc.log_mark if self.proc else self.log.count
@@ -300,6 +319,12 @@ class Engine:
         self.ready_at = time.monotonic()
         self._reason = None  # what went wrong before stays in last_exit
         self._set(State.READY)
+        if self.last_start is not None:
+            took = self.last_start.ready(time.time())
+            self.log.note(took)
+            log.info("%s: %s", spec.name, took)
+        # Prepared now, not earlier: the engine's own start has the host's CPUs to itself.
+        self.standby.prepare(self.spec.launch, self.spec.standby, self.spec.startup_timeout_s)
         try:
             await self._watch()
         except BaseException as e:
@@ -392,15 +417,23 @@ class Engine:
             last = await read()
         return last, False
 
-    def _spawn(self) -> None:
-        spec = self.spec
-        try:
-            self.log.note(f"starting: {' '.join(spec.launch.argv)}")
-            pid, fd = self.ctx.ops.spawn(spec.launch.argv, spec.launch.env)
-        except (OSError, ValueError) as e:
-            raise _Failure(
-                f"cannot run engine command {spec.launch.argv[0]!r}: {e}", final=True
-            ) from e
+    async def _spawn(self) -> None:
+        launch, standby = self.spec.launch, self.spec.standby
+        fork = " (EngineCore by fork)" if launch.fork else ""
+        handed = await self.standby.take(launch, standby)
+        if handed is not None:
+            pid, fd, ident = handed.pid, handed.fd, handed.ident
+            how = "imports done" if handed.imported else "still importing"
+            self.log.note(f"starting from standby pid {pid} ({how}){fork}: {' '.join(launch.argv)}")
+        else:
+            try:
+                self.log.note(f"starting{fork}: {' '.join(launch.argv)}")
+                pid, fd = self.ctx.ops.spawn(launch.argv, launch.spawn_env())
+            except (OSError, ValueError) as e:
+                raise _Failure(
+                    f"cannot run engine command {launch.argv[0]!r}: {e}", final=True
+                ) from e
+            ident = self.ctx.ops.ident(pid)
         loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
         self.proc = _Proc(
@@ -410,8 +443,11 @@ class Engine:
             started_mono=time.monotonic(),
             exited=loop.create_future(),
             log_mark=self.log.count,
-            ident=self.ctx.ops.ident(pid),
+            ident=ident,
         )
+        cause, asked_at = self._asked
+        via: Literal["standby", "plain"] = "plain" if handed is None else "standby"
+        self.last_start = StartRecord(via, cause, asked_at, self.proc.started, launch.fork)
         loop.add_reader(fd, self._on_output, self.proc)
         self.ctx.track(pid, self)
         self._set(State.STARTING)
@@ -419,16 +455,10 @@ class Engine:
 
     def _read_once(self, proc: _Proc) -> bytes:
         """One non-blocking read into the log; b"" when nothing waits; closes the pipe at EOF."""
-        try:
-            data = os.read(proc.fd, 65536)
-        except BlockingIOError:
-            return b""
-        except OSError:
-            data = b""
+        data = process.read_output(proc.fd)
         if not data:
-            asyncio.get_running_loop().remove_reader(proc.fd)
-            os.close(proc.fd)
-            proc.fd = -1
+            if data is not None:
+                proc.fd = -1
             return b""
         self.log.write(data)
         return data
@@ -444,10 +474,17 @@ class Engine:
             pass
 
     def on_exit(self, pid: int, status: int) -> None:
-        """Called by the supervisor's reaper the moment the engine's main process exits."""
+        """Called by the supervisor's reaper the moment the engine's main process (or its
+        standby) exits."""
         proc = self.proc
-        if proc is not None and proc.pid == pid and not proc.exited.done():
-            proc.exited.set_result(status)
+        if proc is not None and proc.pid == pid:
+            if not proc.exited.done():
+                proc.exited.set_result(status)
+        else:
+            self.standby.on_exit(pid, status)
+
+    def _track_standby(self, pid: int, tracked: bool) -> None:
+        self.ctx.track(pid, self if tracked else None)
 
     def _exit_reason(self, proc: _Proc, status: int, during: str) -> str:
         code, sig = process.exit_description(status)
@@ -532,8 +569,7 @@ class Engine:
         else:
             self.log.note(f"{why}: engine tree gone in {t.seconds:.2f}s")
         if proc.fd >= 0:  # a survivor still holds the pipe: stop listening anyway
-            asyncio.get_running_loop().remove_reader(proc.fd)
-            os.close(proc.fd)
+            process.close_output(proc.fd)
             proc.fd = -1
         if not proc.exited.done():
             self.ctx.track(proc.pid, None)

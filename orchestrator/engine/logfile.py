@@ -55,11 +55,16 @@ class EngineLog:
         if self._size >= self.max_bytes:
             self._rotate()
 
+    def write_lines(self, data: bytes) -> None:
+        """Output of another process (a standby) that must not join an engine's unfinished line."""
+        if self._partial:
+            self.write(b"\n")
+        self.write(data)
+
     def note(self, text: str) -> None:
         """A line from the daemon itself, marked so readers can tell it from engine output."""
-        if self._partial:
-            self.write(b"\n")  # end the engine's unterminated line so the note stands alone
-        self.write(f"[mig-orchestrator] {text}\n".encode())
+        # The engine's unterminated line is ended first, so that the note stands alone.
+        self.write_lines(f"[mig-orchestrator] {text}\n".encode())
 
     def _rotate(self) -> None:
         os.close(self._fd)

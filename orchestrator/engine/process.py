@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -95,8 +95,13 @@ def become_subreaper() -> bool:
         return False
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[int, int]:
-    """Start argv as the leader of a new session; return (pid, fd of its merged stdout/stderr)."""
+def spawn(
+    argv: list[str], env: dict[str, str], cwd: Path | None = None, pass_fds: Sequence[int] = ()
+) -> tuple[int, int]:
+    """Start argv as the leader of a new session; return (pid, fd of its merged stdout/stderr).
+
+    pass_fds stay open in the child under the same numbers (a standby's trigger channel).
+    """
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -108,6 +113,7 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tupl
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     except BaseException:
         os.close(read_fd)
@@ -117,6 +123,26 @@ def spawn(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tupl
     # The supervisor's reaper owns waiting; mark the Popen done so it never reaps behind our back.
     proc.returncode = 0
     return proc.pid, read_fd
+
+
+def read_output(fd: int) -> bytes | None:
+    """One non-blocking read of a process's output pipe: None when nothing waits; b"" at its
+    end, after which the pipe is no longer watched and is closed."""
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        data = b""
+    if not data:
+        close_output(fd)
+    return data
+
+
+def close_output(fd: int) -> None:
+    """Stop watching an output pipe (event loop reader) and close it."""
+    asyncio.get_running_loop().remove_reader(fd)
+    os.close(fd)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -222,6 +248,14 @@ async def wait_gone(pgid: int, tracked: list[ProcessId], deadline: float) -> lis
         delay = min(delay * 2, 0.25)
 
 
+def rss_bytes(pid: int) -> int | None:
+    """Resident host memory of one process, None once it is gone."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return None
+
+
 def describe(pids: Iterable[int]) -> str:
     parts = []
     for pid in pids:
@@ -287,7 +321,9 @@ class ProcessOps(Protocol):
     """What engines and the supervisor ask of the OS: the real one is OsProcesses; unit tests pass
     a fake, so that races (stop vs crash, restart storms) run in-process without real engines."""
 
-    def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]: ...
+    def spawn(
+        self, argv: list[str], env: dict[str, str], *, pass_fds: Sequence[int] = ()
+    ) -> tuple[int, int]: ...
     def ident(self, pid: int) -> ProcessId | None: ...
     def alive(self, p: ProcessId) -> bool: ...
     def descendants(self, pid: int) -> list[ProcessId]: ...
@@ -299,6 +335,7 @@ class ProcessOps(Protocol):
     def describe(self, pids: Iterable[int]) -> str: ...
     def port_holder(self, host: str, port: int) -> str | None: ...
     def reap(self, pids: Iterable[int] | None) -> list[tuple[int, int]]: ...
+    def rss_bytes(self, pid: int) -> int | None: ...
     def find_by_env(self, name: str, prefix: str) -> list[Tagged]: ...
 
 
@@ -315,4 +352,5 @@ class OsProcesses:
     describe = staticmethod(describe)
     port_holder = staticmethod(port_holder)
     reap = staticmethod(reap)
+    rss_bytes = staticmethod(rss_bytes)
     find_by_env = staticmethod(find_by_env)

@@ -1,4 +1,5 @@
-"""An engine's states, what it is asked to be, and which state changes are allowed.
+"""An engine's states, what it is asked to be, and which state changes are allowed; the same for
+the engine's standby, which is not an engine state but a small machine of its own.
 
 Only `Engine` changes its state, through one setter that calls `check`. The single way around
 the table is `Engine._force`, for when the lifecycle code itself failed and the state it left
@@ -8,8 +9,9 @@ cannot be trusted (the engine is then forced to FAILED, whatever it was).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import Final
+import logging
+from collections.abc import Callable, Mapping
+from typing import Final, TypeVar
 
 
 class State(enum.StrEnum):
@@ -44,11 +46,55 @@ TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
 }
 
 
+class StandbyState(enum.StrEnum):
+    OFF = "off"  # none: not wanted, not yet prepared, used, or gone
+    PREPARING = "preparing"  # started, importing the engine's modules
+    READY = "ready"  # imports done, waiting for the trigger
+    UNAVAILABLE = "unavailable"  # cannot work with this command and environment (the reason says)
+
+
+B = StandbyState
+STANDBY_TRANSITIONS: Final[Mapping[StandbyState, frozenset[StandbyState]]] = {
+    # started; or the command cannot be imported ahead
+    B.OFF: frozenset({B.PREPARING, B.UNAVAILABLE}),
+    # imports done; refused (CUDA initialised, nothing imported); or taken, discarded, or it died
+    B.PREPARING: frozenset({B.READY, B.UNAVAILABLE, B.OFF}),
+    B.READY: frozenset({B.OFF}),
+    # the command or environment changed, or standbys were turned off: try again from scratch
+    B.UNAVAILABLE: frozenset({B.OFF}),
+}
+
+
 class IllegalTransition(RuntimeError):
     """A state change the table does not allow: a bug in the lifecycle code."""
 
 
+E = TypeVar("E", State, StandbyState)
+
+
+def _check(table: Mapping[E, frozenset[E]], what: str, old: E, new: E) -> None:
+    if new is not old and new not in table[old]:
+        raise IllegalTransition(f"illegal {what} state transition {old.value} -> {new.value}")
+
+
 def check(old: State, new: State) -> None:
     """Raise IllegalTransition unless old -> new is in the table (staying put always is)."""
-    if new is not old and new not in TRANSITIONS[old]:
-        raise IllegalTransition(f"illegal engine state transition {old.value} -> {new.value}")
+    _check(TRANSITIONS, "engine", old, new)
+
+
+def check_standby(old: StandbyState, new: StandbyState) -> None:
+    """check() for a standby's states."""
+    _check(STANDBY_TRANSITIONS, "standby", old, new)
+
+
+def log_change(
+    log: logging.Logger, name: str, old: E, new: E, check: Callable[[E, E], None]
+) -> None:
+    """Check a change of `name`'s state with `check` and log it. One the table forbids is
+    logged as a BUG, with the stack, and not raised: a bookkeeping bug must not stop the real
+    work under way (taking a tree down, a restart). Tests fail on that line."""
+    try:
+        check(old, new)
+    except IllegalTransition as e:
+        log.error("%s: BUG: %s", name, e, stack_info=True)
+    log.info("%s: %s -> %s", name, old.value, new.value)

@@ -27,6 +27,11 @@ class DaemonState:
     desired: dict[str, str] = field(default_factory=dict)  # model -> "running" | "stopped"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     engines: dict[str, EngineRecord] = field(default_factory=dict)
+    standbys: dict[str, EngineRecord] = field(default_factory=dict)  # model -> its standby
+
+    def leftovers(self) -> dict[str, EngineRecord]:
+        """Every process tree recorded, by a name to log it under."""
+        return {**self.engines, **{f"{n} (standby)": r for n, r in self.standbys.items()}}
 
 
 class StateStore:
@@ -44,6 +49,7 @@ class StateStore:
                 desired=dict(raw.get("desired", {})),
                 overrides={k: dict(v) for k, v in raw.get("overrides", {}).items()},
                 engines={k: EngineRecord(**v) for k, v in raw.get("engines", {}).items()},
+                standbys={k: EngineRecord(**v) for k, v in raw.get("standbys", {}).items()},
             )
         except FileNotFoundError:
             return DaemonState()

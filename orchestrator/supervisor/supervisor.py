@@ -16,6 +16,7 @@ from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import Desired, State
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
@@ -49,6 +50,7 @@ def _spec_identity(spec: EngineSpec) -> tuple[Any, ...]:
     """What must be equal for a running engine to be left alone on reload."""
     return (
         spec.launch.argv,
+        spec.launch.fork,
         sorted(spec.launch.extra_env.items()),
         spec.slice.uuid if spec.slice else None,
         spec.startup_timeout_s,
@@ -115,8 +117,9 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self._saved = self.store.load()
         o = self.cfg.orchestrator
-        await stop_leftovers(self.ops, o.state_dir, self._saved.engines, o.stop_grace_s)
+        await stop_leftovers(self.ops, o.state_dir, self._saved.leftovers(), o.stop_grace_s)
         self._saved.engines.clear()
+        self._saved.standbys.clear()
         plan = plan_partial(self.cfg, self.inventory, self._saved.assignments)
         if plan.unplaced and not self.allow_partial:
             raise PlacementError(dict(plan.unplaced), plan)
@@ -156,6 +159,7 @@ class Supervisor:
             settings=self.cfg.effective_settings(name, overrides),
             overrides=dict(overrides),
             startup_timeout_s=m.startup_timeout_s or self.cfg.orchestrator.startup_timeout_s,
+            standby=StandbySettings.of(self.cfg, name),
         )
 
     def wanted_running(self, name: str) -> bool:
@@ -318,7 +322,12 @@ class Supervisor:
 
     def snapshot(self) -> DaemonState:
         engines = {}
+        standbys = {}
         for name, e in self.engines.items():
+            if (sb := e.standby.record()) is not None:
+                # Its own session: pid = process group. It exits when this daemon's end of its
+                # channel closes, but a daemon started after a crash makes sure.
+                standbys[name] = EngineRecord(sb.pid, sb.pid, sb.create_time, None)
             if e.proc is not None:
                 pid = e.proc.ident
                 if pid is not None:
@@ -337,6 +346,7 @@ class Supervisor:
                 if (o := self._asked_overrides.get(n, e.spec.overrides))
             },
             engines=engines,
+            standbys=standbys,
         )
 
     async def _save(self) -> None:

@@ -454,7 +454,7 @@ def _restart_row(x: dict[str, Any], base: float | None) -> list[str]:
         f"switch to {json.dumps(x.get('settings'))}",
         NONE,
         NONE,
-        _num(x.get("restart_to_ready_s"), 1),
+        _num(x.get("switch_s"), 1),
         NONE,
         NONE,
     ]

@@ -1,7 +1,8 @@
 """Restart timings: crash to ready per variant of settings, next to plain vLLM (issue 16).
 
-Each variant is a set of restart overrides (`compare --variant` syntax), so settings that do
-not exist yet (a standby engine) are compared by passing them, with no change here.
+Each variant is a set of restart overrides (`compare --variant` syntax). `standby=true|false`
+is a model setting, not an override: it is switched by editing the session's models.toml and a
+reload, which keeps the engine running and only starts or discards its standby.
 """
 
 from __future__ import annotations
@@ -49,17 +50,27 @@ def _api_and_core(pid: int) -> list[int]:
     return [pid, *sorted(kids)]
 
 
-def _standby_ready(status: dict[str, Any]) -> bool:
-    """True when the daemon reports no standby, or a ready one (field from the standby work)."""
-    standby = status.get("standby")
-    if not standby:
-        return True
-    state = standby.get("state") if isinstance(standby, dict) else standby
-    return state in ("ready", "waiting", True)
+def _standby_settled(status: dict[str, Any]) -> bool:
+    """True once the model's standby is what its settings ask: ready, or off when disabled."""
+    standby = status.get("standby") or {}
+    return standby.get("state") in (
+        ("ready", "unavailable") if standby.get("enabled") else ("off",)
+    )
+
+
+def _set_standby(session: Session, name: str, on: bool) -> None:
+    """`standby = on` in the model's table of the session's models.toml, then a reload."""
+    lines = [ln for ln in session.config.read_text().splitlines() if not ln.startswith("standby =")]
+    at = lines.index(f"[models.{name}]") + 1
+    lines.insert(at, f"standby = {'true' if on else 'false'}")
+    session.config.write_text("\n".join(lines) + "\n")
+    with session.client() as control:
+        control.reload()
 
 
 def _crash(rec: Recorder, session: Session, name: str, label: str, rep: int) -> dict[str, Any]:
     port = session.ports[name]
+    _await_standby(session, name)
     with session.client() as control:
         before = control.model(name)
         if before["state"] != "ready":
@@ -188,17 +199,35 @@ class _Results:
 def _switch(
     rec: Recorder, session: Session, name: str, label: str, overrides: dict[str, Any]
 ) -> dict[str, Any]:
-    """Restart into the variant's settings, then wait for its standby when it has one."""
-    rec.say(f"{label}: restart {name} with {json.dumps(overrides)}")
+    """Switch into the variant's settings, then wait until its standby is ready (or off)."""
+    overrides = dict(overrides)
+    standby = overrides.pop("standby", None)
     switched = time.time()
-    status = _restart(session, name, overrides)
-    took = round(time.time() - switched, 2)
-    deadline = time.monotonic() + 180
     with session.client() as control:
-        while not _standby_ready(status) and time.monotonic() < deadline:
+        status = control.model(name)
+    if standby is not None and bool(standby) != status["standby"]["enabled"]:
+        rec.say(f"{label}: standby {'on' if standby else 'off'} for {name} (models.toml, reload)")
+        _set_standby(session, name, bool(standby))
+    if overrides != (status.get("overrides") or {}):
+        rec.say(f"{label}: restart {name} with {json.dumps(overrides)}")
+        status = _restart(session, name, overrides)
+    took = round(time.time() - switched, 2)
+    status = _await_standby(session, name)
+    settings = {**overrides, "standby": status["standby"]["enabled"]}
+    return {"variant": label, "settings": settings, "switch_s": took}
+
+
+def _await_standby(session: Session, name: str, timeout: float = 180) -> dict[str, Any]:
+    """The model's status once its standby is settled: a student restarting after a while."""
+    deadline = time.monotonic() + timeout
+    with session.client() as control:
+        while not _standby_settled(status := control.model(name)):
+            if time.monotonic() > deadline:
+                raise ControlError(
+                    f"{name}: standby not settled in {timeout} s: {status['standby']}"
+                )
             time.sleep(0.5)
-            status = control.model(name)
-    return {"variant": label, "settings": overrides, "restart_to_ready_s": took}
+    return status
 
 
 def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
@@ -206,7 +235,9 @@ def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
     variants = [parse_variant(v) for v in args.variant] or [parse_variant("daemon:")]
     name = args.restart_model
     with session.client() as control:
-        original = dict(control.model(name).get("overrides") or {})
+        first = control.model(name)
+    original = dict(first.get("overrides") or {})
+    standby_at_first = first["standby"]["enabled"]
     switches = sum(1 for v in variants if v.settings)
     starts = switches + len(variants) * args.repeat + (2 * args.repeat if args.direct else 0)
     starts += 0 if args.no_restore or not switches else 1
@@ -219,25 +250,23 @@ def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
     if args.direct:
         for row in _direct(rec, session, setup_from(args), name, args.repeat):
             results.add(row)
-    current = original
     for variant in variants:
-        overrides = {**original, **variant.settings}
-        if overrides != current:
-            try:
-                results.add(_switch(rec, session, name, variant.label, overrides))
-            except Exception as exc:  # e.g. a setting this daemon refuses (422): go on
-                results.add({"variant": variant.label, "error": str(exc)})
-                rec.say(f"{variant.label}: {exc}")
-                continue
-            current = overrides
+        try:
+            results.add(
+                _switch(rec, session, name, variant.label, {**original, **variant.settings})
+            )
+        except Exception as exc:  # e.g. a setting this daemon refuses (422): go on
+            results.add({"variant": variant.label, "error": str(exc)})
+            rec.say(f"{variant.label}: {exc}")
+            continue
         time.sleep(args.settle)
         for rep in range(1, args.repeat + 1):
             try:
                 results.add(_crash(rec, session, name, variant.label, rep))
             except ControlError as exc:
                 results.add({"variant": variant.label, "repeat": rep, "error": str(exc)})
-    if current != original and not args.no_restore:
-        _restart(session, name, original)
+    if not args.no_restore:
+        _switch(rec, session, name, "restore", {**original, "standby": standby_at_first})
     argv = [sys.executable, "-m", "orchestrator.tooling.practicum", *sys.argv[1:]]
     rec.record(
         "restarts",

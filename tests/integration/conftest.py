@@ -31,7 +31,9 @@ def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             ("cached", "coder", p1, "3g.40gb", True, model_dir),
             ("nocache", "chat", p2, "2g.20gb", False, model_dir),
         ],
-        extra_orchestrator="max_restarts = 3\nbackoff_initial_s = 1",
+        # Standbys have their own test (test_standby_daemon.py); here they would only share the
+        # two cores with these engines.
+        extra_orchestrator="max_restarts = 3\nbackoff_initial_s = 1\nstandby = false",
         extra_models=(
             f'\n[models.broken]\nmodel = "{model_dir}"\nport = {p3}\nhost = "127.0.0.1"\n'
             'profile = "1g.10gb"\nautostart = false\nmax_model_len = 1000000\n'
@@ -66,5 +68,6 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         for pid in marked_pids(d.root):
             os.kill(pid, signal.SIGKILL)
     for d in started:
-        # The daemon logs an illegal engine state transition and carries on: here it fails.
+        # The daemon logs an illegal state transition and carries on: here it fails.
         assert "illegal engine state transition" not in d.log(), d.log()[-4000:]
+        assert "illegal standby state transition" not in d.log(), d.log()[-4000:]

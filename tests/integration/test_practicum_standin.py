@@ -76,6 +76,8 @@ def test_all_phases_record_their_commands_and_render(tmp_path: Path) -> None:
                     "--variant",
                     "daemon:",
                     "--variant",
+                    "no-standby:standby=false",
+                    "--variant",
                     "bogus:no_such_setting=1",
                     "--repeat",
                     "1",
@@ -100,6 +102,10 @@ def test_all_phases_record_their_commands_and_render(tmp_path: Path) -> None:
     crash = next(r for r in restarts if "crash_to_ready_s" in r)
     assert 0 < crash["crash_to_detected_s"] <= crash["crash_to_ready_s"]
     assert len(crash["killed_pids"]) == 2  # the server and its "VLLM::EngineCore"
+    # standby is no restart override: switched in models.toml by a reload, then crashed
+    switched = next(r for r in restarts if r["variant"] == "no-standby" and "settings" in r)
+    assert switched["settings"] == {"standby": False}
+    assert any(r["variant"] == "no-standby" and "crash_to_ready_s" in r for r in restarts)
     refused = next(r for r in restarts if r["variant"] == "bogus")
     assert "no_such_setting" in refused["error"]
     teardown = json.loads((results / "down" / "teardown.json").read_text())

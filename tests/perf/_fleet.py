@@ -125,6 +125,7 @@ class Fleet:
             "topology": str(TOPOLOGY),
             "engine_command": [sys.executable, str(STANDIN)],
             "stop_grace_s": 2.0,
+            "standby": False,  # these measure the daemon; restart_time.py measures standbys
             **(orchestrator or {}),
         }
         models = {

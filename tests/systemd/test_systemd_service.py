@@ -38,7 +38,11 @@ ENGINE_CORE = "VLLM::EngineCore"
 
 def _config(site: Site, models: list[str]) -> str:
     lines = orchestrator_table(
-        site, ["/usr/bin/python3", STANDIN], "health_interval_s = 1", "stop_grace_s = 10"
+        site,
+        ["/usr/bin/python3", STANDIN],
+        "health_interval_s = 1",
+        "stop_grace_s = 10",
+        "standby = false  # engines are told apart by their command lines here",
     )
     lines += ["", "[defaults]", 'env = { STANDIN_SPAWN_GRANDCHILD = "1" }']
     for name in models:

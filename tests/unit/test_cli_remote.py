@@ -108,9 +108,10 @@ def test_status_prints_one_row_per_model_with_the_token(
         "SLICE",
         "UPTIME",
         "RESTARTS",
+        "STANDBY",
         "REASON",
     ]
-    assert row.split() == ["alice", "ready", "4242", "8001", "GPU0", "3g.40gb", "61s", "2"]
+    assert row.split() == ["alice", "ready", "4242", "8001", "GPU0", "3g.40gb", "61s", "2", "-"]
     assert api.calls == [("GET", "/api/v1/models", None, f"Bearer {TOKEN}")]
 
 

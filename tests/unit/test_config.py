@@ -383,3 +383,27 @@ def test_values_exec_cannot_pass_are_refused(setting: str, message: str) -> None
     with pytest.raises(ConfigError) as e:
         parse_config(f'[models.a]\nmodel = "m"\nport = 8001\n{setting}\n')
     assert message in str(e.value) and "models.a." in str(e.value)
+
+
+def test_standby_is_on_by_default_and_a_model_can_turn_it_off() -> None:
+    cfg = parse_config(ONE_MODEL, SRC)
+    assert cfg.standby_of("alice") == (True, None)
+    off = parse_config(ONE_MODEL + "standby = false\nstandby_preload = []\n", SRC)
+    assert off.standby_of("alice") == (False, [])
+    text = '[orchestrator]\nstandby = false\nstandby_preload = ["a.b"]\n' + ONE_MODEL
+    assert parse_config(text, SRC).standby_of("alice") == (False, ["a.b"])
+    assert parse_config(text + "standby = true\n", SRC).standby_of("alice") == (True, ["a.b"])
+
+
+@pytest.mark.parametrize("name", ["a,b", "a b", "1x", "a..b", ""])
+def test_standby_preload_takes_module_names_only(name: str) -> None:
+    err = only_error(ONE_MODEL + f'standby_preload = ["ok.mod", "{name}"]\n')
+    assert err.startswith("models.alice.standby_preload: item 1: ")
+    assert err.endswith("is not a Python module name (like 'a.b.c')")
+
+
+def test_engine_fork_is_a_setting_that_layers_like_the_others() -> None:
+    cfg = parse_config("[defaults]\nengine_fork = true\n" + ONE_MODEL, SRC)
+    assert cfg.effective_settings("alice").engine_fork is True
+    assert cfg.effective_settings("alice", {"engine_fork": False}).engine_fork is False
+    assert "standby" in only_error("[defaults]\nstandby = true\n" + ONE_MODEL)

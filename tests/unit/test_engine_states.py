@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engine.states import TRANSITIONS, IllegalTransition, State, check
+from orchestrator.engine.states import (
+    STANDBY_TRANSITIONS,
+    TRANSITIONS,
+    IllegalTransition,
+    StandbyState,
+    State,
+    check,
+    check_standby,
+)
 
 
 def test_every_state_has_a_row_and_every_state_can_be_left_and_reached() -> None:
@@ -48,3 +56,30 @@ def test_allowed(old: State, new: State) -> None:
 def test_illegal(old: State, new: State) -> None:
     with pytest.raises(IllegalTransition, match=f"{old.value} -> {new.value}"):
         check(old, new)
+
+
+def test_every_standby_state_has_a_row_and_can_be_left_and_reached() -> None:
+    assert set(STANDBY_TRANSITIONS) == set(StandbyState)
+    assert set().union(*STANDBY_TRANSITIONS.values()) == set(StandbyState)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        (StandbyState.OFF, StandbyState.PREPARING, True),
+        (StandbyState.PREPARING, StandbyState.READY, True),
+        (StandbyState.READY, StandbyState.OFF, True),  # handed over, discarded, or it died
+        (StandbyState.PREPARING, StandbyState.UNAVAILABLE, True),  # refused
+        (StandbyState.UNAVAILABLE, StandbyState.OFF, True),
+        # a ready standby is one that imported: it is not declared impossible afterwards
+        (StandbyState.READY, StandbyState.UNAVAILABLE, False),
+        (StandbyState.OFF, StandbyState.READY, False),
+        (StandbyState.UNAVAILABLE, StandbyState.PREPARING, False),
+    ],
+)
+def test_standby_transitions(old: StandbyState, new: StandbyState, allowed: bool) -> None:
+    if allowed:
+        check_standby(old, new)
+    else:
+        with pytest.raises(IllegalTransition, match=f"standby state transition {old} -> {new}"):
+            check_standby(old, new)

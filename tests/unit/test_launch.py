@@ -333,3 +333,13 @@ def test_world_readable_api_key_file_is_refused_at_launch(tmp_path: Path) -> Non
     cfg = cfg_of(f'api_key_file = "{key_file}"')
     with pytest.raises(ValueError, match="readable by every user"):
         build_launch(cfg, "alice", SLICE, base_env={})
+
+
+def test_engine_fork_is_no_flag_and_only_a_plain_launch_puts_it_in_the_environment() -> None:
+    launch = build_launch(cfg_of("engine_fork = true"), "alice", SLICE, base_env={})
+    assert launch.argv == argv_of() and launch.fork
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in launch.env  # what a standby starts with
+    assert launch.spawn_env() == {**launch.env, "VLLM_WORKER_MULTIPROC_METHOD": "fork"}
+    plain = build_launch(cfg_of(), "alice", SLICE, base_env={})
+    assert not plain.fork and plain.spawn_env() == plain.env
+    assert plain.command == ("vllm", "serve") and plain.argv[:2] == list(plain.command)

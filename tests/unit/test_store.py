@@ -24,6 +24,7 @@ def full_state() -> DaemonState:
             ),
             "carol": EngineRecord(pid=77, pgid=70, create_time=1.0, slice_uuid=None),
         },
+        standbys={"alice": EngineRecord(pid=5000, pgid=5000, create_time=2.0, slice_uuid=None)},
     )
 
 
@@ -142,3 +143,18 @@ def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     store.save(full_state())
     monkeypatch.undo()
     assert store.load() == full_state()
+
+
+def test_leftovers_name_standbys_apart_from_engines() -> None:
+    state = full_state()
+    assert state.leftovers() == {
+        "alice": state.engines["alice"],
+        "carol": state.engines["carol"],
+        "alice (standby)": state.standbys["alice"],
+    }
+
+
+def test_a_state_file_from_before_standbys_loads(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.path.write_text(json.dumps({"desired": {"alice": "running"}, "engines": {}}))
+    assert store.load() == DaemonState(desired={"alice": "running"})

@@ -1,0 +1,1 @@
+"""Standby engines: a process that has imported the engine's Python and runs it on a trigger."""
