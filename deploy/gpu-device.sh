@@ -103,6 +103,12 @@ step_install() {
     cp "$H5/model-build.log" "$RESULTS/system/" 2>/dev/null && tail -3 "$H5/model-build.log"
     [[ -f $MODEL/tinymodel.json ]] || { say "the model is not built: $H5/model-build.log"; return 1; }
     du -sh "$MODEL"
+    # Issue 10: the MIG fix's NVML lookups against the real driver, for every GPU here.
+    local src
+    src=$(source_dir) || return 1
+    (cd "$src" && "$OPT/venv/bin/python" -m orchestrator nvml-check --json \
+        >"$RESULTS/system/nvml-check.json" && "$OPT/venv/bin/python" -m orchestrator nvml-check) \
+        | tee "$RESULTS/system/nvml-check.txt"
 }
 
 daemon_env() {
