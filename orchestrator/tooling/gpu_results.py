@@ -124,6 +124,17 @@ def section_machine(r: Results) -> list[str]:
                 f"{len(env.get('warnings', []))} warnings"
             )
         out.append("")
+    checked = r.text("system/nvml-check.txt")
+    if checked:
+        out += [
+            "The MIG NVML fix's lookups against this driver (`mig-orchestrator nvml-check`, "
+            "issue 10): a whole GPU is not a MIG device, so the daemon leaves the fix off.",
+            "",
+            "```",
+            checked.strip(),
+            "```",
+            "",
+        ]
     return out
 
 
@@ -145,21 +156,19 @@ def section_startup(r: Results) -> list[str]:
     out += [
         "Seconds per phase of each engine launch, from the engine log the daemon keeps "
         "(vLLM's own figures for weights, compile and graphs; timestamps, to the second, "
-        "for the rest) and the launch and ready times the practicum saw.",
+        "for the rest) and the launch and ready times the practicum saw. A launch from a "
+        "standby starts at its trigger: the API server's imports were done before.",
         "",
     ]
     rows = []
     for s in r.startups:
         which = s.get("variant") or f"#{s.get('order', '')}"
         label = f"{s['phase']} {which} {s['model']}"
-        rows.append(
-            [
-                label,
-                s.get("cache", ""),
-                s.get("compile_cache") or NONE,
-                *(_num(s["phases"].get(k)) for _, k in STARTUP_COLUMNS),
-            ]
-        )
+        cells = [_num(s["phases"].get(k)) for _, k in STARTUP_COLUMNS]
+        if s.get("via") == "standby":
+            label += " (from its standby)"
+            cells[0] = "in the standby"
+        rows.append([label, s.get("cache", ""), s.get("compile_cache") or NONE, *cells])
     out += md_table(["launch", "caches", "compile cache", *(h for h, _ in STARTUP_COLUMNS)], rows)
     caches = r.json("up/caches.json")
     if caches:
@@ -417,7 +426,7 @@ def _restart_base(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
     plain = [
         x["crash_to_serving_s"]
         for x in rows
-        if x.get("variant") == "daemon" and x.get("crash_to_serving_s")
+        if x.get("variant") in ("daemon", "plain") and x.get("crash_to_serving_s")
     ]
     if plain:
         return statistics.mean(plain), "the daemon's relaunch of plain vLLM, crash to serving"
@@ -526,6 +535,9 @@ def render(results: Path, out: Path) -> str:
         "bf16); workload: random prompts of 512 tokens, 128 output tokens (ignore_eos).",
         "",
     ]
+    notes = r.text("NOTES.md")  # what the person who ran the session says about it
+    if notes:
+        lines += ["## Notes on this run", "", notes.strip(), ""]
     if not (r.commands or r.startups or (results / "gpu-tests.xml").exists()):
         lines += [
             "*No GPU session has sent results yet: every section below says which step "

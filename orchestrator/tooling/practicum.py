@@ -167,7 +167,9 @@ def phase_serve(args: argparse.Namespace, rec: Recorder) -> None:
     coder = session.ports["coder"]
     versus = [
         rec.python,
-        str(REPO / "tests" / "perf" / "bench_vs_vllm.py"),
+        # as a module from the checkout: a script path would import the installed orchestrator
+        "-m",
+        "tests.perf.bench_vs_vllm",
         "--target",
         f"http://127.0.0.1:{coder}",
         "--served-model-name",
@@ -195,12 +197,10 @@ def phase_serve(args: argparse.Namespace, rec: Recorder) -> None:
 def _kv_by_utilization(session: Session, name: str) -> list[dict[str, Any]]:
     """KV-cache figures of every launch in the model's log, with the utilisation it ran at."""
     out: list[dict[str, Any]] = []
-    runs = vllm_startup.launches(session.engine_log(name).splitlines())
-    notes = [
-        ln for ln in session.engine_log(name).splitlines() if ln.startswith(vllm_startup.START_NOTE)
-    ]
-    for note, lines in zip(notes, runs, strict=True):
-        argv = note[len(vllm_startup.START_NOTE) :].split()
+    log = session.engine_log(name).splitlines()
+    runs = vllm_startup.launches(log)
+    argvs = [argv for ln in log if (argv := vllm_startup.start_argv(ln)) is not None]
+    for argv, lines in zip(argvs, runs, strict=True):
         gmu = (
             argv[argv.index("--gpu-memory-utilization") + 1]
             if ("--gpu-memory-utilization" in argv)

@@ -2,9 +2,10 @@
 
 vLLM stamps its lines to the second (`(APIServer pid=7) INFO 12-02 13:22:33 [file.py:12] ...`)
 and prints the exact durations of weight loading, torch.compile and CUDA graph capture; the
-daemon marks each launch with a `[mig-orchestrator] starting:` note. Together with the launch
-time and the moment the engine turned ready they give: imports, engine set-up, weights,
-compile, graphs, and whatever comes after the graphs (FlashInfer JIT, warm-up) until ready.
+daemon marks each launch, plain or from a standby, with a `[mig-orchestrator] starting...: ARGV`
+note. Together with the launch time and the moment the engine turned ready they give: imports,
+engine set-up, weights, compile, graphs, and whatever comes after the graphs (FlashInfer JIT,
+warm-up) until ready.
 Stdlib only: used on the GPU machine by the practicum and by its tests here.
 """
 
@@ -17,7 +18,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-START_NOTE = "[mig-orchestrator] starting:"
+# Every launch note of the daemon: plain or from a standby, with the EngineCore forked or not.
+_START_NOTE = re.compile(
+    r"^\[mig-orchestrator\] starting(?: from standby pid \d+ \([^)]*\))?"
+    r"(?: \(EngineCore by fork\))?: (?P<argv>.*)$"
+)
 _LINE = re.compile(
     r"^(?:\((?P<proc>[A-Za-z_]+?)(?:_DP\d+)?\s+pid=(?P<pid>\d+)\)\s+)?"
     r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+"
@@ -64,6 +69,7 @@ class Startup:
     figures: dict[str, float] = field(default_factory=dict)
     compile_cache: str | None = None  # "hit" | "miss" | None (not compiled: eager)
     attention: str | None = None
+    via: str | None = None  # "plain" | "standby", as the daemon noted it
     lines: int = 0
 
     def phases(self) -> dict[str, float | None]:
@@ -97,11 +103,24 @@ def _number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
+# The daemon's own figure once ready (engine/starts.py): from the spawn or the standby's trigger.
+_DAEMON_READY = re.compile(
+    r"^\[mig-orchestrator\] ready (?P<s>[\d.]+) s after "
+    r"(?P<how>the standby's trigger|a plain launch)"
+)
+
+
+def start_argv(line: str) -> list[str] | None:
+    """The argv of a daemon launch note, or None when `line` is no such note."""
+    m = _START_NOTE.match(line)
+    return None if m is None else m["argv"].split()
+
+
 def launches(lines: Iterable[str]) -> list[list[str]]:
     """The log cut at each daemon launch note; what precedes the first note is dropped."""
     runs: list[list[str]] = []
     for line in lines:
-        if line.startswith(START_NOTE):
+        if start_argv(line) is not None:
             runs.append([])
         elif runs:
             runs[-1].append(line)
@@ -120,6 +139,11 @@ def parse(
     out = Startup(launched=launched, ready=ready)
     for raw in lines:
         out.lines += 1
+        daemon = _DAEMON_READY.match(raw)
+        if daemon is not None and out.ready is not None:
+            # A standby's process started long before its trigger: the daemon knows the launch.
+            out.launched = out.ready - float(daemon["s"])
+            out.via = "standby" if daemon["how"].startswith("the standby") else "plain"
         match = _LINE.match(raw.strip())
         if match is None:
             continue

@@ -80,3 +80,30 @@ def test_the_latest_launch_is_the_warm_restart() -> None:
     assert s.figures["kv_cache_tokens"] == 265420 and s.figures["compile_s"] == 3.6
     # no launch or ready time given, and the log shows no ready line: those phases are unknown
     assert s.phases()["total_s"] is None and s.phases()["until_engine_core_s"] == 28.0
+
+
+def test_launch_notes_from_a_standby_or_with_fork_cut_the_log_too() -> None:
+    argv = "/v/bin/python -m vllm.entrypoints.openai.api_server --port 1"
+    notes = [
+        f"[mig-orchestrator] starting: {argv}",
+        f"[mig-orchestrator] starting (EngineCore by fork): {argv}",
+        f"[mig-orchestrator] starting from standby pid 7 (imports done): {argv}",
+        f"[mig-orchestrator] starting from standby pid 7 (still importing) (EngineCore by fork): {argv}",
+    ]
+    assert [vllm_startup.start_argv(n) for n in notes] == [argv.split()] * 4
+    assert vllm_startup.start_argv("[mig-orchestrator] starting anyway: pids [1]") is None
+    assert len(vllm_startup.launches([*notes, "(APIServer pid=1) INFO x"])) == 4
+
+
+def test_the_daemons_ready_note_gives_the_launch_of_a_standby() -> None:
+    # The standby's process started minutes earlier; the launch is its trigger, 16.85 s before.
+    run = [
+        "(APIServer pid=20) INFO 12-02 10:05:01 [api_utils.py:286] non-default args: {}",
+        "(EngineCore_DP0 pid=21) INFO 12-02 10:05:03 [core.py:117] Initializing a V1 LLM engine",
+        "[mig-orchestrator] ready 16.85 s after the standby's trigger (EngineCore by fork), "
+        "18.62 s after the failure",
+    ]
+    s = vllm_startup.parse(run, launched=_at("09:58:00"), ready=_at("10:05:17"), year=2026)
+    assert s.via == "standby" and s.launched == _at("10:05:17") - 16.85
+    assert abs(s.phases()["total_s"] - 16.85) < 0.06  # rounded to a tenth
+    assert abs(s.phases()["imports_api_server_s"] - 0.85) < 0.06
