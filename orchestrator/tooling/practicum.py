@@ -71,6 +71,18 @@ def cache_inventory() -> dict[str, Any]:
 # --- phases ---------------------------------------------------------------------------------
 
 
+def _random_workload(args: argparse.Namespace) -> list[str]:
+    """The practicum's one workload, as `bench` and `compare` options."""
+    return [
+        "--workload",
+        "random",
+        "--input-len",
+        str(args.input_len),
+        "--max-tokens",
+        str(args.output_len),
+    ]
+
+
 def phase_up(args: argparse.Namespace, rec: Recorder) -> None:
     rec.estimate(COLD_START_S + WARM_START_S + 30, "daemon start, coder (first: cold) then chat")
     setup = setup_from(args)
@@ -117,15 +129,7 @@ def phase_serve(args: argparse.Namespace, rec: Recorder) -> None:
     )
     if session.topology:
         monitor += ["--topology", session.topology]
-    common = [
-        "--workload",
-        "random",
-        "--input-len",
-        str(args.input_len),
-        "--max-tokens",
-        str(args.output_len),
-        "-q",
-    ]
+    common = [*_random_workload(args), "-q"]
     sweep = rec.orchestrator(
         "bench",
         *url,
@@ -226,12 +230,7 @@ def phase_compare(args: argparse.Namespace, rec: Recorder) -> None:
         "chat",
         "--sweep",
         f"gpu_memory_utilization={args.utilizations}",
-        "--workload",
-        "random",
-        "--input-len",
-        str(args.input_len),
-        "--max-tokens",
-        str(args.output_len),
+        *_random_workload(args),
         "--concurrency",
         str(args.compare_concurrency),
         "--requests",
