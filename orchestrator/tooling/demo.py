@@ -157,6 +157,7 @@ def _show(setup: DemoSetup) -> None:
         f"\nControl plane: {setup.control_url}  (MIG_ORCH_URL={setup.control_url} "
         f"{Path(sys.executable).parent / 'mig-orchestrator'} status | logs NAME | restart NAME)"
     )
+    print(f"Dashboard:     {setup.control_url}/ui  (open: the demo has no tokens, loopback only)")
     print(f"Metrics:       curl -s {setup.control_url}/metrics")
 
 
