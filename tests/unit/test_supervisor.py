@@ -22,34 +22,26 @@ from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 from orchestrator.supervisor.supervisor import Supervisor
 from tests.daemon_harness import TOPOLOGIES
 from tests.engine_host import config, wait_for
-from tests.fake_processes import Behaviour, FakeProcesses
+from tests.fake_processes import Behaviour
 from tests.health_server import HealthServer
+from tests.supervisor_host import SupervisorHost
 
 READY, FAILED = State.READY, State.FAILED
 
 
-class Host:
-    """A supervisor over a100-mixed (3g.40gb, 2g.20gb, 1g.10gb x2) whose models all answer
-    /health on their own in-process server."""
+class Host(SupervisorHost):
+    """A supervisor whose models all answer /health on their own in-process server."""
 
     def __init__(self, root: Path, servers: dict[str, HealthServer]) -> None:
-        self.root = root
+        super().__init__(root)
         self.servers = servers
-        # SIGCHLD, as the kernel sends it: the supervisor's handler reaps through the fake.
-        self.fake = FakeProcesses(on_exit=lambda pid, status: signal.raise_signal(signal.SIGCHLD))
-        self.sup: Supervisor | None = None
 
     def cfg(self, profiles: dict[str, str]) -> Any:
         models = {n: {"port": self.servers[n].port, "profile": p} for n, p in profiles.items()}
         return config(self.root, models)
 
     async def open(self, profiles: dict[str, str]) -> Supervisor:
-        cfg = self.cfg(profiles)
-        inventory = load_inventory(TOPOLOGIES / "a100-mixed.toml")
-        store = StateStore(cfg.orchestrator.state_dir)
-        self.sup = Supervisor(cfg, inventory, store, allow_partial=True, ops=self.fake)
-        await self.sup.open()
-        return self.sup
+        return await self.open_supervisor(self.cfg(profiles), allow_partial=True)
 
     async def reach(self, name: str, state: State) -> None:
         assert self.sup is not None
@@ -60,10 +52,6 @@ class Host:
         argvs = [p.argv for p in self.fake.engines_alive()]
         return sorted(a[a.index("--served-model-name") + 1] for a in argvs)
 
-    def saved(self) -> dict[str, Any]:
-        assert self.sup is not None
-        return dict(json.loads(self.sup.store.path.read_text()))
-
 
 @contextlib.asynccontextmanager
 async def host(root: Path, *names: str) -> AsyncIterator[Host]:
@@ -73,9 +61,7 @@ async def host(root: Path, *names: str) -> AsyncIterator[Host]:
         try:
             yield h
         finally:
-            if h.sup is not None:
-                await h.sup.shutdown()
-            h.fake.close()
+            await h.close()
 
 
 async def test_start_up_places_autostarts_and_marks_what_cannot_be_placed(tmp_path: Path) -> None:

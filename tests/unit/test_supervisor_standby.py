@@ -14,38 +14,28 @@ from typing import Any
 
 from orchestrator.config import Config
 from orchestrator.engine.states import StandbyState, State
-from orchestrator.gpu.nvml import load_inventory
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 from orchestrator.supervisor.supervisor import Supervisor
-from tests.daemon_harness import TOPOLOGIES
 from tests.engine_host import config, wait_for
-from tests.fake_processes import FakeProc, FakeProcesses
+from tests.fake_processes import FakeProc
 from tests.health_server import HealthServer
+from tests.supervisor_host import SupervisorHost
 
 COMMAND = ["python3", "-m", "fakevllm"]
 
 
-class Host:
+class Host(SupervisorHost):
     def __init__(self, root: Path, health: HealthServer) -> None:
-        self.root = root
+        super().__init__(root)
         self.health = health
-        self.fake = FakeProcesses(on_exit=lambda pid, status: signal.raise_signal(signal.SIGCHLD))
-        self.sup: Supervisor | None = None
 
     def cfg(self, **model: Any) -> Config:
         m = {"port": self.health.port, "profile": "3g.40gb", **model}
         return config(self.root, {"a": m}, engine_command=COMMAND, standby=True)
 
-    async def open(self, cfg: Config) -> Supervisor:
-        inventory = load_inventory(TOPOLOGIES / "a100-mixed.toml")
-        store = StateStore(cfg.orchestrator.state_dir)
-        self.sup = Supervisor(cfg, inventory, store, ops=self.fake)
-        await self.sup.open()
-        return self.sup
-
     async def serving(self, cfg: Config) -> tuple[Supervisor, FakeProc]:
         """Open on `cfg`, start "a"; the supervisor and the standby once it is ready."""
-        sup = await self.open(cfg)
+        sup = await self.open_supervisor(cfg)
         await sup.autostart()
         await self.ready()
         return sup, await self.standby_ready()
@@ -62,10 +52,6 @@ class Host:
         engine = self.sup.engine("a")
         await wait_for(lambda: engine.state is State.READY and engine.proc is not None, "ready")
 
-    def saved(self) -> dict[str, Any]:
-        assert self.sup is not None
-        return dict(json.loads(self.sup.store.path.read_text()))
-
 
 @contextlib.asynccontextmanager
 async def host(root: Path) -> AsyncIterator[Host]:
@@ -74,9 +60,7 @@ async def host(root: Path) -> AsyncIterator[Host]:
         try:
             yield h
         finally:
-            if h.sup is not None:
-                await h.sup.shutdown()
-            h.fake.close()
+            await h.close()
 
 
 async def test_the_standby_is_recorded_and_gone_after_shutdown(tmp_path: Path) -> None:
@@ -102,7 +86,7 @@ async def test_a_standby_left_by_a_killed_daemon_is_stopped_by_the_next_one(
         (left,) = h.fake.spawned
         record = EngineRecord(left.pid, left.pid, left.create_time, None)
         StateStore(cfg.orchestrator.state_dir).save(DaemonState(standbys={"a": record}))
-        sup = await h.open(cfg)
+        sup = await h.open_supervisor(cfg)
         assert not left.alive and left.signals == [signal.SIGTERM]
         await sup.flush()
         assert h.saved()["standbys"] == {}
