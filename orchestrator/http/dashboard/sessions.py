@@ -24,7 +24,8 @@ CSRF_HEADER = "X-CSRF-Token"
 class Session:
     token: str | None  # None: logged in while no token was configured (open, loopback-only)
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    last_used: float = field(default_factory=time.monotonic)
+    # Looked up at each login, so one clock (and a test's stand-in for it) serves every session.
+    last_used: float = field(default_factory=lambda: time.monotonic())
 
 
 class Sessions:
