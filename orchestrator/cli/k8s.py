@@ -17,9 +17,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.config import load_config, read_config_text
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.k8s import checks, write
 from orchestrator.k8s.render import RenderError, render
-from orchestrator.k8s.settings import KubernetesSettings
 
 _POOL = re.compile(r"^([a-z][-a-z0-9]*)=([^:]+):([0-9]+)(?::([0-9]+))?$")
 

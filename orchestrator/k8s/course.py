@@ -8,10 +8,10 @@ from typing import Any
 import yaml
 
 from orchestrator.config import Config
-from orchestrator.engine.nvml_shim import SHIM_DIR
+from orchestrator.config.kubernetes import KubernetesSettings
+from orchestrator.engine.nvml_fix import SHIM_DIR
 from orchestrator.k8s import names
 from orchestrator.k8s.pools import ClusterPlan
-from orchestrator.k8s.settings import KubernetesSettings
 
 Obj = dict[str, Any]
 SHIM_FILES = ("sitecustomize.py", "mig_orchestrator_nvml_shim.py")

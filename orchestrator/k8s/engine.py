@@ -6,10 +6,10 @@ import math
 from typing import Any
 
 from orchestrator.config import Config
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.engine.launch import build_launch
 from orchestrator.k8s import names
 from orchestrator.k8s.pools import MIG_CONFIG_LABEL, Seat
-from orchestrator.k8s.settings import KubernetesSettings
 
 HEALTH_PATH = "/health"  # vLLM's OpenAI server: 200 once the engine serves
 HOME = "/home/vllm"  # vLLM, torch and triton write their caches under $HOME

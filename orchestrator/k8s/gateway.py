@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.k8s import names
-from orchestrator.k8s.settings import KubernetesSettings
 
 Obj = dict[str, Any]
 DATA_DIR = "/var/lib/mig-orchestrator"

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.config import Config
-from orchestrator.engine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
-from orchestrator.k8s.settings import KubernetesSettings
+from orchestrator.config.kubernetes import KubernetesSettings
+from orchestrator.inengine.nvml_shim.mig_orchestrator_nvml_shim import CONTAINER_SLICE, UUID_ENV
 
 PART_OF = {"app.kubernetes.io/part-of": "mig-orchestrator"}
 COMPONENT = "app.kubernetes.io/component"
@@ -20,7 +20,6 @@ SHIM_MOUNT = "/opt/mig-orchestrator/nvml-shim"
 SHIM_UUID_ENV = UUID_ENV
 MIG_PARTED_CONFIGMAP = "mig-orchestrator-mig-parted-config"
 GATEWAY = "mig-orchestrator-gateway"
-CONTAINER_SLICE = "container"
 
 
 def engine_selector(name: str) -> dict[str, str]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import yaml
 
 from orchestrator.config import Config
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.gpu.mig_profiles import gpu_model
-from orchestrator.k8s.settings import KubernetesSettings
 from orchestrator.layout import render
 from orchestrator.layout.pack import GpuPlan, LayoutPlan, plan_layout
 from orchestrator.layout.targets import Target, synthetic

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.config import Config
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.k8s import course, engine, gateway, names
 from orchestrator.k8s.pools import ClusterPlan, PoolError, plan_cluster
-from orchestrator.k8s.settings import KubernetesSettings
 from orchestrator.k8s.steps import steps
 from orchestrator.k8s.unsupported import refusals
 

@@ -6,9 +6,9 @@ import shlex
 from pathlib import Path
 
 from orchestrator.config import Config
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.k8s import names
 from orchestrator.k8s.pools import MIG_CONFIG_LABEL, ClusterPlan
-from orchestrator.k8s.settings import KubernetesSettings
 
 
 def steps(cfg: Config, k8s: KubernetesSettings, plan: ClusterPlan, source: str) -> str:

@@ -7,7 +7,7 @@ import re
 from pathlib import PurePosixPath
 
 from orchestrator.config import Config, ModelConfig
-from orchestrator.k8s.settings import DNS_LABEL, KubernetesSettings
+from orchestrator.config.kubernetes import DNS_LABEL, KubernetesSettings
 
 _DNS = re.compile(DNS_LABEL)
 
