@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as e:
         for err in e.errors():
             where = ".".join(str(p) for p in err["loc"])
-            print(f"{path}: kubernetes.{where}: {err['msg']}", file=sys.stderr)
+            msg = err["msg"].removeprefix("Value error, ")
+            print(f"{path}: kubernetes.{where}: {msg}", file=sys.stderr)
         return 2
     try:
         rendered = render(cfg, k8s, str(path), read_config_text(path))

@@ -96,6 +96,13 @@ def plan_cluster(cfg: Config, k8s: KubernetesSettings, source: str) -> ClusterPl
 
 def _refusal(layout: LayoutPlan) -> list[str]:
     lines = [f"models.{n}: {why}" for n, why in layout.unplaced.items()]
+    lines += [
+        f"models.{name}: its {p.profile.name} fits no GPU of the pools (the planner needs "
+        f"one more {g.target.model.label} for it)"
+        for g in layout.gpus
+        if g.target.extra
+        for p, name in g.instances
+    ]
     lines += [f"not enough GPUs in the MIG pools: {r}" for r in layout.reasons]
     return lines + layout.advice
 
