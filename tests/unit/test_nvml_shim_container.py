@@ -12,8 +12,8 @@ from types import ModuleType
 import pynvml
 import pytest
 
-from orchestrator.gpu import nvml_fake
 from orchestrator.inengine.nvml_shim import mig_orchestrator_nvml_shim as shim
+from tests.unit.test_nvml_shim import cuda_module
 
 GIB = 1024**3
 MIG_UUID = "MIG-0d1969dd-8c59-47a3-89cf-2c9ed6416ae6"
@@ -36,41 +36,12 @@ profile = "3g.40gb"
 gi_id = 2
 ci_id = 0
 """
-# vLLM's NvmlCudaPlatform without CUDA_VISIBLE_DEVICES: CUDA device 0 is NVML GPU index 0.
-PLATFORM = """
-def _around(fn):
-    def wrapper(*args, **kwargs):
-        pynvml.nvmlInit()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            pynvml.nvmlShutdown()
-    return wrapper
-
-
-class NvmlCudaPlatform:
-    @classmethod
-    @_around
-    def get_device_name(cls, device_id=0):
-        return pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(device_id))
-
-    @classmethod
-    @_around
-    def get_device_total_memory(cls, device_id=0):
-        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(device_id)).total
-
-
-CudaPlatform = NvmlCudaPlatform
-"""
 
 
 def pod_cuda(tmp_path: Path, topology: str = POD_VIEW) -> ModuleType:
     path = tmp_path / "pod.toml"
     path.write_text(topology, encoding="utf-8")
-    module = ModuleType("vllm.platforms.cuda")
-    module.__dict__["pynvml"] = nvml_fake.load(path)
-    exec(PLATFORM, module.__dict__)
-    return module
+    return cuda_module(topology=path)
 
 
 @pytest.mark.parametrize("visible", [MIG_UUID, None])
