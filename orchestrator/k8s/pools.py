@@ -77,9 +77,11 @@ def plan_cluster(cfg: Config, k8s: KubernetesSettings, source: str) -> ClusterPl
         )
     if errors:
         raise PoolError(errors)
-    configs: dict[str, list[dict[str, object]]] = {}
-    if any(not p.mig for p in k8s.node_pools.values()):
-        configs[ALL_DISABLED] = [{"devices": "all", "mig-enabled": False}]
+    # Always there: the GPU operator labels MIG-capable nodes with it until told otherwise, and
+    # this config replaces its default one.
+    configs: dict[str, list[dict[str, object]]] = {
+        ALL_DISABLED: [{"devices": "all", "mig-enabled": False}]
+    }
     if not mig_models:
         return ClusterPlan(seats, configs, whole_groups, None)
     layout = plan_layout(cfg.model_copy(update={"models": mig_models}), targets)
