@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from orchestrator.config import load_config, read_config_text
 from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.k8s import checks, write
-from orchestrator.k8s.render import RenderError, render
+from orchestrator.k8s.render import Rendered, RenderError, render
 
 _POOL = re.compile(r"^([a-z][-a-z0-9]*)=([^:]+):([0-9]+)(?::([0-9]+))?$")
 
@@ -113,16 +113,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(rendered: Any, files: dict[str, str], out: Path, problems: list[str]) -> int:
+def _check(rendered: Rendered, files: dict[str, str], out: Path, problems: list[str]) -> int:
     try:
         errors, notes = checks.schema(rendered)
     except ModuleNotFoundError:
         errors, notes = [], ["schemas not checked: pip install 'mig-orchestrator[k8s]'"]
-    problems = problems + errors + write.differences(out, files)
+    compared = out.is_dir()
+    if compared:
+        errors += write.differences(out, files)
+    else:
+        notes.append(f"{out} not compared: it does not exist")
+    problems = problems + errors
     for note in notes:
         print(f"note: {note}")
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
-    print(f"ok: {len(rendered.objects())} objects pass; {out} is up to date")
+    print(
+        f"ok: {len(rendered.objects())} objects pass"
+        + (f"; {out} is up to date" if compared else "")
+    )
     return 0

@@ -66,6 +66,11 @@ def _engine(
     selected = pod.get("nodeSelector", {}).get(MIG_CONFIG_LABEL)
     if selected not in mig_configs(rendered):
         out.append(f"{_POD}.nodeSelector.{MIG_CONFIG_LABEL}: {selected!r} is no mig-parted config")
+    pool = pod.get("nodeSelector", {}).get(names.POOL_LABEL)
+    if pool != seat.pool:
+        out.append(
+            f"{_POD}.nodeSelector.{names.POOL_LABEL}: {pool!r}, but {model} is in {seat.pool}"
+        )
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
     args = c["args"]
     served = int(args[args.index("--port") + 1]) if "--port" in args else None

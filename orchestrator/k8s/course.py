@@ -21,7 +21,11 @@ def namespace(k8s: KubernetesSettings) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": k8s.namespace, "labels": names.PART_OF},
+        "metadata": {
+            "name": k8s.namespace,
+            # Every pod rendered here meets the restricted Pod Security Standard; keep it so.
+            "labels": {**names.PART_OF, "pod-security.kubernetes.io/enforce": "restricted"},
+        },
     }
 
 

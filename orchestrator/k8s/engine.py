@@ -54,7 +54,10 @@ def engine_env(cfg: Config, name: str, seat: Seat, k8s: KubernetesSettings) -> l
 
 
 def probes(cfg: Config, name: str) -> Obj:
-    """startup, readiness and liveness from the daemon's health settings (whole seconds)."""
+    """startup, readiness and liveness from the daemon's health settings (whole seconds).
+
+    Readiness gives up as late as liveness: with one replica, a pod taken out of its Service for
+    one slow answer refuses every client instead of answering them slowly."""
     o = cfg.orchestrator
     period = max(1, math.ceil(o.health_interval_s))
     timeout = max(1, math.ceil(o.health_timeout_s))
@@ -71,7 +74,7 @@ def probes(cfg: Config, name: str) -> Obj:
 
     return {
         "startupProbe": probe(max(1, math.ceil(startup_s / period))),
-        "readinessProbe": probe(1),
+        "readinessProbe": probe(o.unhealthy_threshold),
         "livenessProbe": probe(o.unhealthy_threshold),
     }
 
@@ -155,7 +158,10 @@ def deployment(cfg: Config, name: str, seat: Seat, k8s: KubernetesSettings) -> O
                     "enableServiceLinks": False,
                     "automountServiceAccountToken": False,
                     "securityContext": names.pod_security(k8s),
-                    "nodeSelector": {MIG_CONFIG_LABEL: seat.mig_config},
+                    "nodeSelector": {
+                        MIG_CONFIG_LABEL: seat.mig_config,
+                        names.POOL_LABEL: seat.pool,
+                    },
                     "tolerations": [
                         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
                     ],

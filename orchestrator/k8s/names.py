@@ -20,6 +20,9 @@ SHIM_MOUNT = "/opt/mig-orchestrator/nvml-shim"
 SHIM_UUID_ENV = UUID_ENV
 MIG_PARTED_CONFIGMAP = "mig-orchestrator-mig-parted-config"
 GATEWAY = "mig-orchestrator-gateway"
+# On every node of a pool, beside nvidia.com/mig.config: a whole-GPU pool's config
+# (all-disabled) is also every other MIG-capable node's default.
+POOL_LABEL = "mig-orchestrator/pool"
 
 
 def engine_selector(name: str) -> dict[str, str]:

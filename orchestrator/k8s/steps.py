@@ -72,7 +72,10 @@ def _labels(k8s: KubernetesSettings, plan: ClusterPlan) -> list[str]:
         out.append(
             f"# pool {group.pool}: {group.nodes} node(s) with {pool.gpus} x {pool.gpu} ({mig})"
         )
-        out.append(f"kubectl label node NODE {MIG_CONFIG_LABEL}={group.config} --overwrite")
+        out.append(
+            f"kubectl label node NODE {MIG_CONFIG_LABEL}={group.config} "
+            f"{names.POOL_LABEL}={group.pool} --overwrite"
+        )
     return [*out, "```"]
 
 
