@@ -59,6 +59,7 @@ def deployment(k8s: KubernetesSettings) -> Obj:
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # SQLite's temporary files
         ],
     }
     return {
@@ -79,6 +80,7 @@ def deployment(k8s: KubernetesSettings) -> Obj:
                     "volumes": [
                         {"name": "data", "persistentVolumeClaim": {"claimName": names.GATEWAY}},
                         {"name": "config", "configMap": {"name": CONFIG_MAP}},
+                        {"name": "tmp", "emptyDir": {}},
                     ],
                 },
             },
