@@ -79,7 +79,8 @@ def _uses_shim(files: dict[str, list[Obj]]) -> bool:
 
 
 def kustomizations(rendered: Rendered) -> dict[str, Obj]:
-    """kustomization.yaml per folder: the course's namespace, the GPU operator's, and the top."""
+    """kustomization.yaml per folder (with its namespace), and the top one listing every file:
+    Debian's kubectl (1.20, kustomize 2.0) takes only files as resources, not folders."""
     per_dir: dict[str, list[str]] = {}
     for path in rendered.files:
         folder, _, rest = path.partition("/")
@@ -92,7 +93,7 @@ def kustomizations(rendered: Rendered) -> dict[str, Obj]:
         f"{folder}/kustomization.yaml": _kustomization(paths, namespaces[folder])
         for folder, paths in per_dir.items()
     }
-    out["kustomization.yaml"] = _kustomization(sorted(per_dir), None)
+    out["kustomization.yaml"] = _kustomization(list(rendered.files), None)
     return out
 
 

@@ -74,22 +74,31 @@ def _kubectl() -> str:
     return kubectl
 
 
-@pytest.mark.parametrize("course", COURSES, ids=IDS)
-def test_kubectl_kustomize_builds_the_directory(course: Course, tmp_path: Path) -> None:
-    out = rendered_dir(course, tmp_path)
+def _kustomize(directory: Path) -> list[tuple[str, str | None, str]]:
     built = subprocess.run(
-        [_kubectl(), "kustomize", str(out)], capture_output=True, text=True, timeout=60, check=False
+        [_kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert built.returncode == 0, built.stderr
-    got = sorted(
+    return sorted(
         (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])
         for d in yaml.safe_load_all(built.stdout)
     )
+
+
+@pytest.mark.parametrize("course", COURSES, ids=IDS)
+def test_kubectl_kustomize_builds_the_directory(course: Course, tmp_path: Path) -> None:
+    """The whole directory, and each part on its own (the MIG configs are applied first)."""
+    out = rendered_dir(course, tmp_path)
     want = sorted(
         (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
         for _, o in course.render().objects()
     )
-    assert got == want
+    assert _kustomize(out) == want
+    assert sorted(_kustomize(out / "course") + _kustomize(out / "gpu-operator")) == want
 
 
 def _host_argvs(course: Course, tmp_path: Path) -> dict[str, list[str]]:
