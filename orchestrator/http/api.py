@@ -381,6 +381,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         RequestGuard,
         tokens=lambda: target.tokens,
         body_timeout_s=lambda: target.supervisor.cfg.orchestrator.client_timeout_s,
+        listen=lambda: target.supervisor.cfg.orchestrator.listen,
     )
     app.include_router(router)
     ctl: ControlState = app.state.control
