@@ -240,7 +240,8 @@ class OrchestratorSettings(_Strict):
 class SizeHint(_Strict):
     """A model that is not on this host, described for the layout planner (config.json's keys)."""
 
-    weights_gib: Annotated[float, Field(gt=0)]  # the checkpoint's weights as loaded
+    # Bounded so every figure derived from it stays finite (1e308 GiB would overflow to inf).
+    weights_gib: Annotated[float, Field(gt=0, le=1_000_000)]  # the weights as loaded
     num_hidden_layers: Annotated[int, Field(gt=0)]
     hidden_size: Annotated[int, Field(gt=0)]
     intermediate_size: Annotated[int, Field(gt=0)]
