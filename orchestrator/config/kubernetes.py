@@ -40,6 +40,8 @@ def _labels(v: dict[str, str]) -> dict[str, str]:
 
 
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL)]
+# A pool's name, with room for the "-N" its mig-parted config names add within 63 characters.
+PoolName = Annotated[str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]{0,56}[a-z0-9])?$")]
 Image = Annotated[
     str, StringConstraints(min_length=1, max_length=512), AfterValidator(_pinned_image)
 ]
@@ -101,7 +103,7 @@ class KubernetesSettings(_Strict):
     run_as_user: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1000
     # A Secret with key "token" that becomes HF_TOKEN, for gated models.
     hf_token_secret: DnsLabel | None = None
-    node_pools: dict[DnsLabel, NodePool] = {}
+    node_pools: dict[PoolName, NodePool] = {}
     prometheus: Prometheus = Prometheus()
     # Namespaces whose pods may also reach the engines (an ingress controller, a notebook hub).
     client_namespaces: list[DnsLabel] = []

@@ -32,6 +32,12 @@ def _describe(err: Any) -> str:
     where = _loc(loc)
     if loc and loc[-1] == "[key]" and err["type"] == "string_pattern_mismatch":
         # Pydantic would print the raw regex; a sysadmin needs the rule in words.
+        if loc[0] == "kubernetes":
+            return (
+                f"{_loc(loc[:-1])}: invalid pool name: lowercase letters, digits and '-', "
+                "starting with a letter, at most 58 characters (it names mig-parted configs, "
+                "which are node label values)"
+            )
         return (
             f"{_loc(loc[:-1])}: invalid model name: use letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 63 characters (it becomes a file name "

@@ -152,6 +152,12 @@ def _mig_targets(
     for pool_name, pool in k8s.node_pools.items():
         if not pool.mig:
             continue
+        if pool_name == ALL_DISABLED:
+            errors.append(
+                f"kubernetes.node_pools.{pool_name}: the GPU operator's config name for MIG "
+                "off; give this MIG pool another name"
+            )
+            continue
         try:
             model = gpu_model(pool.gpu)
         except ValueError as e:

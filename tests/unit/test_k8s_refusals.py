@@ -156,6 +156,16 @@ def test_kubernetes_table_is_strict() -> None:
         parse_config(BASE.replace("gpus = 1", 'gpus = "1"'))
 
 
+def test_pool_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=r"kubernetes.node_pools.A_100: invalid pool name"):
+        parse_config(BASE.replace("node_pools.a100", "node_pools.A_100"))
+    rc, _, _ = render(tmp_path, "", "--pool", "all-disabled=A100-80GB:1")
+    assert rc == 2
+    assert "kubernetes.node_pools.all-disabled: the GPU operator's config name for MIG off" in (
+        capsys.readouterr().err
+    )
+
+
 def test_whole_gpu_pool_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pool = '[kubernetes.node_pools.l40s]\ngpu = "L40S"\nmig = false\nmodels = ["alice", "nobody"]\n'
     rc, _, _ = render(tmp_path, pool)
