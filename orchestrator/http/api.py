@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -34,7 +34,12 @@ from orchestrator.http.standby_view import (
 )
 from orchestrator.placement import PlacementError
 from orchestrator.supervisor.overrides import OverrideError
-from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
+from orchestrator.supervisor.supervisor import (
+    ReloadResult,
+    StateNotSaved,
+    Supervisor,
+    UnknownModel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +227,27 @@ class ControlState:
         return e
 
     async def command(
-        self, e: Engine, desired: Desired, op: Awaitable[None], what: str
+        self,
+        e: Engine,
+        desired: Desired,
+        op: Awaitable[None],
+        what: str,
+        undo: Callable[[], None] | None = None,
     ) -> ModelStatus:
-        """Record what the caller wants, run `op` in the background (202) and answer the status."""
+        """Record what the caller wants and save it, then run `op` in the background (202) and
+        answer the status. 503, with nothing changed, when it cannot be saved (`undo` takes back
+        what the caller recorded besides the desired state)."""
+        previous = e.desired
         e.want(desired)
+        try:
+            await self.target.supervisor.persist()  # a 202 must survive a daemon crash
+        except StateNotSaved as err:
+            if isinstance(op, Coroutine):
+                op.close()  # never run
+            if undo is not None:
+                undo()
+            e.want(previous)
+            raise HTTPException(503, f"{what} refused, nothing was changed: {err}") from None
 
         async def logged() -> None:
             try:
@@ -237,9 +259,7 @@ class ControlState:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         await asyncio.sleep(0)  # let the command take the model's lock and show its state
-        shown = self.view.model(e)
-        await self.target.supervisor.persist()  # a 202 must survive a daemon crash
-        return shown
+        return self.view.model(e)
 
 
 def _control(request: Request) -> ControlState:
@@ -318,8 +338,12 @@ async def restart_model(
     ctl = _control(request)
     e = ctl.engine_for(name, who)
     overrides = None if body is None else _checked_overrides(ctl, name, who, body.overrides)
-    op = ctl.target.supervisor.restart(name, overrides)
-    return await ctl.command(e, Desired.RUNNING, op, f"restart {name}")
+    sup = ctl.target.supervisor
+    # Saved with the command: a 202 promises the restart with them even across a crash.
+    undo = None if overrides is None else sup.ask_restart(name, overrides)
+    return await ctl.command(
+        e, Desired.RUNNING, sup.restart(name, overrides), f"restart {name}", undo
+    )
 
 
 def _checked_overrides(
