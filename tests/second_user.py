@@ -27,9 +27,20 @@ def as_user(uid: int, argv: Sequence[str]) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
 
 
-def run_as(uid: int, argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+def run_as(
+    uid: int,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+) -> str:
     done = subprocess.run(
-        as_user(uid, argv), capture_output=True, text=True, env=env, check=False, timeout=60
+        as_user(uid, argv),
+        input=input_text,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
     )
     assert done.returncode == 0, f"{argv} as uid {uid}: {done.stderr}"
     return done.stdout

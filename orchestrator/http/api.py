@@ -240,7 +240,8 @@ class ControlState:
         previous = e.desired
         e.want(desired)
         try:
-            await self.target.supervisor.persist()  # a 202 must survive a daemon crash
+            # A 202 must survive a daemon crash; a state_dir that takes no write refuses it.
+            await self.target.supervisor.persist(force=True)
         except StateNotSaved as err:
             if isinstance(op, Coroutine):
                 op.close()  # never run

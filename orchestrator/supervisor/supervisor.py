@@ -378,16 +378,17 @@ class Supervisor:
             with contextlib.suppress(StateNotSaved):  # logged; the next change tries again
                 await self._write_if_changed()
 
-    async def persist(self) -> None:
+    async def persist(self, force: bool = False) -> None:
         """Return once what was asked so far is on disk: a command's 202 must survive a crash;
-        StateNotSaved when it cannot be. Callers that arrive during one write share the next."""
+        StateNotSaved when it cannot be. `force` writes even an unchanged state: a command
+        whose later changes (its engine's new pid) could not be saved is refused up front."""
         async with self._save_lock:
-            await self._write_if_changed()
+            await self._write_if_changed(force)
 
-    async def _write_if_changed(self) -> None:
+    async def _write_if_changed(self, force: bool = False) -> None:
         snap = self.snapshot()
         # Most changes are state transitions, which are not saved: no write (and fsync) then.
-        if snap == self._written:
+        if snap == self._written and not force:
             return
         try:
             await asyncio.to_thread(self.store.save, snap)
