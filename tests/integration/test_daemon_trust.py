@@ -185,7 +185,7 @@ def test_the_daemon_starts_with_a_damaged_state_file_and_keeps_what_is_sound(
 def test_the_daemon_starts_with_a_state_file_nested_past_what_json_parses(
     daemons: Callable[..., Daemon],
 ) -> None:
-    """Arrays 1,001 deep: Python's json gives up (RecursionError), so the file is set aside whole."""
+    """Arrays 1,001 deep: Python's json gives up (RecursionError): the file is set aside whole."""
     (port,) = free_ports(1)
     d = daemons({"m": standin_model(port, autostart=False)})
     state = d.root / "state"
