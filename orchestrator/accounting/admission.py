@@ -2,58 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from orchestrator.accounting import refusals
-from orchestrator.accounting.body_rules import plan_body
+from orchestrator.accounting.body_rules import cap_max_tokens
 from orchestrator.accounting.database import connect
+from orchestrator.accounting.grants import KeyedGrant, Models
 from orchestrator.accounting.journal import Journal
 from orchestrator.accounting.key_cache import KeyCache
 from orchestrator.accounting.keys import Key
 from orchestrator.accounting.limits import MINUTE_S, KeyState, OwnerLedger
 from orchestrator.accounting.periods import utc_day, window_at
 from orchestrator.accounting.recording import Finished, Started, mark_lost
-from orchestrator.accounting.scope import ModelRef, may_use, resolve
+from orchestrator.accounting.scope import may_use, resolve
 from orchestrator.accounting.seam import Caller, Outcome
 
 Clock = Callable[[], float]
 
 
-@dataclass
-class KeyedGrant:
-    caller: Caller
-    body_changes: dict[str, Any]
-    strip_usage_chunk: bool
-    request_id: str
-    _admission: KeyedAdmission = field(repr=False)
-    _key: Key = field(repr=False)
-    _model: str = field(repr=False)
-    _reserved: int = field(repr=False)
-    _finished: bool = field(default=False, repr=False)
-
-    def allowed(self, model: str) -> bool:
-        return may_use(self._key, model, self._admission.models())
-
-    async def finish(self, outcome: Outcome) -> None:
-        """Release what admission held, charge what was used; returns once it is on disk."""
-        if self._finished:
-            return
-        self._finished = True
-        await self._admission.settle(self, outcome)
-
-
 class KeyedAdmission:
     """One per gateway process; reads keys from, and writes usage to, state_dir's SQLite."""
 
-    def __init__(
-        self, path: Path, models: Callable[[], tuple[ModelRef, ...]], clock: Clock = time.time
-    ) -> None:
+    def __init__(self, path: Path, models: Models, clock: Clock = time.time) -> None:
         self.models = models
         self._clock = clock
         self._gateway = uuid.uuid4().hex
@@ -65,41 +41,40 @@ class KeyedAdmission:
         self._load(clock())
         self._journal = Journal(path)
 
-    def close(self) -> None:
-        self._journal.close()
+    async def close(self) -> None:
+        await asyncio.to_thread(self._journal.close)
         self._conn.close()
 
-    async def admit(self, api_key: str | None, model: str, body: dict[str, Any]) -> KeyedGrant:
-        """Check and reserve in one step, with no await in between; raises AdmissionError."""
+    async def admit(
+        self, api_key: str | None, model: str | None, body: Mapping[str, Any]
+    ) -> KeyedGrant:
+        """Check and reserve in one step, with no await in between; raises ApiError."""
         now = self._clock()
         key = self._keys.lookup(api_key, now) if api_key else None
         if key is None:
             raise refusals.bad_key(api_key)
+        caller = Caller(key.owner, key.owner_kind, key.id)
         refs = self.models()
+        if model is None:  # a /v1/models listing: nothing to limit or count
+            return KeyedGrant(caller, {}, {}, False, "", key, "", 0, self.models)
         if not may_use(key, model, refs):
             raise refusals.no_such_model(model)
-        plan = plan_body(body, key.limits.max_tokens)
+        changes, reserve = cap_max_tokens(body, key.limits.max_tokens)
         self._check_quota(key, now)
         state = self._states.setdefault(key.id, KeyState())
         self._check_rates(key, state, now)
-        reserve = plan.max_tokens
         state.in_flight += 1
         state.requests.add(now, 1)
         state.tokens.held += reserve
         self._owner(key.owner).held += reserve
         ref = resolve(model, refs)
+        headers = ref.upstream_headers() if ref else {"authorization": ""}
         grant = KeyedGrant(
-            Caller(key.owner, key.owner_kind, key.id),
-            plan.changes,
-            plan.strip_usage_chunk,
-            uuid.uuid4().hex,
-            self,
-            key,
-            ref.name if ref else model,
-            reserve,
-        )
-        started = Started(grant.request_id, self._gateway, now, key.owner, key.id, grant._model)
-        self._journal.submit(started.write())  # durable within one batch; not waited for
+            caller, changes, headers, True, uuid.uuid4().hex, key,
+            ref.name if ref else model, reserve, self.models, self._settle,
+        )  # fmt: skip
+        started = Started(grant.request_id, self._gateway, now, key.owner, key.id, grant.model)
+        self._journal.submit(started.write())  # on disk within a batch; not waited for
         return grant
 
     def _check_quota(self, key: Key, now: float) -> None:
@@ -133,36 +108,29 @@ class KeyedAdmission:
                 key.id, "tokens", "tokens per min (TPM)", lim.tpm, used, retry
             )
 
-    async def settle(self, grant: KeyedGrant, outcome: Outcome) -> None:
+    async def _settle(self, grant: KeyedGrant, outcome: Outcome) -> None:
         now = self._clock()
-        key = grant._key
-        spent = max(0, outcome.prompt_tokens) + max(0, outcome.completion_tokens)
+        key = grant.key
+        prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
+        metered = prompt is not None or completion is not None
+        # An answer that ended without the engine's count (its client left mid-stream) is
+        # charged what it reserved: leaving early must not be a way around a quota.
+        unmetered = not metered and outcome.status < 400
+        charged = (prompt or 0) + (completion or 0) if metered else grant.reserved * unmetered
         state = self._states.setdefault(key.id, KeyState())
         state.in_flight -= 1
-        state.tokens.held -= grant._reserved
-        state.tokens.add(now, spent)  # a stream that overran is charged in full
+        state.tokens.held -= grant.reserved
+        state.tokens.add(now, charged)  # a stream that overran is charged in full
         ledger = self._owner(key.owner)
-        ledger.held -= grant._reserved
+        ledger.held -= grant.reserved
         day = utc_day(now)
-        ledger.charge(day, spent)
+        ledger.charge(day, charged)
         finished = Finished(
-            grant.request_id,
-            day,
-            key.owner,
-            key.id,
-            grant._model,
-            now,
-            outcome.status,
-            outcome.status >= 400 or outcome.error is not None,
-            outcome.prompt_tokens,
-            outcome.completion_tokens,
-            outcome.ttft_s,
-            outcome.duration_s,
-            outcome.streamed,
-            outcome.route,
-            outcome.client,
-            outcome.error,
-        )
+            grant.request_id, day, key.owner, key.id, grant.model, now, outcome.status,
+            outcome.status >= 400 or outcome.error is not None, prompt or 0, completion or 0,
+            charged, unmetered, outcome.ttft_s, outcome.duration_s, outcome.streamed,
+            outcome.route, outcome.client, outcome.error,
+        )  # fmt: skip
         await self._journal.submit(finished.write())
 
     def _owner(self, name: str) -> OwnerLedger:
@@ -170,11 +138,9 @@ class KeyedAdmission:
 
     def _load(self, now: float) -> None:
         """What earlier gateway processes spent: owners' tokens per day, keys' last minute."""
-        rows = self._conn.execute(
-            "SELECT owner, day, sum(prompt_tokens + completion_tokens) FROM usage_daily "
-            "GROUP BY owner, day"
-        )
-        for owner, day, tokens in rows:
+        for owner, day, tokens in self._conn.execute(
+            "SELECT owner, day, sum(charged_tokens) FROM usage_daily GROUP BY owner, day"
+        ):
             self._owner(owner).charge(date.fromisoformat(day), int(tokens))
         since = now - MINUTE_S
         for key_id, started in self._conn.execute(
@@ -183,7 +149,7 @@ class KeyedAdmission:
         ):
             self._states.setdefault(key_id, KeyState()).requests.add(started, 1)
         for key_id, finished, tokens in self._conn.execute(
-            "SELECT key_id, finished_at, prompt_tokens + completion_tokens FROM requests "
+            "SELECT key_id, finished_at, charged_tokens FROM requests "
             "WHERE finished_at > ? ORDER BY finished_at",
             (since,),
         ):

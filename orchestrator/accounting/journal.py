@@ -8,6 +8,7 @@ batch holding the write has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -75,7 +76,9 @@ class Journal:
                 log.error("accounting database %s: %s; retrying in %.1fs", self._path, e, RETRY_S)
                 time.sleep(RETRY_S)
         for _, fut in items:
-            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+            # A closed loop means nobody waits for this write any more.
+            with contextlib.suppress(RuntimeError):
+                fut.get_loop().call_soon_threadsafe(_resolve, fut)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -38,7 +38,9 @@ INSERT INTO meta (name, value) VALUES ('keys_version', 0);
 
 # Version 2: usage. `usage_daily` is the durable roll-up (per UTC day, owner, key and model);
 # `requests` holds one row per request from admission on, so that a request the gateway was
-# serving when it died stays visible as `lost` instead of vanishing. Counters are NOT NULL
+# serving when it died stays visible as `lost` instead of vanishing. `unmetered` counts answers
+# that ended without the engine's usage (a client gone mid-stream): `charged_tokens`, what the
+# quota was charged, then holds the request's reservation. Counters are NOT NULL
 # DEFAULT 0: a sum over a fresh row must never be NULL.
 V2 = """
 CREATE TABLE usage_daily (
@@ -54,6 +56,8 @@ CREATE TABLE usage_daily (
     ttft_s REAL NOT NULL DEFAULT 0,
     ttft_count INTEGER NOT NULL DEFAULT 0,
     lost INTEGER NOT NULL DEFAULT 0,
+    unmetered INTEGER NOT NULL DEFAULT 0,
+    charged_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, owner, key_id, model)
 );
 CREATE INDEX usage_daily_owner ON usage_daily(owner, day);
@@ -71,6 +75,7 @@ CREATE TABLE requests (
     status INTEGER,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
+    charged_tokens INTEGER NOT NULL DEFAULT 0,
     ttft_s REAL,
     duration_s REAL,
     streamed INTEGER NOT NULL DEFAULT 0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.accounting.seam import AdmissionError
+from orchestrator.accounting.seam import ApiError
 
 
 def _shown(api_key: str) -> str:
@@ -10,7 +10,7 @@ def _shown(api_key: str) -> str:
     return f"{api_key[:6]}***{api_key[-4:]}" if len(api_key) > 12 else "***"
 
 
-def bad_key(api_key: str | None) -> AdmissionError:
+def bad_key(api_key: str | None) -> ApiError:
     if not api_key:
         message = (
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'; "
@@ -18,72 +18,57 @@ def bad_key(api_key: str | None) -> AdmissionError:
         )
     else:
         message = f"Incorrect API key provided: {_shown(api_key)}. Ask the course's admin for one."
-    return AdmissionError(401, "invalid_request_error", "invalid_api_key", message)
+    return ApiError(401, message, code="invalid_api_key")
 
 
-def no_such_model(model: str) -> AdmissionError:
+def no_such_model(model: str) -> ApiError:
     # The same words as for a model that does not exist: a key must not learn other names.
-    return AdmissionError(
-        404,
-        "invalid_request_error",
-        "model_not_found",
-        f"The model `{model}` does not exist or you do not have access to it.",
-        param="model",
-    )
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return ApiError(404, message, code="model_not_found", param="model")
 
 
-def max_tokens_over(field: str, asked: object, cap: int) -> AdmissionError:
-    return AdmissionError(
-        400,
-        "invalid_request_error",
-        "invalid_value",
-        f"{field} is {asked}, above this key's cap of {cap}; ask for {cap} or fewer.",
-        param=field,
-    )
+def max_tokens_over(field: str, asked: object, cap: int) -> ApiError:
+    message = f"{field} is {asked}, above this key's cap of {cap}; ask for {cap} or fewer."
+    return ApiError(400, message, code="invalid_value", param=field)
 
 
-def max_tokens_not_int(field: str, asked: object) -> AdmissionError:
-    return AdmissionError(
-        400,
-        "invalid_request_error",
-        "invalid_type",
-        f"{field} must be a positive integer, not {asked!r}.",
-        param=field,
-    )
+def max_tokens_not_int(field: str, asked: object) -> ApiError:
+    message = f"{field} must be a positive integer, not {asked!r}."
+    return ApiError(400, message, code="invalid_type", param=field)
 
 
 def rate_limited(
     key_id: str, what: str, unit: str, limit: int, used: int, retry_s: int
-) -> AdmissionError:
+) -> ApiError:
     """`what` is OpenAI's type: "requests" or "tokens"; `unit` the limit's words."""
-    return AdmissionError(
+    return ApiError(
         429,
-        what,
-        "rate_limit_exceeded",
         f"Rate limit reached for key {key_id} on {unit}: Limit {limit}, Used {used}. "
         f"Please try again in {retry_s}s.",
+        type=what,
+        code="rate_limit_exceeded",
         headers={"Retry-After": str(retry_s)},
     )
 
 
 def quota_exhausted(
     owner: str, quota: int, period: str, spent: int, retry_s: int | None
-) -> AdmissionError:
+) -> ApiError:
     when = f"it renews in {retry_s}s" if retry_s else "it does not renew"
-    return AdmissionError(
+    return ApiError(
         429,
-        "insufficient_quota",
-        "insufficient_quota",
         f"You exceeded your current quota: {owner} used {spent} of {quota} tokens for the "
         f"period {period}; {when}.",
-        headers={"Retry-After": str(retry_s)} if retry_s else None,
+        type="insufficient_quota",
+        code="insufficient_quota",
+        headers={"Retry-After": str(retry_s)} if retry_s else {},
     )
 
 
-def outside_term(owner: str, period: str) -> AdmissionError:
-    return AdmissionError(
+def outside_term(owner: str, period: str) -> ApiError:
+    return ApiError(
         429,
-        "insufficient_quota",
-        "insufficient_quota",
         f"You exceeded your current quota: {owner}'s quota covers the term {period} only.",
+        type="insufficient_quota",
+        code="insufficient_quota",
     )

@@ -14,6 +14,11 @@ class ModelRef:
     name: str
     served: str
     student: str | None = None
+    engine_key: str | None = None  # the engine's own --api-key (models.toml api_key_file)
+
+    def upstream_headers(self) -> dict[str, str]:
+        """The caller's key never reaches the engine; the engine's own key does, if it has one."""
+        return {"authorization": f"Bearer {self.engine_key}" if self.engine_key else ""}
 
 
 def resolve(model: str, refs: tuple[ModelRef, ...]) -> ModelRef | None:

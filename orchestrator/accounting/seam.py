@@ -1,75 +1,53 @@
-"""The admission seam as the gateway describes it: who calls, what they may do, how a request ended.
+"""The admission seam as the gateway defines it (its admission and errors modules), mirrored.
 
-Provisional: these mirror the gateway's own admission module and give way to it once it exists.
+Provisional: the gateway's own modules replace this file once they are on this branch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+OwnerKind = Literal["student", "service", "anonymous"]
+INVALID_REQUEST = "invalid_request_error"
 
 
 @dataclass(frozen=True)
 class Caller:
     owner: str
-    kind: str  # "student" or "service"
+    kind: OwnerKind
     key_id: str | None
-
-
-class AdmissionError(Exception):
-    """A refusal in OpenAI's error shape: HTTP status, error type and code, message, headers."""
-
-    def __init__(
-        self,
-        status: int,
-        type_: str,
-        code: str | None,
-        message: str,
-        *,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.code = code
-        self.message = message
-        self.param = param
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
 
 
 @dataclass(frozen=True)
 class Outcome:
     status: int
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    ttft_s: float | None = None
-    duration_s: float = 0.0
-    error: str | None = None
-    streamed: bool = False
-    client: str | None = None
-    request_id: str | None = None
-    route: str | None = None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    ttft_s: float | None
+    duration_s: float
+    error: str | None
+    streamed: bool
+    client: str | None
+    request_id: str
+    route: str
+    model: str | None
 
 
-class Grant(Protocol):
-    caller: Caller
-    body_changes: dict[str, Any]
+@dataclass
+class ApiError(Exception):
+    status: int
+    message: str
+    type: str = INVALID_REQUEST
+    code: str | None = None
+    param: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
-    def allowed(self, model: str) -> bool: ...
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
-    async def finish(self, outcome: Outcome) -> None: ...
-
-
-class Admission(Protocol):
-    async def admit(self, api_key: str | None, model: str, body: dict[str, Any]) -> Grant: ...
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return json.dumps({"error": error}).encode()
