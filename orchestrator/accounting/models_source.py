@@ -9,7 +9,7 @@ from pathlib import Path
 
 from orchestrator.accounting.scope import ModelRef
 from orchestrator.config import Config, ConfigError, load_config
-from orchestrator.secretfile import read_secret_file
+from orchestrator.secret_file import read_secret_file
 
 log = logging.getLogger(__name__)
 RECHECK_S = 1.0

@@ -53,8 +53,13 @@ def window_at(period: str, now: float) -> Window | None:
     if period == "week":
         monday = today - timedelta(days=today.weekday())
         return Window(monday, monday + timedelta(days=6))
+    dates = term(period)
+    return dates if dates.contains(today) else None
+
+
+def term(period: str) -> Window:
+    """A term's whole date range; ValueError for anything else."""
     m = _TERM.match(period)
     if m is None:
         raise ValueError(f"period {period!r} is not day, week or a term")
-    term = Window(date.fromisoformat(m[1]), date.fromisoformat(m[2]))
-    return term if term.contains(today) else None
+    return Window(date.fromisoformat(m[1]), date.fromisoformat(m[2]))

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
 
-from orchestrator.accounting.periods import parse_period, window_at
+from orchestrator.accounting.periods import parse_period, term, window_at
 
 GROUPS = ("owner", "key", "model", "day")
 _COLUMN = {"owner": "owner", "key": "key_id", "model": "model", "day": "day"}
@@ -43,11 +43,10 @@ class UsageRow:
 
 
 def period_filter(period: str, now: float | None = None) -> tuple[date, date]:
-    """The days of `period` (day, week or a term) that hold `now`; ValueError if it names none."""
-    window = window_at(parse_period(period), time.time() if now is None else now)
-    if window is None:
-        raise ValueError(f"period {period!r} does not hold today")
-    return window.first, window.last
+    """The days of today's day or week, or of a whole term; ValueError naming a bad period."""
+    current = window_at(parse_period(period), time.time() if now is None else now)
+    dates = current if period in ("day", "week") and current else term(period)
+    return dates.first, dates.last
 
 
 def usage(conn: sqlite3.Connection, by: tuple[str, ...], where: Filter) -> list[UsageRow]:
