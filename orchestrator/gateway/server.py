@@ -77,7 +77,7 @@ async def build_admission(options: Options) -> Admission:
     return OpenAdmission()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,16 +103,9 @@ def _task(coro: Coroutine[Any, Any, None]) -> Iterator[None]:
         task.cancel()
 
 
-async def serve(options: Options) -> None:
-    sock = _bind(options.host, options.port)
-    routes = (
-        RouteSource(table_from_file(options.routes_file)) if options.routes_file else RouteSource()
-    )
-    forwarder = Forwarder(options.connect_timeout_s)
-    session = await forwarder.start()
-    admission = await build_admission(options)
-    app = Gateway(routes, admission, forwarder, options.limits)
-    server = uvicorn.Server(
+def build_server(app: Gateway) -> uvicorn.Server:
+    """uvicorn on httptools, serving sockets the caller binds (so it knows the port at once)."""
+    return uvicorn.Server(
         uvicorn.Config(
             app,
             http="httptools",
@@ -125,6 +118,17 @@ async def serve(options: Options) -> None:
             timeout_graceful_shutdown=5,
         )
     )
+
+
+async def serve(options: Options) -> None:
+    sock = bind(options.host, options.port)
+    routes = (
+        RouteSource(table_from_file(options.routes_file)) if options.routes_file else RouteSource()
+    )
+    forwarder = Forwarder(options.connect_timeout_s)
+    session = await forwarder.start()
+    admission = await build_admission(options)
+    server = build_server(Gateway(routes, admission, forwarder, options.limits))
     token = options.token_file.read_text().strip() if options.token_file else None
     bound = sock.getsockname()
     print(json.dumps({"url": f"http://{options.host}:{bound[1]}"}), flush=True)
