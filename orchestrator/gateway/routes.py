@@ -86,6 +86,12 @@ def table_from_file(path: Path) -> RouteTable:
     return RouteTable(routes)
 
 
+def _bearer(token_file: Path | None) -> dict[str, str]:
+    """Read at each poll (a few bytes): the admin rotates the token by rewriting the file."""
+    token = token_file.read_text().strip() if token_file else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class RouteSource:
     """Holds the current table; with a control plane URL, refreshes it from the daemon's status
     every `refresh_s`. While the daemon cannot be reached the last table stays: its engines
@@ -95,21 +101,31 @@ class RouteSource:
         self.table = table
 
     async def follow(
-        self, session: aiohttp.ClientSession, control_url: str, token: str | None, refresh_s: float
+        self,
+        session: aiohttp.ClientSession,
+        control_url: str,
+        token_file: Path | None,
+        refresh_s: float,
     ) -> None:
         url = control_url.rstrip("/") + "/api/v1/models"
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         timeout = aiohttp.ClientTimeout(total=max(refresh_s, 2.0))
         failing = False
         while True:
             try:
-                async with session.get(url, headers=headers, timeout=timeout) as r:
+                async with session.get(url, headers=_bearer(token_file), timeout=timeout) as r:
                     r.raise_for_status()
                     self.table = table_from_status(await r.json())
                 if failing:
                     log.info("gateway: the control plane answers again")
                 failing = False
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            except (
+                aiohttp.ClientError,
+                OSError,
+                TimeoutError,
+                ValueError,
+                KeyError,
+                TypeError,
+            ) as exc:
                 if not failing:  # one line per outage, not one per poll
                     log.warning("gateway: cannot read engine states from %s: %r", url, exc)
                 failing = True

@@ -129,12 +129,13 @@ async def serve(options: Options) -> None:
     session = await forwarder.start()
     admission = await build_admission(options)
     server = build_server(Gateway(routes, admission, forwarder, options.limits))
-    token = options.token_file.read_text().strip() if options.token_file else None
     bound = sock.getsockname()
     print(json.dumps({"url": f"http://{options.host}:{bound[1]}"}), flush=True)
     try:
         if options.control_url:
-            follow = routes.follow(session, options.control_url, token, options.refresh_s)
+            follow = routes.follow(
+                session, options.control_url, options.token_file, options.refresh_s
+            )
             with _task(follow):
                 await server.serve(sockets=[sock])
         else:
