@@ -11,10 +11,12 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.config.errors import ConfigError
+from orchestrator.config.gateway_checks import gateway_errors
 from orchestrator.config.settings import (
     MAX_CONFIG_BYTES,
     VLLM_DEFAULT_UTILIZATION,
     Config,
+    GatewaySettings,
     ModelConfig,
     OrchestratorSettings,
     SizeHint,
@@ -49,6 +51,7 @@ def _describe(err: Any) -> str:
                 "defaults": VllmSettings,
                 "models": ModelConfig,
                 "size_hint": SizeHint,
+                "gateway": GatewaySettings,
             }
             parent = tables.get(str(part), parent)
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)
@@ -114,6 +117,7 @@ def _cross_checks(cfg: Config) -> list[str]:
                 f"models.{name}.gpu_memory_utilization: required with share_gpu "
                 f"(vLLM's default {VLLM_DEFAULT_UTILIZATION} leaves no room for a second engine)"
             )
+    errors.extend(gateway_errors(cfg))
     return errors
 
 

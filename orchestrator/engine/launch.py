@@ -82,7 +82,7 @@ def build_launch(
         "--model",
         m.model,
         "--host",
-        m.host,
+        cfg.engine_host(name),
         "--port",
         str(m.port),
         "--served-model-name",
