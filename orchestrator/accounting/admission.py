@@ -12,16 +12,18 @@ from typing import Any
 
 from orchestrator.accounting import refusals
 from orchestrator.accounting.body_rules import cap_max_tokens
-from orchestrator.accounting.database import connect
+from orchestrator.accounting.database import connect, database_path
 from orchestrator.accounting.grants import KeyedGrant, Models
 from orchestrator.accounting.journal import Journal
 from orchestrator.accounting.key_cache import KeyCache
 from orchestrator.accounting.keys import Key
 from orchestrator.accounting.limits import MINUTE_S, KeyState, OwnerLedger
+from orchestrator.accounting.models_source import ConfigModels
 from orchestrator.accounting.periods import utc_day, window_at
 from orchestrator.accounting.recording import Finished, Started, mark_lost
 from orchestrator.accounting.scope import may_use, resolve
-from orchestrator.accounting.seam import Caller, Outcome
+from orchestrator.config import load_config
+from orchestrator.gateway.admission import Caller, Outcome
 
 Clock = Callable[[], float]
 
@@ -40,6 +42,13 @@ class KeyedAdmission:
         self._owners: dict[str, OwnerLedger] = {}
         self._load(clock())
         self._journal = Journal(path)
+
+    @classmethod
+    def for_config(cls, config: Path) -> KeyedAdmission:
+        """For a gateway: the database under models.toml's state_dir, its models as they change."""
+        models = ConfigModels(config)
+        state_dir = load_config(config).orchestrator.state_dir
+        return cls(database_path(state_dir), models)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._journal.close)

@@ -8,7 +8,7 @@ from typing import Any
 
 from orchestrator.accounting.keys import Key
 from orchestrator.accounting.scope import ModelRef, may_use
-from orchestrator.accounting.seam import Caller, Outcome
+from orchestrator.gateway.admission import Caller, Outcome
 
 Models = Callable[[], tuple[ModelRef, ...]]
 

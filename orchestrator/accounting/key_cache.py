@@ -19,14 +19,19 @@ class KeyCache:
         self._by_hash: dict[str, Key] = {}
 
     def lookup(self, secret: str, now: float) -> Key | None:
-        """The active key with this secret; a revoked key is gone within refresh_s."""
-        if now - self._checked_at >= self._refresh_s:
+        """The active key with this secret. A revoked key is gone within refresh_s; a new key
+        works at once, since a miss always looks for a change (one indexed row; in WAL mode
+        reads never wait on writers)."""
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        key = self._by_hash.get(digest)
+        if key is None or now - self._checked_at >= self._refresh_s:
             self._checked_at = now
-            version = self._store.version()  # one indexed row; reads never wait on writers (WAL)
+            version = self._store.version()
             if version != self._version:
                 self._by_hash = self._store.active_by_hash()
                 self._version = version
-        return self._by_hash.get(hashlib.sha256(secret.encode()).hexdigest())
+                key = self._by_hash.get(digest)
+        return key
 
     def active(self) -> list[Key]:
         return list(self._by_hash.values())

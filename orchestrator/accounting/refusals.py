@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.accounting.seam import ApiError
+from orchestrator.gateway.errors import ApiError
 
 
 def _shown(api_key: str) -> str:

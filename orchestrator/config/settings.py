@@ -252,6 +252,9 @@ class GatewaySettings(_Strict):
     body_timeout_s: Annotated[float, Field(ge=0.5, le=3600)] = 30.0
     # How often the gateway reads the engines' states from the control plane.
     refresh_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    # Every request needs an API key (`mig-orchestrator keys`): per-key models and limits, and
+    # usage counted in state_dir (docs/keys-and-usage.md). Off: anyone may use every model.
+    keys: bool = False
 
     @field_validator("listen")
     @classmethod

@@ -43,7 +43,8 @@ class GatewayLaunch:
     url: str  # where the daemon checks /health
 
 
-def gateway_launch(cfg: Config) -> GatewayLaunch:
+def gateway_launch(cfg: Config, config_path: Path | None = None) -> GatewayLaunch:
+    """`config_path` (models.toml) is where a gateway with keys finds its models' students."""
     g, o = cfg.gateway, cfg.orchestrator
     host, port = parse_listen(g.listen)
     argv = [
@@ -63,6 +64,10 @@ def gateway_launch(cfg: Config) -> GatewayLaunch:
     ]
     if o.admin_token_file is not None:
         argv += ["--token-file", str(o.admin_token_file)]
+    if g.keys:
+        if config_path is None:  # never an open gateway where keys were asked for
+            raise ValueError("[gateway] keys = true needs the path of models.toml")
+        argv += ["--keys-config", str(config_path)]
     return GatewayLaunch(argv, f"http://{connect_host(host)}:{port}")
 
 
@@ -75,9 +80,10 @@ def gateway_env(state_dir: Path) -> dict[str, str]:
 class GatewayKeeper:
     """Keeps one gateway process running while [gateway] enabled = true."""
 
-    def __init__(self, cfg: Config, ops: ProcessOps) -> None:
+    def __init__(self, cfg: Config, ops: ProcessOps, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.ops = ops
+        self.config_path = config_path
         self.pid: int | None = None
         self.restarts = 0
         self._policy = RestartPolicy()
@@ -86,9 +92,9 @@ class GatewayKeeper:
 
     def reconfigure(self, cfg: Config) -> None:
         """After a reload: a changed [gateway] (or control plane) replaces the running one."""
-        old = (self.cfg.gateway, gateway_launch(self.cfg))
+        old = (self.cfg.gateway, gateway_launch(self.cfg, self.config_path))
         self.cfg = cfg
-        if (cfg.gateway, gateway_launch(cfg)) != old:
+        if (cfg.gateway, gateway_launch(cfg, self.config_path)) != old:
             self._changed.set()
 
     async def run(self) -> None:
@@ -118,7 +124,7 @@ class GatewayKeeper:
     async def _one_life(self) -> float | None:
         """Run one gateway process until it exits, fails its health checks or is replaced;
         returns how long it was healthy (None: never)."""
-        launch = gateway_launch(self.cfg)
+        launch = gateway_launch(self.cfg, self.config_path)
         o = self.cfg.orchestrator
         pid = _spawn(launch.argv, gateway_env(o.state_dir), o.log_dir / "gateway.log")
         self.pid = pid

@@ -65,7 +65,7 @@ class Daemon:
             reap_all=process.become_subreaper(),
             allow_partial=opts.allow_partial,
         )
-        self.gateway = GatewayKeeper(cfg, process.OsProcesses())
+        self.gateway = GatewayKeeper(cfg, process.OsProcesses(), opts.config)
         self.collector = MetricsCollector(self.supervisor, nvml)
         self.gpu_history = GpuHistory(nvml.sample)  # the dashboard's utilisation chart
         self._stop = asyncio.Event()

@@ -160,6 +160,21 @@ class Forwarder:
         }
         await send(start)
         try:
+            await self._pieces(ex, resp, send, tap, tail)
+        finally:
+            # Also when the client left: an SDK closes right after `data: [DONE]`, so the usage
+            # event has usually passed through by then and its count holds.
+            if tap is not None:
+                ex.tokens = tap.usage()
+            elif tail is not None:
+                ex.tokens = tail.usage()
+
+    @staticmethod
+    async def _pieces(
+        ex: Exchange, resp: aiohttp.ClientResponse, send: Send,
+        tap: StreamTap | None, tail: BodyTail | None,
+    ) -> None:  # fmt: skip
+        try:
             async for piece in resp.content.iter_any():
                 if tap is not None:
                     piece = tap.feed(piece)
@@ -176,10 +191,6 @@ class Forwarder:
             return
         last = tap.end() if tap is not None else b""
         await send({"type": "http.response.body", "body": last, "more_body": False})
-        if tap is not None:
-            ex.tokens = tap.usage()
-        elif tail is not None:
-            ex.tokens = tail.usage()
 
 
 async def _watch(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:

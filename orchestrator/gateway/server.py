@@ -43,6 +43,7 @@ class Options:
     refresh_s: float
     limits: Limits
     connect_timeout_s: float
+    keys_config: Path | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -56,6 +57,9 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     p.add_argument("--body-timeout-s", type=float, default=DEFAULT_BODY_TIMEOUT_S)
     p.add_argument("--connect-timeout-s", type=float, default=5.0)
+    p.add_argument(
+        "--keys-config", type=Path, help="models.toml: require API keys from its state_dir"
+    )
     a = p.parse_args(argv)
     host, sep, port = a.listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -69,12 +73,17 @@ def parse_args(argv: list[str] | None) -> Options:
         refresh_s=a.refresh_s,
         limits=Limits(max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout_s),
         connect_timeout_s=a.connect_timeout_s,
+        keys_config=a.keys_config,
     )
 
 
 async def build_admission(options: Options) -> Admission:
-    """The admission this gateway asks; keys, limits and usage plug in here."""
-    return OpenAdmission()
+    """The admission this gateway asks: by API key with limits and usage, or open to all."""
+    if options.keys_config is None:
+        return OpenAdmission()
+    from orchestrator.accounting.admission import KeyedAdmission  # only where keys are on
+
+    return KeyedAdmission.for_config(options.keys_config)
 
 
 def bind(host: str, port: int) -> socket.socket:

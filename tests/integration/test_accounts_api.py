@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.accounting.admission import KeyedAdmission
 from orchestrator.accounting.scope import ModelRef
-from orchestrator.accounting.seam import Outcome
+from orchestrator.gateway.admission import Outcome
 from orchestrator.prom_text import parse
 from tests.daemon_harness import Daemon, free_ports, write_secret
 from tests.daemon_harness import standin_model as model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ GATEWAY = textwrap.dedent(
     from pathlib import Path
     from orchestrator.accounting.admission import KeyedAdmission
     from orchestrator.accounting.scope import ModelRef
-    from orchestrator.accounting.seam import Outcome
+    from orchestrator.gateway.admission import Outcome
 
     async def main(db, secret):
         gate = KeyedAdmission(Path(db), lambda: (ModelRef("student-a", "coder", "Alice"),))
@@ -36,7 +37,7 @@ GATEWAY = textwrap.dedent(
 )
 
 
-async def test_kill_9_keeps_every_finished_request_and_reports_the_rest(tmp_path: Path) -> None:
+def test_kill_9_keeps_every_finished_request_and_reports_the_rest(tmp_path: Path) -> None:
     db = tmp_path / "accounting.sqlite3"
     store = KeyStore(connect(db))
     secret = store.create("Alice", "student", Limits()).secret
@@ -50,4 +51,4 @@ async def test_kill_9_keeps_every_finished_request_and_reports_the_rest(tmp_path
     assert gate.lost_at_start == 3
     lost = store.conn.execute("SELECT sum(lost) FROM usage_daily").fetchone()[0]
     assert lost == 3
-    await gate.close()
+    asyncio.run(gate.close())
