@@ -62,8 +62,7 @@ def _totals(db: Path, requests: int) -> tuple[int, int, int]:
     while True:
         with sqlite3.connect(db) as c:
             row = c.execute(
-                "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) "
-                "FROM usage_daily"
+                "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM usage_daily"
             ).fetchone()
         got = (row[0] or 0, row[1] or 0, row[2] or 0)
         if got[0] >= requests or time.monotonic() > deadline:
