@@ -82,7 +82,8 @@ CREATE TABLE requests (
     error TEXT
 );
 CREATE INDEX requests_state ON requests(state);
-CREATE INDEX requests_key_started ON requests(key_id, started_at);
+CREATE INDEX requests_started ON requests(started_at);
+CREATE INDEX requests_finished ON requests(finished_at);
 """
 
 STEPS: tuple[str, ...] = (V1, V2)
