@@ -67,6 +67,14 @@ def out(
     return Outcome(status, prompt, completion, **fields)
 
 
+async def serve(
+    gate: KeyedAdmission, key: str, outcome: Outcome, body: dict | None = None, model: str = "coder"
+) -> None:
+    """One request admitted and finished."""
+    grant = await gate.admit(key, model, CHAT if body is None else body)
+    await grant.finish(outcome)
+
+
 def _refused(excinfo: pytest.ExceptionInfo[ApiError]) -> tuple[int, str, str | None]:
     e = excinfo.value
     assert set(json.loads(e.body())["error"]) == {"message", "type", "param", "code"}
@@ -162,10 +170,8 @@ async def test_an_answer_without_usage_is_charged_its_reservation(
     g = await gate.admit(alice, "coder", {**CHAT, "stream": True})
     await g.finish(out(200, error="client disconnected", streamed=True))
     await g.finish(out(200, 1000, 1000))  # a second finish changes nothing
-    g = await gate.admit(alice, "coder", CHAT)  # 60 of 100 charged
-    await g.finish(out(404))  # refused downstream: nothing generated, nothing charged
-    g = await gate.admit(alice, "coder", CHAT)
-    await g.finish(out(200, 20, 20))
+    await serve(gate, alice, out(404))  # 60 of 100 charged; refused downstream: nothing more
+    await serve(gate, alice, out(200, 20, 20))
     with pytest.raises(ApiError):
         await gate.admit(alice, "coder", CHAT)
     row = store.conn.execute(
@@ -240,8 +246,7 @@ async def test_two_keys_of_one_owner_share_the_quota(
     limits = Limits(quota_tokens=100, quota_period="day", max_tokens=40)
     k1 = store.create("Alice", "student", limits).secret
     k2 = store.create("Alice", "student", limits).secret
-    g = await gate.admit(k1, "coder", CHAT)
-    await g.finish(out(200, 20, 40))
+    await serve(gate, k1, out(200, 20, 40))
     g = await gate.admit(k2, "coder", {**CHAT, "stream": True})
     # A stream is never cut: it ran past the quota, and all of it is charged.
     await g.finish(out(200, 20, 40, streamed=True))
@@ -310,10 +315,8 @@ async def test_usage_is_on_disk_when_finish_returns_and_survives_a_restart(
     limits = Limits(rpm=3, quota_tokens=50, quota_period="day", max_tokens=10)
     alice = store.create("Alice", "student", limits).secret
     gate = KeyedAdmission(db, lambda: MODELS, clock)
-    g = await gate.admit(alice, "coder", CHAT)
-    await g.finish(out(200, 30, 10, ttft_s=0.5, duration_s=2))
-    g = await gate.admit(alice, "coder", CHAT)
-    await g.finish(out(500, error="engine died", duration_s=1))
+    await serve(gate, alice, out(200, 30, 10, ttft_s=0.5, duration_s=2))
+    await serve(gate, alice, out(500, error="engine died", duration_s=1))
     await gate.admit(alice, "coder", CHAT)  # in flight when the process goes
     row = store.conn.execute(
         "SELECT day, owner, model, requests, errors, prompt_tokens, completion_tokens, "
@@ -327,8 +330,7 @@ async def test_usage_is_on_disk_when_finish_returns_and_survives_a_restart(
         await again.admit(alice, "coder", CHAT)
     assert ei.value.code == "rate_limit_exceeded"
     clock.now += 60
-    g = await again.admit(alice, "coder", CHAT)  # 40 of 50 spent before the restart
-    await g.finish(out(200, 5, 5))
+    await serve(again, alice, out(200, 5, 5))  # 40 of 50 spent before the restart
     with pytest.raises(ApiError) as ei:
         await again.admit(alice, "coder", CHAT)
     assert ei.value.code == "insufficient_quota"
