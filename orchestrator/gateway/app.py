@@ -119,9 +119,14 @@ class Gateway:
         await grant.finish(outcome)
 
     def _exchange(
-        self, scope: Scope, head: _Request, grant: Grant, body: dict[str, Any], raw: bytes,
+        self,
+        scope: Scope,
+        head: _Request,
+        grant: Grant,
+        body: dict[str, Any],
+        raw: bytes,
         started: float,
-    ) -> Exchange:  # fmt: skip
+    ) -> Exchange:
         model = body["model"]
         route = self.routes.table.get(model)
         if route is None:
@@ -188,9 +193,13 @@ def _parse(raw: bytes) -> dict[str, Any]:
 
 
 def _outcome(
-    head: _Request, route: str, model: str | None, status: int, started: float,
+    head: _Request,
+    route: str,
+    model: str | None,
+    status: int,
+    started: float,
     error: str | None = None,
-) -> Outcome:  # fmt: skip
+) -> Outcome:
     return Outcome(
         status=status,
         prompt_tokens=None,

@@ -43,21 +43,23 @@ def model_not_found(model: str) -> ApiError:
 
 def not_ready(model: str, state: str, reason: str | None) -> ApiError:
     why = f" ({reason})" if reason else ""
-    return ApiError(
-        503,
-        f"The model `{model}` is not ready: its engine is {state}{why}. Try again later.",
-        type=SERVER_ERROR,
-        code="model_not_ready",
-        headers={"Retry-After": "5"},
+    return _unavailable(
+        f"The model `{model}` is not ready: its engine is {state}{why}.", "model_not_ready"
     )
 
 
 def unreachable(model: str, detail: str) -> ApiError:
+    return _unavailable(
+        f"The engine of model `{model}` cannot be reached: {detail}.", "engine_unreachable"
+    )
+
+
+def _unavailable(message: str, code: str) -> ApiError:
     return ApiError(
         503,
-        f"The engine of model `{model}` cannot be reached: {detail}. Try again later.",
+        f"{message} Try again later.",
         type=SERVER_ERROR,
-        code="engine_unreachable",
+        code=code,
         headers={"Retry-After": "5"},
     )
 
