@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -33,8 +34,11 @@ def _request(host: str, port: int, model: str, max_tokens: int) -> bytes:
             "ignore_eos": True,
         }
     ).encode()
+    # OpenAI's SDKs take the key from OPENAI_API_KEY; so does this (a gateway with keys).
+    key = os.environ.get("OPENAI_API_KEY")
+    auth = f"authorization: Bearer {key}\r\n" if key else ""
     head = (
-        f"POST /v1/completions HTTP/1.1\r\nhost: {host}:{port}\r\n"
+        f"POST /v1/completions HTTP/1.1\r\nhost: {host}:{port}\r\n{auth}"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
