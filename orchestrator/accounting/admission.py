@@ -125,6 +125,9 @@ class KeyedAdmission:
         # An answer that ended without the engine's count (its client left mid-stream) is
         # charged what it reserved: leaving early must not be a way around a quota.
         unmetered = not metered and outcome.status < 400
+        # A client that closes once the usage event is through (an SDK does, right after
+        # `data: [DONE]`) got the whole answer: that is no error.
+        failed = outcome.status >= 400 or (outcome.error is not None and not metered)
         charged = (prompt or 0) + (completion or 0) if metered else grant.reserved * unmetered
         state = self._states.setdefault(key.id, KeyState())
         state.in_flight -= 1
@@ -136,7 +139,7 @@ class KeyedAdmission:
         ledger.charge(day, charged)
         finished = Finished(
             grant.request_id, day, key.owner, key.id, grant.model, now, outcome.status,
-            outcome.status >= 400 or outcome.error is not None, prompt or 0, completion or 0,
+            failed, prompt or 0, completion or 0,
             charged, unmetered, outcome.ttft_s, outcome.duration_s, outcome.streamed,
             outcome.route, outcome.client, outcome.error,
         )  # fmt: skip

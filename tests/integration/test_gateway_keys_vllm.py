@@ -48,11 +48,11 @@ class Stack:
         return float(found.group(1))
 
     def usage(self) -> tuple[int, int, int, int]:
-        """requests, prompt tokens, completion tokens and lost requests on disk."""
+        """Answered requests (without errors), prompt and completion tokens, lost requests."""
         with sqlite3.connect(self.db) as c:
             row = c.execute(
-                "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens), sum(lost) "
-                "FROM usage_daily"
+                "SELECT sum(requests) - sum(errors), sum(prompt_tokens), sum(completion_tokens), "
+                "sum(lost) FROM usage_daily"
             ).fetchone()
         return tuple(v or 0 for v in row)  # type: ignore[return-value]
 

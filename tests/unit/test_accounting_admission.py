@@ -171,7 +171,8 @@ async def test_an_answer_without_usage_is_charged_its_reservation(
     await g.finish(out(200, error="client disconnected", streamed=True))
     await g.finish(out(200, 1000, 1000))  # a second finish changes nothing
     await serve(gate, alice, out(404))  # 60 of 100 charged; refused downstream: nothing more
-    await serve(gate, alice, out(200, 20, 20))
+    # Gone right after the usage event (as an SDK does after [DONE]): a whole answer, no error.
+    await serve(gate, alice, out(200, 20, 20, error="client disconnected", streamed=True))
     with pytest.raises(ApiError):
         await gate.admit(alice, "coder", CHAT)
     row = store.conn.execute(
