@@ -81,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     d.write_config()
     try:
-        d.start()
+        d.start(timeout=120)  # next to CPU engines, a loaded host imports slowly
         d.wait_state("tiny", "ready", timeout=TIMEOUT)
         s = Stack(d, f"http://127.0.0.1:{gw_port}", engine_port)
         probe = s.keys.create("Alice", "student", Limits(), label="probe").secret
