@@ -104,7 +104,6 @@ class Gateway:
         body = _parse(raw)
         model: str = body["model"]
         grant = await self.admission.admit(head.api_key, model, body)
-        ex: Exchange | None = None
         try:
             ex = self._exchange(scope, head, grant, body, raw, started)
             await self.forwarder.forward(ex, receive, send)
