@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -26,10 +28,25 @@ Command = Callable[[argparse.Namespace], int]
 
 def open_database(args: argparse.Namespace) -> tuple[sqlite3.Connection, Config | None]:
     """The database under --state-dir, else under the config's state_dir."""
-    if args.state_dir:
-        return connect(database_path(Path(args.state_dir))), None
-    cfg = load_config(Path(args.config))
-    return connect(database_path(cfg.orchestrator.state_dir)), cfg
+    cfg = None if args.state_dir else load_config(Path(args.config))
+    state_dir = Path(args.state_dir) if cfg is None else cfg.orchestrator.state_dir
+    _check_owner(state_dir)
+    return connect(database_path(state_dir)), cfg
+
+
+def _check_owner(state_dir: Path) -> None:
+    """Refuse root in a state_dir the daemon's user owns: files root made there (the database,
+    its -wal and -shm) would lock the gateway out of its own usage."""
+    try:
+        owner = state_dir.stat().st_uid
+    except FileNotFoundError:
+        return
+    if os.geteuid() == 0 and owner != 0:
+        user = pwd.getpwuid(owner).pw_name
+        raise DatabaseError(
+            f"{state_dir} belongs to {user}: run this as that user "
+            f"(sudo -u {user} mig-orchestrator ...), not as root"
+        )
 
 
 def database_options() -> argparse.ArgumentParser:

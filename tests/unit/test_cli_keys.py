@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,3 +111,15 @@ def test_usage_as_table_csv_and_json(config: Path, capsys: pytest.CaptureFixture
     assert code == 2 and "period 'month'" in err
     code, _, err = run(capsys, "usage", "-c", c, "--by", "student")
     assert code == 2 and "cannot group usage by 'student'" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a state_dir by another user")
+def test_root_is_refused_in_a_state_dir_the_daemon_user_owns(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = config.parent / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    code, _, err = run(capsys, "keys", "create", "Alice", "-c", str(config))
+    assert code == 1 and "sudo -u" in err and "not as root" in err
+    assert not (state / "accounting.sqlite3").exists()
