@@ -24,6 +24,7 @@ import uvicorn
 
 from orchestrator.gateway.admission import Admission, OpenAdmission
 from orchestrator.gateway.app import Gateway, Limits
+from orchestrator.gateway.head_deadline import protocol_class
 from orchestrator.gateway.proxy import Forwarder
 from orchestrator.gateway.routes import RouteSource, table_from_file
 
@@ -117,7 +118,8 @@ def build_server(app: Gateway) -> uvicorn.Server:
     return uvicorn.Server(
         uvicorn.Config(
             app,
-            http="httptools",
+            # A request's head gets as long as its body (body_timeout_s) to arrive.
+            http=protocol_class(app.limits.body_timeout_s),
             lifespan="off",
             access_log=False,
             log_level="warning",

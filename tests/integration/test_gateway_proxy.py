@@ -126,6 +126,13 @@ def test_slow_body_is_refused_and_slow_reader_gets_everything(tmp_path: Path) ->
             while chunk := s.recv(65536):  # the gateway closes after answering
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+        # Silent and trickling heads are closed after the same deadline.
+        for sent in (b"", b"POST /v1/completions HTTP/1.1\r\nhost"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(sent)
+                started = time.monotonic()
+                assert s.recv(100) == b""  # closed by the gateway, no answer
+                assert 0.5 < time.monotonic() - started < 4
         # A client that reads slowly still gets the whole stream.
         body = {**COMPLETION, "stream": True, "max_tokens": 3000}
         got = b""

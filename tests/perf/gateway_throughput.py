@@ -6,8 +6,8 @@ added TTFT, and the gateway's RSS with 1,000 open streams.
 The null server (orchestrator.bench.nullserver) sends one event per token, `--token-delay`
 apart, so the gateway relays as many pieces as a real engine's stream has. The load generator
 (tests/perf/_stream_loadgen.py), the gateway and the server are separate processes; each run
-prints every process's CPU (in cores) and names the busiest as the bottleneck. Prints JSON
-lines, then a summary with the load average.
+prints every process's CPU (in cores) and the bottleneck: a process near one core, else the
+machine when its load average exceeds its cores. Prints JSON lines, then a summary.
 """
 
 from __future__ import annotations
@@ -98,6 +98,18 @@ def loadgen(url: str, model: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def bottleneck(cores: dict[str, float]) -> str:
+    """The process that used (nearly) a whole core; else the machine, when other work kept every
+    process below that; else none of them (the server's own pace)."""
+    busiest = max(cores, key=lambda k: cores[k])
+    if cores[busiest] >= 0.8:
+        return busiest
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus:
+        return f"machine (load {load:.1f} on {cpus} cores; busiest: {busiest} {cores[busiest]:.2f})"
+    return f"none (busiest: {busiest} {cores[busiest]:.2f} cores)"
+
+
 def one_run(
     name: str,
     url: str,
@@ -123,7 +135,7 @@ def one_run(
     if name == "direct":
         cores.pop("gateway", None)
     r.update(target=name, cores=cores, load=_load())
-    r["bottleneck"] = max(cores, key=lambda k: cores[k])
+    r["bottleneck"] = bottleneck(cores)
     if name == "gateway" and r["tokens"]:
         r["gateway_cpu_s_per_100k_tokens"] = round(
             cores["gateway"] * r["seconds"] / r["tokens"] * 1e5, 2
