@@ -182,7 +182,7 @@ class Daemon:
         }
         self.config_path.write_text(render_config(orch, self.models, defaults))
 
-    def start(self, wait_ready: Iterable[str] = ()) -> Daemon:
+    def start(self, wait_ready: Iterable[str] = (), timeout: float = 20) -> Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it until it exits
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
@@ -210,7 +210,7 @@ class Daemon:
             else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
         )
         log.close()
-        wait_until(self._healthy, 20, "the control plane")
+        wait_until(self._healthy, timeout, "the control plane")
         for name in wait_ready:
             self.wait_state(name, "ready")
         return self

@@ -89,7 +89,7 @@ def build_launch(
         "--model",
         _absolute(m.model),
         "--host",
-        m.host,
+        cfg.engine_host(name),
         "--port",
         str(m.port),
         "--served-model-name",

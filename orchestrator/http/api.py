@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, R
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
+from orchestrator.accounting.service import Accounts
 from orchestrator.config import ConfigError
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.engine.states import Desired
@@ -396,7 +397,7 @@ async def reload(request: Request, _: Admin) -> ReloadOut:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request, _: Admin) -> PlainTextResponse:
     started = time.perf_counter()
-    body = await _control(request).target.metrics()
+    body = await _control(request).target.metrics() + await request.app.state.accounts.exposition()
     log.debug("metrics rendered in %.1f ms", (time.perf_counter() - started) * 1000)
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -416,6 +417,11 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         listen=lambda: target.supervisor.cfg.orchestrator.listen,
     )
     app.include_router(router)
+    # Imported here: its routes use this module's caller dependencies.
+    from orchestrator.http.accounts_api import router as accounts_router
+
+    app.state.accounts = Accounts(target.supervisor.cfg.orchestrator.state_dir)
+    app.include_router(accounts_router)
     ctl: ControlState = app.state.control
     hooks = Hooks(ctl.engine_for, ctl.command, lambda e: bytes(ctl.view.response(e).body))
     app.include_router(dashboard_router(target, hooks))

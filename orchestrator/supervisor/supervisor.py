@@ -162,7 +162,7 @@ class Supervisor:
             name=name,
             model=m.model,
             served_model_name=m.served_model_name or name,
-            host=m.host,
+            host=self.cfg.engine_host(name),
             port=m.port,
             slice=slc,
             shared_slice=slc is not None and len(self.plan.models_on(slc.uuid)) > 1,
