@@ -132,11 +132,11 @@ def test_the_walk_sees_every_table_the_code_has() -> None:
     assert "size_hint" not in code["models.<name>"]
 
 
+_SAMPLE = (
+    "## [a]", "", "| key | x |", "|---|---|", "| `k1` | 1 |", "| `k2` | 2 |",
+    "## Other", "| `no` | - |", "## [b.<name>]", "| `k3` | 3 |",
+)  # fmt: skip
+
+
 def test_doc_parser_reads_headings_and_rows_only() -> None:
-    text = "\n".join(
-        (
-            "## [a]", "", "| key | x |", "|---|---|", "| `k1` | 1 |", "| `k2` | 2 |",
-            "## Other", "| `no` | - |", "## [b.<name>]", "| `k3` | 3 |",
-        )  # fmt: skip
-    )
-    assert doc_tables(text) == {"a": {"k1", "k2"}, "b.<name>": {"k3"}}
+    assert doc_tables("\n".join(_SAMPLE)) == {"a": {"k1", "k2"}, "b.<name>": {"k3"}}
