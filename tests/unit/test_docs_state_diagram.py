@@ -41,11 +41,10 @@ def _block(name: str) -> re.Pattern[str]:
 def rendered(text: str) -> str:
     """`text` with every diagram regenerated from its table."""
     for name, (table, initial) in DIAGRAMS.items():
-        pattern = _block(name)
-        if not pattern.search(text):
+        m = _block(name).search(text)
+        if m is None:
             raise AssertionError(f"docs/architecture.md has no <!-- {name}: ... --> block")
-        diagram = mermaid(table, initial)
-        text = pattern.sub(lambda m, d=diagram: f"{m[1]}{d}\n{m[3]}", text)
+        text = f"{text[: m.start(2)]}{mermaid(table, initial)}\n{text[m.end(2) :]}"
     return text
 
 
