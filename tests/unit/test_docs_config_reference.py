@@ -20,11 +20,17 @@ from orchestrator.config import Config, VllmSettings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
-# Documented ahead of their code, which lands with the OpenAI gateway: (table, key or None for
-# the whole table). Each entry must still be missing from the code; once the code has it, the
-# test fails until the entry is removed here, and from then on the key is checked like any other.
+# Documented ahead of their code, which lands with the OpenAI gateway and its keys, the metrics
+# token and evaluation: (table, key or None for the whole table). Each entry must still be
+# missing from the code; once the code has it, the test fails until the entry is removed here,
+# and from then on the key is checked like any other.
 AHEAD_OF_CODE: frozenset[tuple[str, str | None]] = frozenset(
-    {("gateway", None), ("models.<name>", "gateway_only")}
+    {
+        ("gateway", None),
+        ("models.<name>", "gateway_only"),
+        ("orchestrator", "metrics_token_file"),
+        ("orchestrator", "eval_db"),
+    }
 )
 
 _HEADING = re.compile(r"^## \[([^\]]+)\]\s*$")
