@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from orchestrator.cli.options import DEFAULT_CONFIG
 from orchestrator.config import load_config
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.gpu.mig_profiles import GPU_MODELS, PROFILE_TABLES, GpuModel, gpu_model
@@ -37,8 +38,6 @@ def _count(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `layout` subcommand."""
-    from orchestrator.cli.local import DEFAULT_CONFIG
-
     labels = ", ".join(m.label for m in GPU_MODELS.values())
     p = sub.add_parser(
         "layout",

@@ -196,32 +196,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(120)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the daemon with real vLLM CPU engines on a simulated MIG host (no GPU needed)",
-        description=__doc__,
-    )
-    p.add_argument(
-        "--workdir",
-        default=str(cpu_venv.cache_root() / "demo"),
-        help="config, state and logs of the demo (default %(default)s)",
-    )
-    p.add_argument(
-        "--students",
-        type=int,
-        choices=[1, 2, 3],
-        default=2,
-        help="how many students' engines (each wants about one CPU core while starting)",
-    )
-    p.add_argument("--base-port", type=int, default=8000, help="students get base+1, base+2, ...")
-    p.add_argument("--control-port", type=int, default=8700)
-    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the engines")
-    p.add_argument(
-        "--exit-when-ready",
-        action="store_true",
-        help="stop everything once the engines are ready (a smoke test)",
-    )
-    p.set_defaults(func=cmd_demo)
