@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.engine.lifecycle import Engine
 from orchestrator.engine.probe import http_get
 from orchestrator.engine.states import StandbyState, State
@@ -67,8 +67,8 @@ def engine_series(
     if text is None:
         return None
     try:
-        return promtext.relabel(text, ENGINE_METRICS, labels)
-    except promtext.PromTextError as e:
+        return prom_text.relabel(text, ENGINE_METRICS, labels)
+    except prom_text.PromTextError as e:
         log.warning("%s: its /metrics page is not Prometheus text, left out: %s", name, e)
         return None
 
@@ -113,7 +113,7 @@ class MetricsCollector:
                 ((labels, int(page is not None)) for labels, page in pages),
             )
         )
-        families += promtext.merge(page for _, page in pages if page is not None)
+        families += prom_text.merge(page for _, page in pages if page is not None)
         took = time.perf_counter() - started
         families.append(
             family(
@@ -122,7 +122,7 @@ class MetricsCollector:
                 [({}, round(took, 6))],
             )
         )
-        return promtext.render(families)
+        return prom_text.render(families)
 
     def _model_labels(self, name: str, e: Engine) -> dict[str, str]:
         s = e.spec.slice

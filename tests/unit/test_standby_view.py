@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.engine.states import StandbyState, State
 from orchestrator.http.api import ModelStatus, StatusView
 from orchestrator.http.metrics import standby_families
@@ -49,7 +49,7 @@ async def test_status_shows_the_standby_and_how_the_last_start_went(tmp_path: Pa
         assert lines[0] == f"standby: ready, pid {proc.pid}, RSS 600 MiB, imports took 0.0 s"
         assert lines[1].startswith("last start: plain (") and "s after the start" in lines[1]
 
-        page = promtext.render(standby_families([({"model": "m"}, h.engine)])).splitlines()
+        page = prom_text.render(standby_families([({"model": "m"}, h.engine)])).splitlines()
         assert 'mig_orchestrator_standby_state{model="m",state="ready"} 1.0' in page
         assert 'mig_orchestrator_standby_state{model="m",state="off"} 0.0' in page
         assert f'mig_orchestrator_standby_rss_bytes{{model="m"}} {float(600 << 20)}' in page

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.engine.lifecycle import State
 from orchestrator.http.dashboard.engine_stats import EngineStats, Reading, numbers, parse_reading
 
@@ -46,14 +46,14 @@ def test_parse_reads_the_counters_and_skips_lookalikes() -> None:
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:
-    h = promtext.Histogram(((0.01, 1.0), (0.1, 4.0), (1.0, 5.0), (float("inf"), 5.0)), 1.5, 5.0)
+    h = prom_text.Histogram(((0.01, 1.0), (0.1, 4.0), (1.0, 5.0), (float("inf"), 5.0)), 1.5, 5.0)
     # rank 2.5 of 5 lies in (0.01, 0.1], which holds observations 2-4: halfway through.
     assert h.quantile(0.5) == pytest.approx(0.01 + 0.09 * (2.5 - 1) / 3)
     assert h.quantile(0.1) == pytest.approx(0.005)  # first bucket: from 0
-    tail = promtext.Histogram(((0.1, 1.0), (float("inf"), 4.0)), 9.0, 4.0)
+    tail = prom_text.Histogram(((0.1, 1.0), (float("inf"), 4.0)), 9.0, 4.0)
     assert tail.quantile(0.9) == 0.1  # beyond the last finite bound: that bound
-    assert promtext.Histogram(((0.1, 0.0), (float("inf"), 0.0)), 0.0, 0.0).quantile(0.5) is None
-    delta = h.since(promtext.Histogram(((0.01, 1.0), (0.1, 1.0), (1.0, 1.0)), 0.5, 1.0))
+    assert prom_text.Histogram(((0.1, 0.0), (float("inf"), 0.0)), 0.0, 0.0).quantile(0.5) is None
+    delta = h.since(prom_text.Histogram(((0.01, 1.0), (0.1, 1.0), (1.0, 1.0)), 0.5, 1.0))
     assert delta.buckets[:3] == ((0.01, 0.0), (0.1, 3.0), (1.0, 4.0)) and delta.count == 4.0
 
 
