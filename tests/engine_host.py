@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, OrchestratorSettings, parse_config
+from orchestrator.config.write import render_models_toml
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import State
 from orchestrator.gpu.inventory import Slice
-from tests.daemon_harness import render_config
 from tests.fake_processes import FakeProcesses
 from tests.health_server import OK, HealthServer
 
@@ -46,7 +46,7 @@ def config(root: Path, models: dict[str, dict[str, Any]], **orchestrator: Any) -
         "engine_command": ["fake-vllm", "serve"],
     }
     full = {n: {"model": "m", "host": "127.0.0.1", **m} for n, m in models.items()}
-    cfg = parse_config(render_config(orch, full))
+    cfg = parse_config(render_models_toml(orch, full))
     fast = cfg.orchestrator.model_copy(update={**FAST, **orchestrator})
     return cfg.model_copy(update={"orchestrator": fast})
 
