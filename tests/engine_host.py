@@ -105,8 +105,8 @@ class EngineHost:
         )
 
     def pid(self) -> int:
-        assert self.engine.proc is not None
-        return self.engine.proc.pid
+        assert self.engine.status().pid is not None
+        return self.engine.status().pid
 
     async def reach(self, *states: State, timeout: float = 5.0) -> None:
         await wait_for(lambda: self.engine.state in states, f"state {states}", timeout)

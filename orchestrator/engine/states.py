@@ -1,9 +1,9 @@
 """An engine's states, what it is asked to be, and which state changes are allowed; the same for
 the engine's standby, which is not an engine state but a small machine of its own.
 
-Only `Engine` changes its state, through one setter that calls `check`. The single way around
-the table is `Engine._force`, for when the lifecycle code itself failed and the state it left
-cannot be trusted (the engine is then forced to FAILED, whatever it was).
+Each machine's state and reason live in one `Machine`, changed together through `move`, which
+checks the table. The single way around the table is `Machine.force`, for when the lifecycle code
+itself failed and the state it left cannot be trusted (the engine is then forced to FAILED).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Mapping
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 
 class State(enum.StrEnum):
@@ -87,14 +87,57 @@ def check_standby(old: StandbyState, new: StandbyState) -> None:
     _check(STANDBY_TRANSITIONS, "standby", old, new)
 
 
-def log_change(
-    log: logging.Logger, name: str, old: E, new: E, check: Callable[[E, E], None]
-) -> None:
-    """Check a change of `name`'s state with `check` and log it. One the table forbids is
-    logged as a BUG, with the stack, and not raised: a bookkeeping bug must not stop the real
-    work under way (taking a tree down, a restart). Tests fail on that line."""
-    try:
-        check(old, new)
-    except IllegalTransition as e:
-        log.error("%s: BUG: %s", name, e, stack_info=True)
-    log.info("%s: %s -> %s", name, old.value, new.value)
+class Machine(Generic[E]):
+    """A state and the reason for it, written only through move() (or force()). `changed` runs
+    after every change, so what is saved and shown never has one without the other."""
+
+    def __init__(
+        self,
+        label: str,
+        kind: str,
+        initial: E,
+        table: Mapping[E, frozenset[E]],
+        log: logging.Logger,
+        changed: Callable[[], None] | None = None,
+    ) -> None:
+        self.label = label
+        self._kind = kind  # "engine" or "standby", for the BUG line
+        self._state: E = initial
+        self._reason: str | None = None
+        self._table: Mapping[E, frozenset[E]] = table
+        self._log = log
+        self._changed = changed
+
+    @property
+    def state(self) -> E:
+        return self._state
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def move(self, state: E, reason: str | None) -> None:
+        """Change state and reason together. A change the table forbids is logged as a BUG, with
+        the stack, and not raised: a bookkeeping bug must not stop the real work under way
+        (taking a tree down, a restart). Tests fail on that line."""
+        old = self._state
+        if state is not old:
+            try:
+                _check(self._table, self._kind, old, state)
+            except IllegalTransition as e:
+                self._log.error("%s: BUG: %s", self.label, e, stack_info=True)
+            self._log.info("%s: %s -> %s", self.label, old.value, state.value)
+        elif reason == self._reason:
+            return
+        self._state, self._reason = state, reason
+        if self._changed is not None:
+            self._changed()
+
+    def force(self, state: E, reason: str) -> None:
+        """The one way around the table, for when the lifecycle code itself failed: the state it
+        left cannot be trusted, whatever it is."""
+        old = self._state.value
+        self._log.warning("%s: %s -> %s forced: %s", self.label, old, state.value, reason)
+        self._state, self._reason = state, reason
+        if self._changed is not None:
+            self._changed()

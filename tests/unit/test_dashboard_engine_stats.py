@@ -84,8 +84,11 @@ def test_numbers_give_totals_and_recent_rates() -> None:
 class FakeEngine:
     def __init__(self, port: int, pid: int = 1) -> None:
         self.state = State.READY
-        self.proc = SimpleNamespace(pid=pid)
+        self.pid = pid
         self.spec = SimpleNamespace(probe_host="127.0.0.1", port=port)
+
+    def status(self) -> SimpleNamespace:
+        return SimpleNamespace(state=self.state, pid=self.pid)
 
 
 async def metrics_server(texts: list[str]) -> tuple[asyncio.Server, int, list[int]]:
@@ -120,7 +123,7 @@ async def test_engines_are_scraped_only_when_asked_and_shared_between_viewers() 
         assert hits[0] == 2 and later is not None and later.requests == 9
         assert later.window_s is None  # readings 0.05 s apart are too close to make a rate
         # A new engine process starts from scratch: its counters are not compared with the old.
-        e.proc = SimpleNamespace(pid=2)
+        e.pid = 2
         texts[0] = page(10, 4, 1, 0, 10, (1, 1, 1, 1))
         fresh = await stats.get(e, max_age_s=5.0)
         assert fresh is not None and fresh.requests == 1 and fresh.window_s is None

@@ -129,12 +129,13 @@ class EngineStats:
 
     async def get(self, e: Engine, max_age_s: float) -> Numbers | None:
         """The engine's numbers, from a reading at most `max_age_s` old; None when not serving."""
-        if e.state not in (State.READY, State.UNHEALTHY) or e.proc is None:
+        st = e.status()
+        if st.state not in (State.READY, State.UNHEALTHY) or st.pid is None:
             self._tracks.pop(e, None)
             return None
         track = self._tracks.get(e)
-        if track is None or track.pid != e.proc.pid:  # a new engine process: counters restart
-            track = self._tracks[e] = _Track(e.proc.pid)
+        if track is None or track.pid != st.pid:  # a new engine process: counters restart
+            track = self._tracks[e] = _Track(st.pid)
         now = time.monotonic()
         if not track.readings or now - track.readings[-1].at > max_age_s:
             if track.pending is None:
