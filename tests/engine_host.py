@@ -68,6 +68,7 @@ class EngineHost:
         self.fake = FakeProcesses(on_exit=self._exited)
         self.tracked: dict[int, Engine] = {}
         self.saves = 0
+        self.on_change: list[Callable[[], None]] = []  # run at every change, as a save is
         self.memory: tuple[int, int] | None = None  # what NVML shows for the slice
         self.slice_locks: dict[str, asyncio.Lock] = {}
         self.cfg = config(root, {"m": {"port": health.port}}, **settings)
@@ -124,6 +125,8 @@ class EngineHost:
 
     def _changed(self) -> None:
         self.saves += 1
+        for fn in self.on_change:
+            fn()
 
     async def _slice_memory(self, uuid: str) -> tuple[int, int] | None:
         return self.memory

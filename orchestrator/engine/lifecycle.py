@@ -18,7 +18,7 @@ from orchestrator.engine.restart_policy import RestartPolicy
 from orchestrator.engine.spec import EngineContext, EngineSpec, EngineStatus, ExitInfo
 from orchestrator.engine.standby.slot import StandbyKey, StandbySlot
 from orchestrator.engine.starts import Cause, StartRecord
-from orchestrator.engine.states import TRANSITIONS, Desired, Machine, State
+from orchestrator.engine.states import REASONS, TRANSITIONS, Desired, Machine, State
 from orchestrator.engine.terminate import terminate_tree
 
 __all__ = ["Engine", "EngineContext", "EngineSpec", "EngineStatus", "ExitInfo"]
@@ -64,7 +64,9 @@ class Engine:
         self.spec = spec
         self.ctx = ctx
         self.log = elog
-        self._m = Machine(spec.name, "engine", State.STOPPED, TRANSITIONS, log, ctx.changed)
+        self._m = Machine(
+            spec.name, "engine", State.STOPPED, (TRANSITIONS, REASONS), log, ctx.changed
+        )
         self._desired = Desired.STOPPED
         self._restarts = 0
         self._last_exit: ExitInfo | None = None

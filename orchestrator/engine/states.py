@@ -46,6 +46,15 @@ TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
 }
 
 
+# Whether a state comes with a reason (True) or never does (False); the others may have one.
+REASONS: Final[Mapping[State, bool]] = {
+    S.READY: False,
+    S.UNHEALTHY: True,  # the health problem
+    S.BACKOFF: True,  # the failure it waits to retry after
+    S.FAILED: True,  # why it gave up
+}
+
+
 class StandbyState(enum.StrEnum):
     OFF = "off"  # none: not wanted, not yet prepared, used, or gone
     PREPARING = "preparing"  # started, importing the engine's modules
@@ -65,6 +74,13 @@ STANDBY_TRANSITIONS: Final[Mapping[StandbyState, frozenset[StandbyState]]] = {
 }
 
 
+STANDBY_REASONS: Final[Mapping[StandbyState, bool]] = {
+    B.PREPARING: False,
+    B.READY: False,
+    B.UNAVAILABLE: True,  # why it cannot work
+}
+
+
 class IllegalTransition(RuntimeError):
     """A state change the table does not allow: a bug in the lifecycle code."""
 
@@ -77,6 +93,13 @@ def _check(table: Mapping[E, frozenset[E]], what: str, old: E, new: E) -> None:
         raise IllegalTransition(f"illegal {what} state transition {old.value} -> {new.value}")
 
 
+def _check_reason(reasons: Mapping[E, bool], what: str, state: E, reason: str | None) -> None:
+    wanted = reasons.get(state)
+    if wanted is not None and wanted != (reason is not None):
+        has = f"reason {reason!r}" if reason is not None else "no reason"
+        raise IllegalTransition(f"illegal {what} state {state.value} with {has}")
+
+
 def check(old: State, new: State) -> None:
     """Raise IllegalTransition unless old -> new is in the table (staying put always is)."""
     _check(TRANSITIONS, "engine", old, new)
@@ -85,6 +108,12 @@ def check(old: State, new: State) -> None:
 def check_standby(old: StandbyState, new: StandbyState) -> None:
     """check() for a standby's states."""
     _check(STANDBY_TRANSITIONS, "standby", old, new)
+
+
+def check_status(old: State, new: State, reason: str | None) -> None:
+    """check() for a change to (new, reason), the pair included."""
+    _check(TRANSITIONS, "engine", old, new)
+    _check_reason(REASONS, "engine", new, reason)
 
 
 class Machine(Generic[E]):
@@ -96,7 +125,7 @@ class Machine(Generic[E]):
         label: str,
         kind: str,
         initial: E,
-        table: Mapping[E, frozenset[E]],
+        tables: tuple[Mapping[E, frozenset[E]], Mapping[E, bool]],
         log: logging.Logger,
         changed: Callable[[], None] | None = None,
     ) -> None:
@@ -104,7 +133,8 @@ class Machine(Generic[E]):
         self._kind = kind  # "engine" or "standby", for the BUG line
         self._state: E = initial
         self._reason: str | None = None
-        self._table: Mapping[E, frozenset[E]] = table
+        self._table: Mapping[E, frozenset[E]] = tables[0]
+        self._reasons: Mapping[E, bool] = tables[1]
         self._log = log
         self._changed = changed
 
@@ -121,14 +151,15 @@ class Machine(Generic[E]):
         the stack, and not raised: a bookkeeping bug must not stop the real work under way
         (taking a tree down, a restart). Tests fail on that line."""
         old = self._state
-        if state is not old:
-            try:
-                _check(self._table, self._kind, old, state)
-            except IllegalTransition as e:
-                self._log.error("%s: BUG: %s", self.label, e, stack_info=True)
-            self._log.info("%s: %s -> %s", self.label, old.value, state.value)
-        elif reason == self._reason:
+        if state is old and reason == self._reason:
             return
+        try:
+            _check(self._table, self._kind, old, state)
+            _check_reason(self._reasons, self._kind, state, reason)
+        except IllegalTransition as e:
+            self._log.error("%s: BUG: %s", self.label, e, stack_info=True)
+        if state is not old:
+            self._log.info("%s: %s -> %s", self.label, old.value, state.value)
         self._state, self._reason = state, reason
         if self._changed is not None:
             self._changed()

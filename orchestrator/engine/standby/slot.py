@@ -23,7 +23,12 @@ from orchestrator.engine.process import (
     read_output,
 )
 from orchestrator.engine.standby.channel import Standby, StandbyError, StandbyReady
-from orchestrator.engine.states import STANDBY_TRANSITIONS, Machine, StandbyState
+from orchestrator.engine.states import (
+    STANDBY_REASONS,
+    STANDBY_TRANSITIONS,
+    Machine,
+    StandbyState,
+)
 from orchestrator.engine.terminate import terminate_tree
 from orchestrator.inengine.standby_launcher import EXEC
 
@@ -119,7 +124,9 @@ class StandbySlot:
         self.track = track
         self.changed = changed
         # Its state and the reason: why there is none, or why the last one ended.
-        self._m = Machine(f"{name} standby", "standby", OFF, STANDBY_TRANSITIONS, log)
+        self._m = Machine(
+            f"{name} standby", "standby", OFF, (STANDBY_TRANSITIONS, STANDBY_REASONS), log
+        )
         self._held: _Held | None = None
         self._unavailable_for: StandbyKey | None = None
         self._procs: dict[int, _Held] = {}  # every standby process not yet gone, by pid
