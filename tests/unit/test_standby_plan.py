@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.inengine.standby_launcher import (
+from orchestrator.inengine.standby_plan import (
     MODULE,
     PLAIN,
     SCRIPT,

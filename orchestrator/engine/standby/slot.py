@@ -30,7 +30,7 @@ from orchestrator.engine.states import (
     StandbyState,
 )
 from orchestrator.engine.terminate import terminate_tree
-from orchestrator.inengine.standby_launcher import EXEC
+from orchestrator.inengine.standby_plan import EXEC
 
 log = logging.getLogger(__name__)
 
