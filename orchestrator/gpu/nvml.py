@@ -156,11 +156,11 @@ class Nvml:
     def open(cls, topology: Path | None) -> Nvml:
         """The real driver when `topology` is None, else the fake built from that topology file."""
         if topology is not None:
-            from orchestrator.gpu import nvml_fake
+            from orchestrator.gpu import nvml_fake, topology_file
 
             try:
                 return cls(nvml_fake.load(topology), f"topology:{topology}")
-            except nvml_fake.TopologyError as e:
+            except topology_file.TopologyError as e:
                 raise NvmlUnavailable(str(e)) from e
         try:
             import pynvml

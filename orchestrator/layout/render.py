@@ -259,7 +259,7 @@ def topology(plan: LayoutPlan, source: str = "models.toml") -> str:
     """The planned layout as a fake-NVML topology file, for plan / serve / demo --topology."""
     lines = [
         f"# Fake NVML topology: the MIG layout `mig-orchestrator layout` planned from {source}.",
-        "# Format: orchestrator/gpu/nvml_fake.py. Memory slots are noted beside each device.",
+        "# Format: orchestrator/gpu/topology_file.py. Memory slots are noted beside each device.",
         "",
         "[driver]",
         "privileged = true",

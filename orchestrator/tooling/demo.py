@@ -22,7 +22,7 @@ from typing import Any
 from orchestrator.client import ControlClient, ControlError
 from orchestrator.config.write import render_models_toml
 from orchestrator.daemon import child
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import topology_file
 from orchestrator.tooling import cpu_venv
 
 DEMO_TOPOLOGY = "a100-mixed"
@@ -95,7 +95,7 @@ def prepare(workdir: Path, students: int, base_port: int, control_port: int) -> 
     workdir.mkdir(parents=True, exist_ok=True)
     # A private copy: tests and the demo hold slice memory through a sidecar next to the file.
     topology = workdir / f"{DEMO_TOPOLOGY}.toml"
-    shutil.copyfile(nvml_fake.resolve_topology(Path(DEMO_TOPOLOGY)), topology)
+    shutil.copyfile(topology_file.resolve_topology(Path(DEMO_TOPOLOGY)), topology)
     models = []
     for i, (name, served, offset, profile, caching) in enumerate(STUDENTS[:students]):
         model_dir = cpu_venv.build_tiny_model(venv, cpu_venv.default_tiny_model_dir(seed=i), seed=i)

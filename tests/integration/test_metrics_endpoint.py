@@ -19,7 +19,7 @@ import yaml
 
 from orchestrator import prom_text
 from orchestrator.config import DEFAULT_LISTEN, OrchestratorSettings
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import topology_file
 from orchestrator.http.metrics import ENGINE_METRICS, engine_series
 from orchestrator.units import GIB
 from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_until, write_secret
@@ -148,11 +148,11 @@ def test_gpu_and_slice_series(host: Host) -> None:
     slices = d.get("/api/v1/slices").json()
     a_slice = d.status(A)["slice"]["uuid"]
     held = 7 * GIB
-    nvml_fake.hold_memory(d.topology, a_slice, held)
+    topology_file.hold_memory(d.topology, a_slice, held)
     try:
         expo = host.parse()
     finally:
-        nvml_fake.release_memory(d.topology, a_slice)
+        topology_file.release_memory(d.topology, a_slice)
     for s in slices:
         want = {"slice": s["uuid"], "gpu": str(s["gpu_index"]), "profile": s["profile"]}
         (total,) = expo.find("mig_orchestrator_slice_memory_total_bytes", want)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import gpu as gpu_cli
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import topology_file
 from orchestrator.units import GIB, MIB
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "orchestrator" / "gpu" / "topologies"
@@ -77,7 +77,7 @@ def test_held_memory_shows_in_slice_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     topology = Path(shutil.copy(A100_MIXED, tmp_path))
-    nvml_fake.hold_memory(topology, A100_3G, 3 * GIB)
+    topology_file.hold_memory(topology, A100_3G, 3 * GIB)
     assert run_monitor("--topology", str(topology), "--count", "1", "--per-slice") == 0
     out = capsys.readouterr().out.splitlines()
     row = next(line for line in out if line.endswith(A100_3G))
