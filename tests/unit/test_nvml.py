@@ -13,13 +13,13 @@ import pynvml
 import pytest
 
 from orchestrator.gpu import mig_profiles, nvml_fake, topology_file
+from orchestrator.gpu.mig_naming import mig_profile_name
 from orchestrator.gpu.nvml import (
     Nvml,
     NvmlError,
     NvmlUnavailable,
     UnknownDevice,
     load_inventory,
-    mig_profile_name,
 )
 from orchestrator.units import GIB, MIB
 
