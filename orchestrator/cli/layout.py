@@ -17,7 +17,8 @@ from orchestrator.gpu.inventory import Inventory
 from orchestrator.gpu.mig_profiles import GPU_MODELS, PROFILE_TABLES, GpuModel, gpu_model
 from orchestrator.gpu.nvml import Nvml, NvmlUnavailable
 from orchestrator.layout import render
-from orchestrator.layout.pack import LayoutPlan, plan_layout
+from orchestrator.layout.pack import plan_layout
+from orchestrator.layout.plan import LayoutPlan
 from orchestrator.layout.targets import Target, from_nvml, synthetic
 
 FORMATS = ("table", "json", "mig-parted", "profiles", "topology")

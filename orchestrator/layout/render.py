@@ -9,7 +9,7 @@ from typing import Any
 
 from orchestrator.layout.estimate import Estimate, gib
 from orchestrator.layout.geometry import memory
-from orchestrator.layout.pack import GpuPlan, LayoutPlan, ModelPlan
+from orchestrator.layout.plan import GpuPlan, LayoutPlan, ModelPlan
 
 MIG_PARTED_NAME = "mig-orchestrator"
 _UUIDS = uuid.UUID("6d1c4d3e-0f5e-4f57-9b8e-6c6f6d2a7a11")  # namespace of planned device UUIDs
