@@ -249,7 +249,7 @@ def cpu_vllm_daemon(
         env={SESSION_MARKER: str(root)},
     )
     if extra_models:
-        text += render_models_toml(None, extra_models)
+        text += "\n" + render_models_toml(None, extra_models)
     d = Daemon(root, {}, topology=topology, config_text=text)
     d.port, d.url = control, f"http://127.0.0.1:{control}"
     return d
