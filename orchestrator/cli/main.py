@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from orchestrator import __version__
-from orchestrator.cli import bench, config, daemon, demo, engine, gpu, layout, models
 from orchestrator.client import ControlError
 from orchestrator.config import ConfigError
 from orchestrator.daemon.state_lock import StateDirBusy
 from orchestrator.gpu.nvml import NvmlError
 from orchestrator.placement import PlacementError
 
-# Each group adds its subcommands through register(sub); a new group is one more line here.
+# The modules of orchestrator/cli/ that add subcommands, each through register(sub), in the
+# order `--help` lists them; a new group is one more line here.
 GROUPS = (
-    daemon,
-    config,
-    models,
-    gpu,
-    layout,
-    engine,
-    bench,
-    demo,
+    "daemon",
+    "config",
+    "models",
+    "gpu",
+    "layout",
+    "engine",
+    "bench",
+    "demo",
 )
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
-        group.register(sub)
+        importlib.import_module(f"orchestrator.cli.{group}").register(sub)
     return p
 
 
