@@ -131,7 +131,9 @@ class StandbySlot:
         self._unavailable_for: StandbyKey | None = None
         self._procs: dict[int, _Held] = {}  # every standby process not yet gone, by pid
         self._ending: set[asyncio.Task[None]] = set()
-        self._rss: tuple[int, float, int | None] = (0, 0.0, None)  # pid, when read, value
+        # pid and state it was read in, when, value: a reading taken while the standby still
+        # imports (a save reads status at its spawn) is not shown once it is ready.
+        self._rss: tuple[int, StandbyState, float, int | None] = (0, OFF, 0.0, None)
 
     # ----- what the Engine asks -----
 
@@ -330,9 +332,9 @@ class StandbySlot:
             pass
 
     def _rss_of(self, pid: int) -> int | None:
-        cached_pid, at, value = self._rss
+        cached_pid, state, at, value = self._rss
         now = time.monotonic()
-        if cached_pid != pid or now - at > RSS_TTL_S:
+        if (cached_pid, state) != (pid, self._m.state) or now - at > RSS_TTL_S:
             value = self.ops.rss_bytes(pid)
-            self._rss = (pid, now, value)
+            self._rss = (pid, self._m.state, now, value)
         return value
