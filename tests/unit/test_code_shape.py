@@ -23,9 +23,13 @@ KNOWN_OVER = {
     "orchestrator/practicum/run.py:phase_serve",
     "orchestrator/practicum/run.py:parser",
 }
-# Attribute reads named like a process object that are not an engine's: the leftover scan's
-# record of a process it found by its marker (engine/process.py: Tagged.proc).
-NOT_AN_ENGINE = {("orchestrator/supervisor/leftovers.py", "t.proc")}
+# Attribute reads named like a process object that are not an engine's: the leftover scans'
+# records of a process found by its marker (engine/process.py: Tagged.proc), the engines' and
+# the gateway's.
+NOT_AN_ENGINE = {
+    ("orchestrator/supervisor/leftovers.py", "t.proc"),
+    ("orchestrator/daemon/gateway_keeper.py", "t.proc"),
+}
 
 
 def _modules() -> list[Path]:
