@@ -90,9 +90,9 @@ def build_wheel(provider_metadata: str, out_dir: Path) -> Path:
     files = {
         f"{info}/METADATA": metadata.encode(),
         f"{info}/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: mig-orchestrator\nRoot-Is-Purelib: true\n"
-            "Tag: py3-none-any\n"
-        ).encode(),
+            b"Wheel-Version: 1.0\nGenerator: mig-orchestrator\nRoot-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n"
+        ),
         f"{info}/entry_points.txt": f"[console_scripts]\n{CONSOLE_SCRIPT}\n".encode(),
     }
     record = [_record_line(name, data) for name, data in files.items()]

