@@ -24,7 +24,7 @@ def test_medians_ratios_and_load_are_printed_per_figure() -> None:
     ]
     ours, theirs = medians(runs, OURS), medians(runs, VLLM)
     assert ours["p50_ttft_ms"] == 103 and theirs["p50_ttft_ms"] == 100
-    assert ours["load"] == 1.5 and theirs["load"] == 2.5
+    assert ours["load"] == 2.0 and theirs["load"] == 3.0  # before and after each run
     text = render(runs)
     ttft = next(line for line in text.splitlines() if line.startswith("TTFT p50 (ms)"))
     assert ttft.split()[-2:] == ["1.030", "yes"]
