@@ -34,7 +34,7 @@ import httpx
 from orchestrator.bench.openai_stream import Generation, OpenAIClient
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
 from orchestrator.bench.workloads import Prompt
-from orchestrator.texttable import render_table
+from orchestrator.text_table import render_table
 from orchestrator.tooling import cpu_venv
 
 OURS, VLLM = "bench", "vllm bench serve"

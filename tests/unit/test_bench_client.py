@@ -214,7 +214,7 @@ async def test_random_prompts_have_exactly_the_tokens_the_server_counts(
 
 
 class _TokenizeAddsTwo(NullServer):
-    """Its /tokenize counts two tokens more than generation serves: sizing trusts the wrong count."""
+    """Its /tokenize counts two tokens more than generation serves; sizing trusts that count."""
 
     async def _tokenize(self, writer: asyncio.StreamWriter, body: bytes) -> None:
         count = len(json.loads(body)["prompt"].split()) + 2
