@@ -38,6 +38,7 @@ for name, extra, env, uname in cases:
     os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = env.get("VLLM_WORKER_MULTIPROC_METHOD", "fork")
     sys.argv = ["vllm", "serve", *extra]
     platform.uname = lambda u=uname: u.split()
+    system_utils.in_wsl.cache_clear()  # functools.cache: it reads the uname once
     system_utils._maybe_force_spawn()
     out[name] = os.environ["VLLM_WORKER_MULTIPROC_METHOD"]
 platform.uname = real_uname
