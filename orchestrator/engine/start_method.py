@@ -83,8 +83,11 @@ def choose(
         return _spawn(f"{FORK_ENV}=spawn in the model's environment")
     if given == "fork":
         return StartMethod("fork", f"{FORK_ENV}=fork in the model's environment")
-    plan = plan_command(command, path=env.get("PATH"))
-    python = plan.interpreter[0] if plan.interpreter else None
+    # Without PATH in the engine's environment (manifests rendered for another host) a bare
+    # command name is not looked up on this one.
+    found = "PATH" in env or (bool(command) and "/" in command[0])
+    plan = plan_command(command, path=env.get("PATH")) if found else None
+    python = plan.interpreter[0] if plan is not None and plan.interpreter else None
     version = installed_vllm_version(python) if python else None
     if env.get("VLLM_TARGET_DEVICE") == "cpu" or (version is not None and "cpu" in version):
         why = f"vllm {version}" if version else "VLLM_TARGET_DEVICE=cpu"
