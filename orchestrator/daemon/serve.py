@@ -18,7 +18,8 @@ from orchestrator.config import (
     load_config,
     unprivileged_port_start,
 )
-from orchestrator.daemon import fd_budget as fdbudget
+from orchestrator.daemon import fd_budget
+from orchestrator.daemon.gateway_keeper import GatewayKeeper
 from orchestrator.daemon.sd_notify import SdNotifier
 from orchestrator.engine import process
 from orchestrator.gpu.history import GpuHistory
@@ -51,7 +52,7 @@ class Daemon:
         self.nvml = nvml
         self.tokens = tokens
         self.nofile = nofile
-        self.budget = fdbudget.budget(nofile, len(cfg.models))
+        self.budget = fd_budget.budget(nofile, len(cfg.models))
         self.limits = ConnectionLimits(
             max_connections=self.budget.max_connections,
             header_timeout_s=cfg.orchestrator.client_timeout_s,
@@ -65,6 +66,7 @@ class Daemon:
             reap_all=process.become_subreaper(),
             allow_partial=opts.allow_partial,
         )
+        self.gateway = GatewayKeeper(cfg, self.supervisor.ops, opts.config)
         self.collector = MetricsCollector(self.supervisor, nvml)
         self.gpu_history = GpuHistory(nvml.sample)  # the dashboard's utilisation chart
         self._stop = asyncio.Event()
@@ -87,7 +89,8 @@ class Daemon:
                 if not self._stop.is_set():  # READY after STOPPING would confuse systemd
                     self.notifier.ready(status or self._status_text())
             self.cfg, self.tokens = new, tokens
-            self.limits.max_connections = fdbudget.budget(
+            self.gateway.reconfigure(new)
+            self.limits.max_connections = fd_budget.budget(
                 self.nofile, len(new.models)
             ).max_connections
             self.limits.header_timeout_s = new.orchestrator.client_timeout_s
@@ -190,6 +193,8 @@ class Daemon:
             self.nofile,
         )
         sampler = asyncio.create_task(self.gpu_history.run())
+        # After the control plane, which the gateway reads engine states from.
+        gateway = asyncio.create_task(self.gateway.run())
         # Kept running through shutdown: stopping engines may take longer than WatchdogSec.
         pinger = None
         if (interval := self.notifier.watchdog_interval()) is not None:
@@ -201,8 +206,10 @@ class Daemon:
             self.notifier.ready(self._status_text())
             can_reload.set()
             await self._stop.wait()
-        log.info("stopping all engines")
+        log.info("stopping the gateway and all engines")
         sampler.cancel()
+        self.gateway.stop()
+        await gateway
         await self.supervisor.shutdown()
         if pinger is not None:
             pinger.cancel()
@@ -238,7 +245,7 @@ def serve(opts: ServeOptions) -> int:
     check_this_host(cfg, str(opts.config))
     check_own_dirs(cfg, str(opts.config))
     _log_warnings(cfg)
-    nofile = fdbudget.raise_nofile()
+    nofile = fd_budget.raise_nofile()
     with Nvml.open(topology) as nvml:
         daemon = Daemon(
             ServeOptions(opts.config, topology, opts.allow_partial), cfg, nvml, tokens, nofile

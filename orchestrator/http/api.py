@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, R
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 
+from orchestrator.accounting.service import Accounts
 from orchestrator.config import ConfigError
 from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.engine.states import Desired
@@ -137,22 +138,23 @@ class StatusView:
         )
 
     def _live(self, e: Engine) -> dict[str, Any]:
-        ex = e.last_exit
+        st = e.status()
+        ex = st.last_exit
         return {
-            "name": e.spec.name,
-            "state": e.state.value,
-            "desired": e.desired.value,
-            "pid": e.proc.pid if e.proc else None,
-            "uptime_s": round(u, 3) if (u := e.uptime()) is not None else None,
-            "restarts": e.restarts,
+            "name": st.name,
+            "state": st.state.value,
+            "desired": st.desired.value,
+            "pid": st.pid,
+            "uptime_s": round(st.uptime_s, 3) if st.uptime_s is not None else None,
+            "restarts": st.restarts,
             "last_exit": (
                 {"code": ex.code, "signal": ex.signal, "at": _iso(ex.at), "reason": ex.reason}
                 if ex
                 else None
             ),
-            "reason": e.reason,
-            "standby": standby_json(e),
-            "last_start": last_start_json(e),
+            "reason": st.reason,
+            "standby": standby_json(e.spec.standby.enabled, st.standby),
+            "last_start": last_start_json(st.last_start),
         }
 
     def _part(self, spec: EngineSpec, show_env: bool) -> dict[str, Any]:
@@ -396,7 +398,7 @@ async def reload(request: Request, _: Admin) -> ReloadOut:
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request, _: Admin) -> PlainTextResponse:
     started = time.perf_counter()
-    body = await _control(request).target.metrics()
+    body = await _control(request).target.metrics() + await request.app.state.accounts.exposition()
     log.debug("metrics rendered in %.1f ms", (time.perf_counter() - started) * 1000)
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -416,6 +418,11 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         listen=lambda: target.supervisor.cfg.orchestrator.listen,
     )
     app.include_router(router)
+    # Imported here: its routes use this module's caller dependencies.
+    from orchestrator.http.accounts_api import router as accounts_router
+
+    app.state.accounts = Accounts(target.supervisor.cfg.orchestrator.state_dir)
+    app.include_router(accounts_router)
     ctl: ControlState = app.state.control
     hooks = Hooks(ctl.engine_for, ctl.command, lambda e: bytes(ctl.view.response(e).body))
     app.include_router(dashboard_router(target, hooks))

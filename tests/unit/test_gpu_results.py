@@ -105,10 +105,10 @@ def test_a_partial_session_renders_what_ran_and_names_the_step_for_the_rest(
     )
     text = gpu_results.render(results, tmp_path / "docs" / "gpu-results.md")
     assert f"```\n{command}\n```" in text  # the exact command above its table
-    assert "| 256 | 76.45 | 9,785 | 575 |" in text
+    assert "| 256 | 100 | 0 | 76.45 | 9785.0 | 9785.0 | 575.0/575.0/575.0 |" in text
     assert "output tok/s, medians: ours 6,400.00, vllm bench serve 6,500.00: -1.5% (within" in text
     assert "TTFT p50 (ms), medians: ours 127.00, vllm bench serve 150.00: -15.3% (OUTSIDE" in text
-    assert "| 1 | vllm bench serve | 1.50/1.20 | 6,500.0 | 150.0 |" in text
+    assert "| 1 | vllm bench serve | 1.50/1.20 | 6500.0 | 150.0 |" in text
     assert "| standby+fork | crash #1 | 0.10 | 5.0 | 22.0 | 23.1 | 0.33 ✓ |" in text
     assert "*Not run yet: `bash deploy/gpu-device.sh compare` measures it.*" in text
     assert "*Not run yet: `bash deploy/gpu-device.sh tests` measures it.*" in text
