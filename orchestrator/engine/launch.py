@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.config import Config, VllmSettings
-from orchestrator.engine import marker
+from orchestrator.engine import marker, start_method
 from orchestrator.engine.nvml_fix import fix_env
 from orchestrator.gpu.inventory import Slice
 from orchestrator.inengine.standby_launcher import FORK_ENV
@@ -40,6 +40,7 @@ class Launch:
     # The EngineCore by fork. Kept out of env: a standby is started before it is known, and the
     # trigger carries it, so that toggling it keeps the standby.
     fork: bool = False
+    fork_reason: str = ""  # why fork or spawn (start_method.choose)
 
     def redacted_env(self) -> dict[str, str]:
         return {k: ("***" if k in _SECRET_ENV else v) for k, v in self.extra_env.items()}
@@ -121,6 +122,12 @@ def build_launch(
     env["PYTHONSAFEPATH"] = "1"
     if mark is not None:
         env.update(mark.env(name))
+    method = start_method.choose(settings.engine_fork, command, argv, env)
     return Launch(
-        argv=argv, env=env, extra_env=extra, command=tuple(command), fork=bool(settings.engine_fork)
+        argv=argv,
+        env=env,
+        extra_env=extra,
+        command=tuple(command),
+        fork=method.fork,
+        fork_reason=method.reason,
     )

@@ -82,6 +82,7 @@ class Engine:
         self.standby = StandbySlot(spec.name, ctx.ops, elog, self._track_standby, ctx.changed)
         self._last_start: StartRecord | None = None
         self._asked: tuple[Cause, float] = ("start", time.time())
+        self._marks: dict[str, float] = {}  # steps towards the next launch (StartRecord)
 
     # ----- commands: each takes the engine's lock, so commands on one model run one at a time -----
 
@@ -248,7 +249,9 @@ class Engine:
         lock = self.ctx.slice_lock(spec.slice.uuid) if spec.slice and spec.shared_slice else None
         # Engines sharing one GPU start one after another: vLLM mis-sizes memory otherwise.
         async with lock if lock is not None else contextlib.nullcontext():
+            self._marks["life_at"] = time.time()
             await self._memory.before_start(spec.slice, spec.shared_slice)
+            self._marks["released_at"] = time.time()
             holder = self.ctx.ops.port_holder(spec.host, spec.port)
             if holder is not None:
                 raise _Failure(f"port {spec.port} is already in use by {holder}", final=True)
@@ -266,10 +269,12 @@ class Engine:
         if self._last_start is not None:
             self._last_start = self._last_start.ready(time.time())
         self._m.move(State.READY, None)  # what went wrong before stays in last_exit
-        if self._last_start is not None:
+        if self._last_start is not None and (proc := self._proc) is not None:
             took = self._last_start.took()
             self.log.note(took)
             log.info("%s: %s", spec.name, took)
+            self._last_start, method = self._last_start.observe(proc.pid, self.log, proc.log_mark)
+            self.log.note(method)  # what vLLM really did with the start method asked for
         # Prepared now, not earlier: the engine's own start has the host's CPUs to itself.
         self.standby.prepare(self.spec.launch, self.spec.standby, self.spec.startup_timeout_s)
         try:
@@ -284,6 +289,7 @@ class Engine:
             self._m.move(State.STOPPING, cause.reason)
         stopped = isinstance(cause, asyncio.CancelledError)  # only stop() cancels the runner
         await self._terminate(_STOP_REQUESTED if stopped else "cleaning up after the engine")
+        self._marks["cleaned_at"] = time.time()
 
     async def _spawn(self) -> None:
         launch, standby = self.spec.launch, self.spec.standby
@@ -313,9 +319,9 @@ class Engine:
             log_mark=self.log.count,
             ident=ident,
         )
-        cause, asked_at = self._asked
         via: Literal["standby", "plain"] = "plain" if handed is None else "standby"
-        self._last_start = StartRecord(via, cause, asked_at, self._proc.started, launch.fork)
+        marks, self._marks = self._marks, {}
+        self._last_start = StartRecord.launched(via, self._asked, self._proc.started, launch, marks)
         loop.add_reader(fd, self._on_output, self._proc)
         self.ctx.track(pid, self)
         self.ctx.changed()
@@ -428,7 +434,7 @@ class Engine:
         t = await terminate_tree(ops, proc.pid, tracked, grace, self.spec.name, proc.exited)
         self._drain(proc)  # the engine's last words come before the daemon's notes
         if t.killed:
-            self.log.note(f"{why}: still running after {grace:g}s grace, SIGKILL: {t.killed}")
+            self.log.note(f"{why}: still running after {t.grace:g}s grace, SIGKILL: {t.killed}")
         if t.survivors:
             self.log.note(f"processes survive SIGKILL: {ops.describe(t.survivors)}")
         else:

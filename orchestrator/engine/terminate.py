@@ -12,6 +12,9 @@ from orchestrator.engine.process import ProcessId, ProcessOps
 
 log = logging.getLogger(__name__)
 KILL_WAIT_S = 10.0  # SIGKILL cannot be ignored: longer than this means something is stuck in D
+# Grace for what a dead server left behind (vLLM's EngineCore has no parent-death signal, and was
+# seen ignoring SIGTERM for the whole 30 s stop grace): nothing there has a request to finish.
+ORPHAN_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class Termination:
     killed: str  # the processes still running after the grace, described; "" if none
     survivors: list[int]  # still running after SIGKILL (already logged as an error)
     seconds: float
+    grace: float  # what SIGTERM was given: ORPHAN_GRACE_S once the main process has exited
 
 
 async def terminate_tree(
@@ -34,21 +38,23 @@ async def terminate_tree(
     `grace`, then check that nothing of the tree remains.
 
     `exited` is the main process's exit when it is our child: waiting on it costs nothing, so the
-    tree is only polled once it has come.
+    tree is only polled once it has come. Once it has, what is left gets ORPHAN_GRACE_S at most.
     """
     started = time.monotonic()
+    if exited is not None and exited.done():
+        grace = min(grace, ORPHAN_GRACE_S)
     ops.signal_group(pgid, signal.SIGTERM)
     ops.signal_each(tracked, signal.SIGTERM)
     left = await _wait_gone(ops, pgid, tracked, grace, exited)
     if not left:
-        return Termination("", [], time.monotonic() - started)
+        return Termination("", [], time.monotonic() - started, grace)
     killed = ops.describe(left)
     ops.signal_group(pgid, signal.SIGKILL)
     ops.signal_each(tracked, signal.SIGKILL)
     left = await _wait_gone(ops, pgid, tracked, kill_wait, exited)
     if left:
         log.error("%s: processes survive SIGKILL: %s", what, ops.describe(left))
-    return Termination(killed, left, time.monotonic() - started)
+    return Termination(killed, left, time.monotonic() - started, grace)
 
 
 async def _wait_gone(

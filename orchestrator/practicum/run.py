@@ -172,9 +172,8 @@ def phase_serve(args: argparse.Namespace, rec: Recorder) -> None:
     coder = session.ports["coder"]
     versus = [
         rec.python,
-        # as a module from the checkout: a script path would import the installed orchestrator
         "-m",
-        "tests.perf.bench_vs_vllm",
+        "orchestrator.bench.vs_vllm",
         "--target",
         f"http://127.0.0.1:{coder}",
         "--served-model-name",
@@ -191,7 +190,7 @@ def phase_serve(args: argparse.Namespace, rec: Recorder) -> None:
         str(args.vs_concurrency),
         "--num-prompts",
         str(args.vs_prompts),
-        "--rounds",
+        "--pairs",
         str(args.rounds),
         "--json",
         str(rec.path("bench-vs-vllm.json")),
@@ -340,7 +339,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--vs-concurrency", type=int, default=32)
     # 320 prompts ran 5 s on the H200: ramp-up and drain alone set the tools ~6 % apart
     g.add_argument("--vs-prompts", type=int, default=2000)
-    g.add_argument("--rounds", type=int, default=2, help="bench vs vllm bench: rounds each")
+    g.add_argument("--rounds", type=int, default=3, help="bench vs vllm bench: A B pairs")
     g = p.add_argument_group("compare")
     g.add_argument("--utilizations", default="0.06,0.12,0.40")
     g.add_argument("--compare-concurrency", type=int, default=256)

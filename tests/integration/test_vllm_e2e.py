@@ -155,9 +155,15 @@ def test_sigkill_of_api_server_removes_orphans_and_restarts(vllm_daemon: Daemon)
 
     wait_until(noticed, 5, "the daemon to notice the exit")
     assert time.monotonic() - t0 < 2.0  # from SIGCHLD, not from the 5 s health poll
-    wait_until(lambda: all(p not in group_pids(pid) for p in tree), 60, "the orphans to go")
+    # A dead server's orphans get seconds (ORPHAN_GRACE_S), not the stop grace.
+    wait_until(lambda: all(p not in group_pids(pid) for p in tree), 15, "the orphans to go")
     s = d.wait_state("nocache", "ready", timeout=READY_TIMEOUT)
     assert s["pid"] != pid and s["restarts"] == restarts + 1
+    start = s["last_start"]
+    assert start["cause"] == "retry" and start["phases_s"]["cleanup"] < 10, start
+    # vLLM's CPU platform spawns: the daemon asks for spawn, and sees that vLLM spawned.
+    assert not start["fork"] and "CPU platform" in start["fork_reason"], start
+    assert start["start_method"] == "spawn" and "spawned" in start["start_method_reason"], start
 
 
 def test_stop_via_rest_leaves_no_process_of_the_tree(vllm_daemon: Daemon) -> None:

@@ -68,8 +68,24 @@ def test_a_partial_session_renders_what_ran_and_names_the_step_for_the_rest(
         results,
         "serve/bench-vs-vllm.json",
         {
-            "mig-orchestrator bench #1": {"output_throughput": 6400, "p50_ttft_ms": 127},
-            "vllm bench serve #1": {"output_throughput": 6500, "p50_ttft_ms": 150},
+            "runs": [
+                {
+                    "tool": "bench",
+                    "pair": 1,
+                    "load_before": 1.0,
+                    "load_after": 1.5,
+                    "figures": {"output_throughput": 6400, "p50_ttft_ms": 127},
+                },
+                {
+                    "tool": "vllm bench serve",
+                    "pair": 1,
+                    "load_before": 1.5,
+                    "load_after": 1.2,
+                    "figures": {"output_throughput": 6500, "p50_ttft_ms": 150},
+                },
+            ],
+            "bench": {"output_throughput": 6400, "p50_ttft_ms": 127, "load": 1.25},
+            "vllm bench serve": {"output_throughput": 6500, "p50_ttft_ms": 150, "load": 1.35},
         },
     )
     _write(
@@ -90,8 +106,9 @@ def test_a_partial_session_renders_what_ran_and_names_the_step_for_the_rest(
     text = gpu_results.render(results, tmp_path / "docs" / "gpu-results.md")
     assert f"```\n{command}\n```" in text  # the exact command above its table
     assert "| 256 | 100 | 0 | 76.45 | 9785.0 | 9785.0 | 575.0/575.0/575.0 |" in text
-    assert "output tokens/s: ours 6,400.0, vllm bench 6,500.0: -1.5% (within ±5%)" in text
-    assert "TTFT p50: ours 127.0, vllm bench 150.0: -15.3% (OUTSIDE ±5%)" in text
+    assert "output tok/s, medians: ours 6,400.00, vllm bench serve 6,500.00: -1.5% (within" in text
+    assert "TTFT p50 (ms), medians: ours 127.00, vllm bench serve 150.00: -15.3% (OUTSIDE" in text
+    assert "| 1 | vllm bench serve | 1.50/1.20 | 6500.0 | 150.0 |" in text
     assert "| standby+fork | crash #1 | 0.10 | 5.0 | 22.0 | 23.1 | 0.33 ✓ |" in text
     assert "*Not run yet: `bash deploy/gpu-device.sh compare` measures it.*" in text
     assert "*Not run yet: `bash deploy/gpu-device.sh tests` measures it.*" in text

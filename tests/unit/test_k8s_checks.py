@@ -145,7 +145,7 @@ def _container(obj: dict[str, Any]) -> dict[str, Any]:
         ),
         (
             lambda d: _container(d)["env"][-1]["valueFrom"]["secretKeyRef"].update(name="other"),
-            "Deployment/student-a: spec.template.spec.containers[0].env[5].valueFrom.secretKeyRef: "
+            "Deployment/student-a: spec.template.spec.containers[0].env[6].valueFrom.secretKeyRef: "
             "other/api-key is not among the Secrets",
         ),
         (

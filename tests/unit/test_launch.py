@@ -344,6 +344,10 @@ def test_engine_fork_is_no_flag_and_only_a_plain_launch_puts_it_in_the_environme
     assert launch.argv == argv_of() and launch.fork
     assert "VLLM_WORKER_MULTIPROC_METHOD" not in launch.env  # what a standby starts with
     assert launch.spawn_env() == {**launch.env, "VLLM_WORKER_MULTIPROC_METHOD": "fork"}
-    plain = build_launch(cfg_of(), "alice", SLICE, base_env={})
+    # Unset asks for fork too wherever vLLM keeps it (start_method.py); false forces spawn.
+    default = build_launch(cfg_of(), "alice", SLICE, base_env={})
+    assert default.fork and "no rule of vLLM's asks for spawn" in default.fork_reason
+    plain = build_launch(cfg_of("engine_fork = false"), "alice", SLICE, base_env={})
     assert not plain.fork and plain.spawn_env() == plain.env
+    assert plain.fork_reason == "engine_fork = false"
     assert plain.command == ("vllm", "serve") and plain.argv[:2] == list(plain.command)
