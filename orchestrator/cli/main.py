@@ -22,6 +22,7 @@ _TOOL_MODULES = (
     "orchestrator.tooling.cpu_venv",
     "orchestrator.cli.bench",
     "orchestrator.tooling.demo",
+    "orchestrator.cli.practicum",
 )
 
 
