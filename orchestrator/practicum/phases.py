@@ -158,7 +158,9 @@ def phase_up(args: argparse.Namespace, rec: Recorder) -> None:
         # The daemon starts the sharers one after the other, in config order.
         for order, name in enumerate(gpu_session.MODELS, 1):
             rec.say(f"waiting for {name} (estimate {args.cold_start_s:.0f} s for the first)")
-            seen = watch_until_ready(control, name, None, args.ready_timeout, since=started)
+            seen = watch_until_ready(
+                control, name, None, args.ready_timeout, since=started, say=rec.say
+            )
             cache = (
                 "first start here" if order == 1 else "second engine (caches warmed by the first)"
             )

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -232,15 +232,23 @@ def watch_until_ready(
     old_pid: int | None,
     timeout: float,
     since: float | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Poll a model until a new engine (pid != old_pid) is ready; times of each step seen."""
+    """Poll a model until a new engine (pid != old_pid) is ready; times of each step seen.
+
+    `say` gets a progress line every HEARTBEAT_S seconds.
+    """
     since = time.time() if since is None else since
     seen: dict[str, Any] = {}
     deadline = time.monotonic() + timeout
+    beat = time.monotonic() + HEARTBEAT_S
     while time.monotonic() < deadline:
         status = control.model(name)
         now = time.time()
         state, pid = status["state"], status.get("pid")
+        if say is not None and time.monotonic() > beat:
+            say(f"{name} is {state}, {now - since:.0f} s since the launch")
+            beat = time.monotonic() + HEARTBEAT_S
         if state != "ready" and "left_ready_s" not in seen:
             seen["left_ready_s"] = round(now - since, 3)
         if pid and pid != old_pid and "pid" not in seen:

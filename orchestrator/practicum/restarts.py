@@ -90,7 +90,7 @@ def _crash(
         tree = _api_and_core(before["pid"])
         killed = time.time()
         os.kill(before["pid"], signal.SIGKILL)
-        seen = watch_until_ready(control, name, before["pid"], 600, since=killed)
+        seen = watch_until_ready(control, name, before["pid"], 900, since=killed, say=rec.say)
     serving = first_completion(f"http://127.0.0.1:{port}", name)
     startup = record_startup(
         Path(rec.results),

@@ -1,4 +1,4 @@
-"""Real CUDA vLLM engines under the daemon (issue 12, item 1 (a)-(e)). Tests run in file order
+"""Real CUDA vLLM engines under the daemon, steps (a)-(e) below. Tests run in file order
 on one daemon (conftest.py): (a) two engines share the GPU, (e) monitor during a bench, (c) the
 KV cache follows gpu_memory_utilization, (b) SIGKILL and the memory-release wait, (d) SIGTERM.
 
