@@ -157,7 +157,8 @@ def phase_up(args: argparse.Namespace, rec: Recorder) -> None:
     with session.client() as control:
         # The daemon starts the sharers one after the other, in config order.
         for order, name in enumerate(gpu_session.MODELS, 1):
-            rec.say(f"waiting for {name} (estimate {args.cold_start_s:.0f} s for the first)")
+            expect = args.cold_start_s if order == 1 else args.warm_start_s
+            rec.say(f"waiting for {name} (estimate {expect:.0f} s)")
             seen = watch_until_ready(
                 control, name, None, args.ready_timeout, since=started, say=rec.say
             )
