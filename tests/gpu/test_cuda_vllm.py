@@ -24,11 +24,12 @@ from orchestrator.bench.compare import ThreadedControl, restart_and_wait
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.practicum import startup_phases as vllm_startup
 from orchestrator.practicum.record import watch_until_ready
-from orchestrator.practicum.session import MODELS, REPO, Session, gpu_memory_used_mib
+from orchestrator.practicum.session import MODELS, Session, gpu_memory_used_mib
 from tests.gpu_support import REHEARSAL
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parents[2]
 GIB = 1024**3
 ENGINE_CORE = "VLLM::EngineCore"
 
