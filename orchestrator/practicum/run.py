@@ -17,7 +17,7 @@ from types import FrameType
 
 from orchestrator.bench.compare import VariantError, parse_variant
 from orchestrator.client import ControlError
-from orchestrator.gpu.nvml import NvmlError
+from orchestrator.gpu.nvml import NO_TOPOLOGY_HINT, Nvml, NvmlError
 from orchestrator.practicum import plan, report
 from orchestrator.practicum.phases import phase_compare, phase_down, phase_serve, phase_up
 from orchestrator.practicum.record import SESSION_DIR, PracticumError, Recorder
@@ -70,6 +70,20 @@ def resolve_engine(args: argparse.Namespace) -> None:
                 "--shape llama-1b --venv VENV` builds a random-weight one)"
             )
         args.model = str(cpu_venv.build_tiny_model(venv, cpu_venv.default_tiny_model_dir()))
+
+
+def check_gpu(args: argparse.Namespace) -> None:
+    """Without --cpu the engines need an NVIDIA GPU: say so before anything starts."""
+    if args.cpu or args.engine_command:
+        return
+    try:
+        Nvml.open(None).close()
+    except NvmlError as exc:
+        why = str(exc).replace(NO_TOPOLOGY_HINT, "").strip()
+        raise PracticumError(
+            f"no usable NVIDIA GPU here ({why}); `mig-orchestrator practicum --cpu` rehearses "
+            "every step with vLLM's CPU build on a simulated GPU"
+        ) from None
 
 
 def check_variants(args: argparse.Namespace) -> tuple[int, int]:
@@ -144,6 +158,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.phase != "report":
             variants, switches = check_variants(args)
+        if args.phase in ("all", "up"):
+            check_gpu(args)
         if args.phase in ("all", "up", "serve", "restarts"):
             resolve_engine(args)
     except PracticumError as exc:
