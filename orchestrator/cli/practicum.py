@@ -98,10 +98,10 @@ def _add_restarts(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--variant",
         action="append",
-        default=[],
         metavar="LABEL:KEY=VALUE,...",
         help="restart settings to compare, as for `compare --variant` (default: "
-        "plain:standby=false,engine_fork=false and default:standby=true; the plain one is "
+        "plain:standby=false,engine_fork=false and default:standby=true; on CPU, where vLLM "
+        "always spawns, plain:standby=false; a variant with standby off and no engine_fork is "
         "the baseline)",
     )
     g.add_argument("--repeat", type=int, default=1, help="crashes per variant")

@@ -34,6 +34,8 @@ class Preset:
     utilization: float
     cold_start_s: float
     warm_start_s: float
+    # Restart variants; `plain` (no standby, vLLM's spawn) is the baseline of the others.
+    variant: tuple[str, ...]
 
 
 PRESETS = {
@@ -55,6 +57,7 @@ PRESETS = {
         utilization=0.40,
         cold_start_s=260,
         warm_start_s=75,
+        variant=("plain:standby=false,engine_fork=false", "default:standby=true"),
     ),
     "cpu": Preset(
         levels="1,2,4",
@@ -73,6 +76,9 @@ PRESETS = {
         utilization=0.40,
         cold_start_s=90,
         warm_start_s=70,
+        # vLLM's CPU platform always spawns its EngineCore: switching standby is a reload, and
+        # no variant costs an engine start of its own.
+        variant=("plain:standby=false", "default:standby=true"),
     ),
 }
 
@@ -82,7 +88,7 @@ def apply_preset(args: argparse.Namespace) -> Preset:
     preset = PRESETS[args.preset or ("cpu" if args.cpu else "gpu")]
     for key, value in asdict(preset).items():
         if getattr(args, key, None) is None:
-            setattr(args, key, value)
+            setattr(args, key, list(value) if isinstance(value, tuple) else value)
     return preset
 
 
@@ -112,6 +118,7 @@ def estimate_compare(args: argparse.Namespace) -> float:
 
 
 def estimate_restarts(args: argparse.Namespace, variants: int, switches: int) -> float:
+    """Engine starts: a crash each, a restart per variant with overrides, plain vLLM by hand."""
     starts = switches + variants * args.repeat + (args.repeat if args.direct else 0)
     starts += 0 if args.no_restore or not switches else 1
     return float(starts * (args.warm_start_s + 10))

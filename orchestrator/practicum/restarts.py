@@ -68,10 +68,6 @@ def _set_standby(session: Session, name: str, on: bool) -> None:
         control.reload()
 
 
-# The default comparison: vLLM as it restarts by itself, then the daemon's defaults.
-DEFAULT_VARIANTS = ("plain:standby=false,engine_fork=false", "default:standby=true")
-
-
 def is_plain(settings: dict[str, Any]) -> bool:
     """A variant that restarts vLLM as plain vLLM does: no standby, EngineCore spawned."""
     return settings.get("standby") is False and not settings.get("engine_fork")
@@ -246,14 +242,14 @@ def _await_standby(session: Session, name: str, timeout: float = 180) -> dict[st
 
 def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
     session = session_from(args)
-    texts = args.variant or list(DEFAULT_VARIANTS)
+    texts = args.variant
     variants = [parse_variant(v) for v in texts]
     name = args.restart_model
     with session.client() as control:
         first = control.model(name)
     original = dict(first.get("overrides") or {})
     standby_at_first = first["standby"]["enabled"]
-    switches = sum(1 for v in variants if v.settings)
+    switches = sum(1 for v in variants if set(v.settings) - {"standby"})
     rec.estimate(
         estimate_restarts(args, len(variants), switches),
         f"{len(variants)} variant(s) x {args.repeat} crash(es), {switches} switch(es)"

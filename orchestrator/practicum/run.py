@@ -21,7 +21,7 @@ from orchestrator.gpu.nvml import NO_TOPOLOGY_HINT, Nvml, NvmlError
 from orchestrator.practicum import plan, report
 from orchestrator.practicum.phases import phase_compare, phase_down, phase_serve, phase_up
 from orchestrator.practicum.record import SESSION_DIR, PracticumError, Recorder
-from orchestrator.practicum.restarts import DEFAULT_VARIANTS, phase_restarts
+from orchestrator.practicum.restarts import phase_restarts
 from orchestrator.practicum.session import Session
 from orchestrator.tooling import cpu_venv
 
@@ -89,10 +89,11 @@ def check_gpu(args: argparse.Namespace) -> None:
 def check_variants(args: argparse.Namespace) -> tuple[int, int]:
     """(variants, switches) of the restart comparison; a bad --variant fails before any start."""
     try:
-        variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
+        variants = [parse_variant(v) for v in args.variant]
     except (ValueError, VariantError) as exc:
         raise PracticumError(f"--variant: {exc}") from None
-    return len(variants), sum(1 for v in variants if v.settings)
+    # A variant restarts the engine for its overrides; standby alone is switched by a reload.
+    return len(variants), sum(1 for v in variants if set(v.settings) - {"standby"})
 
 
 def run_phase(args: argparse.Namespace, name: str) -> bool:
