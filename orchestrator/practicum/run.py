@@ -103,6 +103,9 @@ def run_phase(args: argparse.Namespace, name: str) -> bool:
         PHASES[name](args, rec)
     except (ControlError, NvmlError, PracticumError, OSError, ValueError) as exc:
         rec.fail(name, f"{type(exc).__name__}: {exc}", time.monotonic() - rec.started)
+    except KeyboardInterrupt:
+        rec.fail(name, "interrupted (Ctrl-C or SIGTERM)", time.monotonic() - rec.started)
+        raise
     if rec.failed:
         rec.say(f"FAILED: {', '.join(rec.failed)}")
     else:

@@ -57,3 +57,19 @@ def test_without_a_gpu_it_points_at_the_cpu_rehearsal(
     assert (
         code == 2 and "no usable NVIDIA GPU" in err and "--cpu" in err and "--topology" not in err
     )
+
+
+def test_an_interrupted_phase_is_recorded_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.practicum import run
+
+    def stopped(args: argparse.Namespace, rec: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(run.PHASES, "serve", stopped)
+    args = _args("--cpu", "--results", str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run.run_phase(args, "serve")
+    text = run.report.render(tmp_path, tmp_path / "report.md")
+    assert "| serve | serve | **FAILED** |" in text and "interrupted (Ctrl-C or SIGTERM)" in text
