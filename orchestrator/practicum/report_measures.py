@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from typing import Any
 
@@ -263,8 +264,8 @@ def _restart_row(x: dict[str, Any], base: float | None) -> list[str]:
     if x.get("variant") == "vllm-direct":
         ready = num(x["launch_to_ready_s"], 1)
         return ["plain vLLM (no daemon)", f"launch #{x['repeat']}", NONE, NONE, ready, NONE, NONE]
-    switch = num(x.get("switch_s"), 1)
-    return [x["variant"], f"switch to {x.get('settings')}", NONE, NONE, switch, NONE, NONE]
+    event = f"switched to {json.dumps(x.get('settings'))} in {num(x.get('switch_s'), 1)} s"
+    return [x["variant"], event, *[NONE] * 5]
 
 
 def section_restarts(r: Results) -> list[str]:
