@@ -175,6 +175,13 @@ def main(args: argparse.Namespace) -> int:
         f"{preset.warm_start_s:.0f} s warm)",
         flush=True,
     )
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores and args.phase != "report":
+        print(
+            f"[practicum] this machine is busy (load {load:.1f} on {cores} cores): every step "
+            "will take longer than estimated, and its timings show that load",
+            flush=True,
+        )
     if args.phase == "report":
         write_report(args)
         return 0
