@@ -247,7 +247,7 @@ def watch_until_ready(
         now = time.time()
         state, pid = status["state"], status.get("pid")
         if say is not None and time.monotonic() > beat:
-            say(f"{name} is {state}, {now - since:.0f} s since the launch")
+            say(f"{name} is {state}, {now - since:.0f} s in")
             beat = time.monotonic() + HEARTBEAT_S
         if state != "ready" and "left_ready_s" not in seen:
             seen["left_ready_s"] = round(now - since, 3)
