@@ -132,13 +132,14 @@ def section_ralph(r: Results) -> list[str]:
     )
     for key in ("on", "off"):
         whole = ((runs[key] or {}).get("ralph") or {}).get("cache") or {}
-        if whole:
-            rate = whole.get("hit_rate")
+        rate = whole.get("hit_rate")
+        if rate is not None:
             out.append(
-                f"- caching {key}: hit rate over the run "
-                f"{num(None if rate is None else rate * 100, 0)} % of "
+                f"- caching {key}: hit rate over the run {num(rate * 100, 0)} % of "
                 f"{num(whole.get('queries'), 0)} queried tokens"
             )
+        elif whole:
+            out.append(f"- caching {key}: the engine counted no prefix-cache queries")
     return [*out, ""]
 
 

@@ -279,7 +279,7 @@ def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
     errors = [f"{r['variant']}: {r['error']}" for r in results.rows if "error" in r]
     rec.record(
         "restarts",
-        ["restarts", *(f"--variant={t}" for t in texts)],
+        ["mig-orchestrator", "practicum", "restarts", *(f"--variant={t}" for t in texts)],
         time.monotonic() - rec.started,
         1 if errors else 0,
         [results.path],
