@@ -139,6 +139,8 @@ class Daemon:
     config_text: str | None = None  # a complete models.toml instead of one rendered from fields
     env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     nofile: int | None = None  # the daemon's open-file limit, soft and hard, as `ulimit -n N`
+    cwd: Path = REPO  # where the daemon is started (`serve` by hand: wherever the admin is)
+    wrapper: list[str] = field(default_factory=list)  # argv before python, e.g. setpriv's
 
     def __post_init__(self) -> None:
         self.port = free_ports(1)[0]
@@ -188,6 +190,7 @@ class Daemon:
         limit = self.nofile
         self.proc = subprocess.Popen(
             [
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "orchestrator",
@@ -198,7 +201,7 @@ class Daemon:
                 "debug",
                 *self.extra_args,
             ],
-            cwd=REPO,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

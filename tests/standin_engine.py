@@ -896,6 +896,7 @@ class StandIn:
             "/v1/models": (("GET",), self._models),
             "/v1/completions": (("POST",), self._completions),
             "/v1/chat/completions": (("POST",), self._completions),
+            "/tokenize": (("POST",), self._tokenize),
         }
         if path not in routes:
             await out.send_json(404, {"detail": "Not Found"})
@@ -909,6 +910,18 @@ class StandIn:
 
     async def _version(self, request: Request, out: Responder) -> None:
         await out.send_json(200, {"version": VLLM_VERSION})
+
+    async def _tokenize(self, request: Request, out: Responder) -> None:
+        """vLLM's /tokenize: a prompt or chat messages, counted as generation would count them
+        (an empty prompt is allowed here, as in vLLM)."""
+        body = request.json()
+        if "messages" in body:
+            tokens = chat_tokens(body["messages"])
+        else:
+            prompt = body.get("prompt")
+            tokens = [] if prompt == "" else completion_tokens(prompt)
+        answer = {"count": len(tokens), "max_model_len": self.args.max_model_len}
+        await out.send_json(200, {**answer, "tokens": list(range(len(tokens)))})
 
     async def _models(self, request: Request, out: Responder) -> None:
         data = [

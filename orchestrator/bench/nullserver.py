@@ -1,6 +1,6 @@
 """A null OpenAI-compatible server that answers instantly: measures the bench client's own ceiling.
 
-It speaks just enough of vLLM's API (/health, /v1/models, streamed /v1/completions and
+It speaks just enough of vLLM's API (/health, /v1/models, /tokenize, streamed /v1/completions and
 /v1/chat/completions with usage, /metrics with emulated prefix-cache counters) to exercise every
 path of the bench without an engine. Raw asyncio rather than a framework, so it is not what limits.
 """
@@ -124,6 +124,8 @@ class NullServer:
             await _respond(writer, 200, json.dumps({"object": "list", "data": data}).encode())
         elif method == "GET" and path == "/metrics":
             await _respond(writer, 200, self.metrics_text().encode(), "text/plain; version=0.0.4")
+        elif method == "POST" and path == "/tokenize":
+            await self._tokenize(writer, body)
         elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
             await self._generate(writer, headers, body, chat=path.endswith("chat/completions"))
         else:
@@ -143,16 +145,11 @@ class NullServer:
             return
         try:
             request = json.loads(body)
-            prompt = (
-                " ".join(f"{m['role'].upper()}: {m['content']}" for m in request["messages"])
-                if chat
-                else str(request["prompt"])
-            )
+            prompt_tokens = _prompt_tokens(request, chat)
         except (ValueError, KeyError, TypeError) as exc:
             await _respond(writer, 400, _error(f"bad request body: {exc!r}"))
             return
         n = cfg.tokens if cfg.tokens is not None else int(request.get("max_tokens") or 16)
-        prompt_tokens = prompt.split()
         self.cache.lookup(prompt_tokens, cfg.block_size, cfg.prefix_caching)
         words = [f"w{i}" for i in range(n)]
         self.cache.insert(prompt_tokens + words, cfg.block_size)
@@ -179,6 +176,17 @@ class NullServer:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
+    async def _tokenize(self, writer: asyncio.StreamWriter, body: bytes) -> None:
+        """vLLM's /tokenize: a prompt, or chat messages, counted as generation would count them."""
+        try:
+            request = json.loads(body)
+            tokens = _prompt_tokens(request, "messages" in request)
+        except (ValueError, KeyError, TypeError) as exc:
+            await _respond(writer, 400, _error(f"bad request body: {exc!r}"))
+            return
+        answer = {"count": len(tokens), "max_model_len": 4096, "tokens": list(range(len(tokens)))}
+        await _respond(writer, 200, json.dumps(answer).encode())
+
     def metrics_text(self) -> str:
         labels = {"engine": "0", "model_name": self.config.model}
         counters = (
@@ -193,6 +201,13 @@ class NullServer:
             Family(name, "counter", text, [Sample(name, labels, float(value))])
             for name, text, value in counters
         )
+
+
+def _prompt_tokens(request: dict[str, Any], chat: bool) -> list[str]:
+    """Words are tokens; chat renders each message as `ROLE: content`."""
+    if chat:
+        return " ".join(f"{m['role'].upper()}: {m['content']}" for m in request["messages"]).split()
+    return str(request["prompt"]).split()
 
 
 def _events(chat: bool, model: str, words: list[str], usage: dict[str, int]) -> list[bytes]:

@@ -80,7 +80,7 @@ class OpenAIClient:
         if gen.ignore_eos:
             body["ignore_eos"] = True  # a vLLM extension; other servers may reject unknown fields
         if self.endpoint == "chat":
-            body["messages"] = [{"role": r, "content": c} for r, c in prompt.messages]
+            body["messages"] = _messages(prompt)
         else:
             body["prompt"] = prompt.text()
         return body
@@ -114,7 +114,21 @@ class OpenAIClient:
                 now = time.perf_counter()
                 for payload in events.feed(data):
                     answer.add(now, payload)
-        return answer.result(time.perf_counter(), estimate)
+        return answer.result(estimate)
+
+    async def count_tokens(self, prompt: Prompt) -> int:
+        """The prompt's length as the engine counts it for this endpoint (vLLM's /tokenize):
+        special tokens for completions, the chat template with its generation prompt for chat."""
+        body: dict[str, Any] = {"model": self.model}
+        if self.endpoint == "chat":
+            body["messages"] = _messages(prompt)
+            body["add_generation_prompt"] = True
+        else:
+            body["prompt"] = prompt.text()
+        r = await self.http.post("/tokenize", json=body)
+        if r.status_code != 200:
+            raise ValueError(f"{self.base_url}/tokenize answered {r.status_code}: {r.text[:300]}")
+        return int(r.json()["count"])
 
     async def served_model(self) -> str:
         """The first model id the server lists at /v1/models."""
@@ -134,6 +148,10 @@ class OpenAIClient:
         if queries is None or hits is None:
             return None
         return CacheCounters(queries=queries, hits=hits)
+
+
+def _messages(prompt: Prompt) -> list[dict[str, str]]:
+    return [{"role": r, "content": c} for r, c in prompt.messages]
 
 
 def _failed(start: float, estimate: int, kind: str, detail: str) -> RequestResult:
@@ -183,15 +201,12 @@ class _Answer:
             self.usage = event["usage"]
         if not (choices := event.get("choices")):
             return
-        if self.chat:
-            delta = choices[0].get("delta") or {}
-            if "role" in delta and not delta.get("content"):
-                return  # chat's preamble announces the role, not a token
-            piece = delta.get("content")
-        else:
-            piece = choices[0].get("text")
-        # Every other chunk is a step of generation, even one whose token decodes to no text
-        # yet, as vLLM's own benchmark counts them.
+        # vllm bench serve's rule (vllm/benchmarks/lib/endpoint_request_func.py, 0.32): every
+        # chunk with choices is a step, even one without text (chat's role preamble, a token
+        # that decodes to nothing yet); the first sets TTFT, the rest add ITL gaps.
+        piece = (
+            (choices[0].get("delta") or {}).get("content") if self.chat else choices[0].get("text")
+        )
         if self.first is None:
             self.first = now
         else:
@@ -201,13 +216,15 @@ class _Answer:
         if self.keep_text and piece:
             self.pieces.append(piece)
 
-    def result(self, end: float, estimate: int) -> RequestResult:
+    def result(self, estimate: int) -> RequestResult:
         if not self.done:
             raise _StreamError("the event stream ended without data: [DONE]")
         return RequestResult(
             ok=True,
             start=self.start,
-            e2e_s=end - self.start,
+            # As vllm bench serve: the request ends with its last token, not with the usage
+            # chunk and [DONE] after it.
+            e2e_s=self.last - self.start,
             ttft_s=None if self.first is None else self.first - self.start,
             itl_s=tuple(self.gaps),
             output_tokens=int(self.usage.get("completion_tokens") or self.steps),

@@ -9,6 +9,8 @@ from typing import Any
 
 from orchestrator.bench.compare import CompareReport
 from orchestrator.bench.stats import (
+    DEFINITIONS,
+    DIFFERENCES,
     BenchReport,
     CacheDelta,
     Distribution,
@@ -121,11 +123,24 @@ def _ralph_lines(report: BenchReport, ralph: RalphReport) -> tuple[list[str], li
     return lines, errors
 
 
+def _served(report: BenchReport) -> list[str]:
+    """Requested against served prompt tokens, level by level."""
+    if report.input_len is None:
+        return []
+    spans = [lv.served_input_tokens for lv in report.levels if lv.served_input_tokens]
+    served = sorted({n for span in spans for n in span})
+    shown = "-".join(str(n) for n in served) if served else "none reported"
+    return [f"prompt tokens: requested {report.input_len}, served {shown} (engine's usage)"]
+
+
 def render_bench(report: BenchReport) -> str:
     lines = [
         f"{report.workload} workload -> {report.target} (model {report.model}, /{report.endpoint})",
         "",
     ]
+    if report.refused is not None:
+        lines += [f"REFUSED: {report.refused}", *(f"note: {n}" for n in report.notes)]
+        return "\n".join(lines)
     if report.ralph is None:
         rows = [level_row(level) for level in report.levels]
         lines.append(render_table(LEVEL_HEADER, rows, numbers=True))
@@ -135,7 +150,9 @@ def render_bench(report: BenchReport) -> str:
         lines += table
     if errors:
         lines += ["", "errors:", *errors]
+    lines += _served(report)
     lines += [f"note: {n}" for n in report.notes]
+    lines += [f"definitions: {DEFINITIONS}", f"definitions: {DIFFERENCES}"]
     return "\n".join(lines)
 
 
@@ -144,6 +161,8 @@ def render_compare(report: CompareReport) -> str:
     rows = []
     failures = []
     for v in report.variants:
+        if v.report is not None and v.report.refused is not None:
+            failures.append(f"  {v.label}: refused: {v.report.refused}")
         if v.report is None:
             rows.append([v.label, v.status] + ["-"] * (len(header) - 2))
             failures.append(f"  {v.label}: {v.reason}")

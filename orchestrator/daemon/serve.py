@@ -30,6 +30,7 @@ from orchestrator.http.metrics import MetricsCollector
 from orchestrator.http.reload_check import refused_changes
 from orchestrator.supervisor.store import StateStore
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor
+from orchestrator.trusted_paths import UntrustedFile, ensure_dir
 
 log = logging.getLogger("orchestrator")
 
@@ -108,6 +109,7 @@ class Daemon:
             new = new.model_copy(update={"orchestrator": orch})
         tokens = Tokens.load(new, source)
         check_this_host(new, source)
+        check_own_dirs(new, source)
         if problems := refused_changes(self.cfg, new, self.tokens, tokens):
             raise ConfigError(source, problems)
         _log_warnings(new)
@@ -214,6 +216,18 @@ def _log_warnings(cfg: Config) -> None:
         log.warning("%s", warning)
 
 
+def check_own_dirs(cfg: Config, source: str) -> None:
+    """state_dir and log_dir, made if missing, writable by no user but the daemon's own (as sshd's
+    StrictModes): any other could make the daemon write through a link it plants there."""
+    o = cfg.orchestrator
+    found = [
+        ensure_dir(o.state_dir, "orchestrator.state_dir"),
+        ensure_dir(o.log_dir, "orchestrator.log_dir"),
+    ]
+    if problems := [p for p in found if p is not None]:
+        raise ConfigError(source, problems)
+
+
 def serve(opts: ServeOptions) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
     # SIGHUP's default action would kill the daemon before run() installs its handlers.
@@ -222,10 +236,15 @@ def serve(opts: ServeOptions) -> int:
     topology = opts.topology or cfg.orchestrator.topology
     tokens = Tokens.load(cfg, str(opts.config))
     check_this_host(cfg, str(opts.config))
+    check_own_dirs(cfg, str(opts.config))
     _log_warnings(cfg)
     nofile = fdbudget.raise_nofile()
     with Nvml.open(topology) as nvml:
         daemon = Daemon(
             ServeOptions(opts.config, topology, opts.allow_partial), cfg, nvml, tokens, nofile
         )
-        return asyncio.run(daemon.run())
+        try:
+            return asyncio.run(daemon.run())
+        except UntrustedFile as e:  # a link or another user's file where the daemon writes
+            log.error("%s", e)
+            return 1

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.config import Config, VllmSettings
-from orchestrator.engine import marker
+from orchestrator.engine import marker, start_method
 from orchestrator.engine.nvml_fix import fix_env
 from orchestrator.gpu.inventory import Slice
 from orchestrator.inengine.standby_launcher import FORK_ENV
@@ -40,6 +40,7 @@ class Launch:
     # The EngineCore by fork. Kept out of env: a standby is started before it is known, and the
     # trigger carries it, so that toggling it keeps the standby.
     fork: bool = False
+    fork_reason: str = ""  # why fork or spawn (start_method.choose)
 
     def redacted_env(self) -> dict[str, str]:
         return {k: ("***" if k in _SECRET_ENV else v) for k, v in self.extra_env.items()}
@@ -65,6 +66,11 @@ def setting_flags(s: VllmSettings) -> list[str]:
     return out + list(s.extra_args or [])
 
 
+def _absolute(model: str) -> str:
+    """A relative model path as the daemon sees it: engines run in another directory."""
+    return os.path.abspath(model) if model.startswith(("./", "../")) else model
+
+
 def build_launch(
     cfg: Config,
     name: str,
@@ -72,15 +78,17 @@ def build_launch(
     overrides: Mapping[str, object] | None = None,
     base_env: Mapping[str, str] | None = None,
     read_secrets: bool = True,
+    mark: marker.DaemonMark | None = None,
 ) -> Launch:
-    """Compose argv (never a shell string) and env for model `name` on slice `slc`."""
+    """Compose argv (never a shell string) and env for model `name` on slice `slc`; `mark` is
+    the daemon's, which only the engines it starts carry (none in what is only shown)."""
     m = cfg.models[name]
     settings = cfg.effective_settings(name, dict(overrides or {}))
     command = list(m.command or cfg.orchestrator.engine_command)
     argv = [
         *command,
         "--model",
-        m.model,
+        _absolute(m.model),
         "--host",
         m.host,
         "--port",
@@ -106,8 +114,20 @@ def build_launch(
     for k in _PRIVATE_ENV:
         env.pop(k, None)
     env.update(extra)
-    # Last, so that no setting can take it away: it is how a restarted daemon finds this engine.
-    env.update(marker.engine_env(cfg.orchestrator.state_dir, name))
+    # Last, so that no setting can take it away or forge it: it is how a restarted daemon finds
+    # this engine.
+    env.pop(marker.ENV, None)
+    # Python 3.11+: `python -m vllm` would otherwise put its working directory first on
+    # sys.path. Engines also start in a directory of the daemon's own (process.OsProcesses).
+    env["PYTHONSAFEPATH"] = "1"
+    if mark is not None:
+        env.update(mark.env(name))
+    method = start_method.choose(settings.engine_fork, command, argv, env)
     return Launch(
-        argv=argv, env=env, extra_env=extra, command=tuple(command), fork=bool(settings.engine_fork)
+        argv=argv,
+        env=env,
+        extra_env=extra,
+        command=tuple(command),
+        fork=method.fork,
+        fork_reason=method.reason,
     )

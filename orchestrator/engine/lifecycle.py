@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from orchestrator.config import OrchestratorSettings, VllmSettings
-from orchestrator.engine import device_check, probe, process
+from orchestrator.engine import device_check, probe, process, start_method
 from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.restart_policy import RestartPolicy
 from orchestrator.engine.standby.slot import StandbyKey, StandbySettings, StandbySlot
 from orchestrator.engine.starts import Cause, StartRecord
 from orchestrator.engine.states import Desired, State, check, log_change
-from orchestrator.engine.terminate import terminate_tree
+from orchestrator.engine.terminate import ORPHAN_GRACE_S, terminate_tree
 from orchestrator.gpu.inventory import Slice
 from orchestrator.units import MIB
 
@@ -130,6 +130,7 @@ class Engine:
         self.last_start: StartRecord | None = None
         self._asked: tuple[Cause, float] = ("start", time.time())
         self._last_pids: set[int] = set()  # the previous life's tree, for the memory wait
+        self._marks: dict[str, float] = {}  # steps towards the next launch (StartRecord)
 
     # ----- commands: each takes the engine's lock, so commands on one model run one at a time -----
 
@@ -302,7 +303,9 @@ class Engine:
         lock = self.ctx.slice_lock(spec.slice.uuid) if spec.slice and spec.shared_slice else None
         # Engines sharing one GPU start one after another: vLLM mis-sizes memory otherwise.
         async with lock if lock is not None else contextlib.nullcontext():
+            self._marks["life_at"] = time.time()
             await self._await_memory_release()
+            self._marks["released_at"] = time.time()
             holder = self.ctx.ops.port_holder(spec.host, spec.port)
             if holder is not None:
                 raise _Failure(f"port {spec.port} is already in use by {holder}", final=True)
@@ -323,6 +326,7 @@ class Engine:
             took = self.last_start.ready(time.time())
             self.log.note(took)
             log.info("%s: %s", spec.name, took)
+            self._observe_start_method(self.last_start)
         # Prepared now, not earlier: the engine's own start has the host's CPUs to itself.
         self.standby.prepare(self.spec.launch, self.spec.standby, self.spec.startup_timeout_s)
         try:
@@ -338,6 +342,7 @@ class Engine:
             self._set(State.STOPPING)
         stopped = isinstance(cause, asyncio.CancelledError)  # only stop() cancels the runner
         await self._terminate(_STOP_REQUESTED if stopped else "cleaning up after the engine")
+        self._marks["cleaned_at"] = time.time()
 
     async def _await_memory_release(self) -> None:
         spec = self.spec
@@ -447,11 +452,33 @@ class Engine:
         )
         cause, asked_at = self._asked
         via: Literal["standby", "plain"] = "plain" if handed is None else "standby"
-        self.last_start = StartRecord(via, cause, asked_at, self.proc.started, launch.fork)
+        marks = {k: at for k, at in self._marks.items() if at >= asked_at}  # this start's only
+        self._marks = {}
+        self.last_start = StartRecord(
+            via,
+            cause,
+            asked_at,
+            self.proc.started,
+            launch.fork,
+            fork_reason=launch.fork_reason,
+            cleaned_at=marks.get("cleaned_at"),
+            life_at=marks.get("life_at"),
+            released_at=marks.get("released_at"),
+        )
         loop.add_reader(fd, self._on_output, self.proc)
         self.ctx.track(pid, self)
         self._set(State.STARTING)
         self.ctx.changed()
+
+    def _observe_start_method(self, record: StartRecord) -> None:
+        """What vLLM really did with the start method asked for, into status and the log."""
+        if self.proc is None:
+            return
+        record.observed = start_method.observe(
+            self.proc.pid, self.log.lines_since(self.proc.log_mark)
+        )
+        asked = start_method.StartMethod("fork" if record.fork else "spawn", record.fork_reason)
+        self.log.note(start_method.describe(asked, record.observed))
 
     def _read_once(self, proc: _Proc) -> bytes:
         """One non-blocking read into the log; b"" when nothing waits; closes the pipe at EOF."""
@@ -559,6 +586,9 @@ class Engine:
         tracked = [*proc.tree, *ops.descendants(proc.pid)]
         self._last_pids = {proc.pid, *(p.pid for p in tracked)}
         grace = self.ctx.settings.stop_grace_s
+        if proc.exited.done():
+            # The server is gone: what is left (an orphaned EngineCore) has nothing to drain.
+            grace = min(grace, ORPHAN_GRACE_S)
         # Session leader: its pid is the group id.
         t = await terminate_tree(ops, proc.pid, tracked, grace, self.spec.name, proc.exited)
         self._drain(proc)  # the engine's last words come before the daemon's notes

@@ -12,6 +12,9 @@ from orchestrator.engine.process import ProcessId, ProcessOps
 
 log = logging.getLogger(__name__)
 KILL_WAIT_S = 10.0  # SIGKILL cannot be ignored: longer than this means something is stuck in D
+# Grace for what a dead server left behind (vLLM's EngineCore has no parent-death signal, and was
+# seen ignoring SIGTERM for the whole 30 s stop grace): nothing there has a request to finish.
+ORPHAN_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -34,7 +34,12 @@ from orchestrator.http.standby_view import (
 )
 from orchestrator.placement import PlacementError
 from orchestrator.supervisor.overrides import OverrideError
-from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
+from orchestrator.supervisor.supervisor import (
+    ReloadResult,
+    StateNotSaved,
+    Supervisor,
+    UnknownModel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +227,28 @@ class ControlState:
         return e
 
     async def command(
-        self, e: Engine, desired: Desired, op: Awaitable[None], what: str
+        self,
+        e: Engine,
+        desired: Desired,
+        op: Awaitable[None],
+        what: str,
+        undo: Callable[[], None] | None = None,
     ) -> ModelStatus:
-        """Record what the caller wants, run `op` in the background (202) and answer the status."""
+        """Record what the caller wants and save it, then run `op` in the background (202) and
+        answer the status. 503, with nothing changed, when it cannot be saved (`undo` takes back
+        what the caller recorded besides the desired state)."""
+        previous = e.desired
         e.want(desired)
+        try:
+            # A 202 must survive a daemon crash; a state_dir that takes no write refuses it.
+            await self.target.supervisor.persist(force=True)
+        except StateNotSaved as err:
+            if isinstance(op, Coroutine):
+                op.close()  # never run
+            if undo is not None:
+                undo()
+            e.want(previous)
+            raise HTTPException(503, f"{what} refused, nothing was changed: {err}") from None
 
         async def logged() -> None:
             try:
@@ -237,9 +260,7 @@ class ControlState:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         await asyncio.sleep(0)  # let the command take the model's lock and show its state
-        shown = self.view.model(e)
-        await self.target.supervisor.persist()  # a 202 must survive a daemon crash
-        return shown
+        return self.view.model(e)
 
 
 def _control(request: Request) -> ControlState:
@@ -317,27 +338,38 @@ async def restart_model(
 ) -> ModelStatus:
     ctl = _control(request)
     e = ctl.engine_for(name, who)
-    overrides = None if body is None else _checked_overrides(ctl, name, who, body.overrides)
-    op = ctl.target.supervisor.restart(name, overrides)
-    return await ctl.command(e, Desired.RUNNING, op, f"restart {name}")
+    # Held from here and saved with the command: a 202 promises the restart with them even
+    # across a crash; a refused command (503) takes them back.
+    overrides, undo = _checked_overrides(ctl, name, who, None if body is None else body.overrides)
+    sup = ctl.target.supervisor
+    return await ctl.command(
+        e, Desired.RUNNING, sup.restart(name, overrides), f"restart {name}", undo
+    )
+
+
+ADMIN_ONLY_OVERRIDES = ("env", "extra_args")
 
 
 def _checked_overrides(
     ctl: ControlState, name: str, who: Caller, overrides: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """Runtime overrides with nulls dropped, refused (403/422) before anything restarts."""
+) -> tuple[dict[str, Any] | None, Callable[[], None] | None]:
+    """Runtime overrides with nulls dropped, refused (403/422) before anything restarts, and
+    what releases them if the command is refused."""
     if overrides is None:
-        return None
+        return None, None
     overrides = {k: v for k, v in overrides.items() if v is not None}  # null = not set
-    raw = {k for k in ("env", "extra_args") if overrides.get(k)}
+    raw = {k for k in ADMIN_ONLY_OVERRIDES if overrides.get(k)}
     if raw and not who.admin:
         # Raw environment and arguments could run code as the daemon's user.
         raise HTTPException(403, f"overriding {' and '.join(sorted(raw))} needs the admin token")
+    if not who.admin:
+        # A student changes only what a student may set: the admin's env and extra_args stay.
+        current = ctl.target.supervisor.overrides_of(name)
+        overrides = {**{k: current[k] for k in ADMIN_ONLY_OVERRIDES if k in current}, **overrides}
     try:
-        ctl.target.supervisor.validate_overrides(name, overrides)
+        return overrides, ctl.target.supervisor.accept_overrides(name, overrides)
     except OverrideError as exc:
         raise HTTPException(422, str(exc)) from None
-    return overrides
 
 
 @router.get("/api/v1/models/{name}/logs", response_model=LogsOut)
@@ -381,6 +413,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         RequestGuard,
         tokens=lambda: target.tokens,
         body_timeout_s=lambda: target.supervisor.cfg.orchestrator.client_timeout_s,
+        listen=lambda: target.supervisor.cfg.orchestrator.listen,
     )
     app.include_router(router)
     ctl: ControlState = app.state.control

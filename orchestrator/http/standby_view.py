@@ -26,9 +26,14 @@ class LastStartOut(BaseModel):
     asked_at: str  # the command, or the failure a retry follows
     launched_at: str  # the spawn or the standby's trigger
     fork: bool
+    fork_reason: str  # why fork or spawn was asked for
+    start_method: Literal["fork", "spawn"] | None  # what vLLM really used; None before ready
+    start_method_reason: str | None
     ready_at: str | None
     launch_to_ready_s: float | None
     ask_to_ready_s: float | None
+    # ask -> ready in steps that add up: cleanup, backoff, memory_release, launch, startup
+    phases_s: dict[str, float | None]
 
 
 def _iso_ms(ts: float | None) -> str | None:
@@ -61,9 +66,13 @@ def last_start_json(e: Engine) -> dict[str, Any] | None:
         "asked_at": _iso_ms(s.asked_at),
         "launched_at": _iso_ms(s.launched_at),
         "fork": s.fork,
+        "fork_reason": s.fork_reason,
+        "start_method": s.observed.method if s.observed else None,
+        "start_method_reason": s.observed.reason if s.observed else None,
         "ready_at": _iso_ms(s.ready_at),
         "launch_to_ready_s": _s(s.launch_to_ready_s),
         "ask_to_ready_s": _s(s.ask_to_ready_s),
+        "phases_s": {k: _s(v) for k, v in s.phases().items()},
     }
 
 
@@ -106,4 +115,16 @@ def detail_lines(m: dict[str, Any]) -> list[str]:
         )
         fork = ", EngineCore by fork" if start.get("fork") else ""
         lines.append(f"last start: {start['via']}{fork} ({start['launched_at']}), {took}")
+        phases = {k: v for k, v in (start.get("phases_s") or {}).items() if v is not None}
+        if phases:
+            lines.append("  steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
+        if start.get("fork_reason"):
+            lines.append(
+                f"  EngineCore: asked {'fork' if start['fork'] else 'spawn'}: "
+                f"{start['fork_reason']}"
+            )
+        if start.get("start_method"):
+            lines.append(
+                f"  EngineCore: vLLM used {start['start_method']}: {start['start_method_reason']}"
+            )
     return lines

@@ -49,7 +49,7 @@ PRESETS = {
         vs_concurrency=32,
         # 320 prompts took 5 s on an H200: ramp-up and drain alone set the tools ~6 % apart.
         vs_prompts=2000,
-        rounds=2,
+        rounds=3,
         utilizations="0.06,0.12,0.40",
         compare_concurrency=256,
         compare_requests=768,

@@ -7,6 +7,7 @@ import json
 import statistics
 from typing import Any
 
+from orchestrator.bench.vs_vllm import FIGURES, GOAL, MORE, OURS, VLLM
 from orchestrator.practicum.results import (
     NONE,
     Results,
@@ -204,14 +205,7 @@ def section_compare(r: Results) -> list[str]:
     return out + r.image("compare/compare.png", "compare across gpu_memory_utilization")
 
 
-VERSUS = (
-    ("output tok/s", "output_throughput", 1),
-    ("req/s", "request_throughput", 2),
-    ("TTFT p50 ms", "p50_ttft_ms", 1),
-    ("TPOT p50 ms", "p50_tpot_ms", 2),
-    ("ITL p50 ms", "p50_itl_ms", 2),
-    ("prompt tokens", "mean_input_tokens", 1),
-)
+VERSUS = (*FIGURES, *MORE)
 
 
 def section_versus(r: Results) -> list[str]:
@@ -221,9 +215,10 @@ def section_versus(r: Results) -> list[str]:
     if not data or "runs" not in data:
         return out if r.command("serve", "bench-vs-vllm") else out + not_run("serve")
     out += how_to_read(
-        "both tools send the same random workload to `coder`, in turns. Where a figure of "
-        "ours differs from vLLM's own benchmark, trust vLLM's and compare like with like; "
-        "short runs differ by their ramp-up and drain alone."
+        "both tools send the same random workload to `coder`, in turns (ours, then vLLM's, "
+        f"each pair). Their medians should agree within {GOAL:.0%}; where a figure of ours "
+        "differs more, trust vLLM's own benchmark. Short runs and a busy machine (the load "
+        "column) spread them apart."
     )
     rows = [
         [f"{run['tool']} #{run['pair']}", num(run.get("load_before"), 2)]
@@ -231,11 +226,15 @@ def section_versus(r: Results) -> list[str]:
         for run in data["runs"]
     ]
     out += md_table(["run", "load 1m", *(k for k, _, _ in VERSUS)], rows)
-    ours, theirs = data.get("bench") or {}, data.get("vllm bench serve") or {}
-    for label, key, d in VERSUS[:5]:
+    ours, theirs = data.get(OURS) or {}, data.get(VLLM) or {}
+    for label, key, d in FIGURES:
         a, b = ours.get(key), theirs.get(key)
         if a is not None and b:
-            out.append(f"- {label}: ours {num(a, d)}, vLLM's {num(b, d)} ({a / b - 1:+.1%})")
+            verdict = "within" if abs(a / b - 1) <= GOAL else "OUTSIDE"
+            out.append(
+                f"- {label}, medians: ours {num(a, d)}, vLLM's {num(b, d)}: {a / b - 1:+.1%} "
+                f"({verdict} ±{GOAL:.0%})"
+            )
     return [*out, ""]
 
 

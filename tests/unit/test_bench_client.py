@@ -34,9 +34,9 @@ async def test_streamed_answer_is_timed_and_counted(null: NullServer, endpoint: 
     assert r.ok and r.error is None
     assert r.output_tokens == 12 and r.input_tokens is not None and r.input_tokens >= 2
     assert r.ttft_s is not None and 0 < r.ttft_s <= r.e2e_s
-    assert (
-        len(r.itl_s) == 11
-    )  # one gap between each pair of text chunks; chat's role chunk is not one
+    # One gap between each pair of chunks with choices; chat's role preamble is one, as vllm
+    # bench serve counts it.
+    assert len(r.itl_s) == (11 if endpoint == "completions" else 12)
     assert r.text == "".join(f" w{i}" for i in range(12))
 
 
@@ -180,25 +180,63 @@ async def test_run_level_sends_exactly_n_or_stops_at_the_deadline(null: NullServ
         await run_level(client, BatchWorkload(), Generation(), 1)
 
 
-@pytest.mark.parametrize("endpoint", ["completions", "chat"])
-async def test_random_prompts_are_calibrated_to_the_servers_token_count(
-    null: NullServer, endpoint: Endpoint
-) -> None:
-    # The null server counts words as tokens, and its chat rendering adds one ("USER:").
-    plan = BenchPlan(
+def _random_plan(endpoint: Endpoint = "completions", input_len: int = 50) -> BenchPlan:
+    return BenchPlan(
         workload="random",
         endpoint=endpoint,
         concurrency=(2,),
         requests=4,
-        input_len=50,
+        input_len=input_len,
         gen=Generation(max_tokens=3),
     )
-    target = Target(null.url, "tiny", f"{null.url}/metrics")
-    report = new_report(target, plan)
-    await run_bench(target, plan, report, lambda _: None)
-    assert report.levels[0].input_tokens == 4 * 50
-    words = 50 if endpoint == "completions" else 49
-    assert any(f"{words} words for ~50 tokens" in note for note in report.notes), report.notes
+
+
+async def _bench(url: str, plan: BenchPlan) -> BenchReport:
+    report = new_report(Target(url, "tiny", f"{url}/metrics"), plan)
+    await run_bench(Target(url, "tiny", f"{url}/metrics"), plan, report, lambda _: None)
+    return report
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+async def test_random_prompts_have_exactly_the_tokens_the_server_counts(
+    null: NullServer, endpoint: Endpoint
+) -> None:
+    # The null server counts words as tokens; its chat rendering adds one ("USER:").
+    report = await _bench(null.url, _random_plan(endpoint))
+    level = report.levels[0]
+    assert level.served_input_tokens == (50, 50) and level.input_tokens == 4 * 50
+    fixed = 0 if endpoint == "completions" else 1
+    assert any(f"({fixed} of them" in note for note in report.notes), report.notes
+    text = render_bench(report)
+    assert "prompt tokens: requested 50, served 50 (engine's usage)" in text
+    assert "definitions: TTFT = send to the first streamed chunk" in text
+    assert "unlike vllm bench serve: a stream that ends without data: [DONE]" in text
+
+
+class _TokenizeAddsTwo(NullServer):
+    """Its /tokenize counts two tokens more than generation serves; sizing trusts that count."""
+
+    async def _tokenize(self, writer: asyncio.StreamWriter, body: bytes) -> None:
+        count = len(json.loads(body)["prompt"].split()) + 2
+        answer = json.dumps({"count": count, "max_model_len": 4096, "tokens": []}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+        await writer.drain()
+
+
+async def test_a_run_whose_served_prompts_differ_from_the_request_is_refused() -> None:
+    async with _TokenizeAddsTwo(NullServerConfig(model="tiny")) as server:
+        report = await _bench(server.url, _random_plan())
+    assert report.levels == []
+    assert report.refused is not None and "requested 50 prompt tokens, the engine served 48-48" in (
+        report.refused
+    )
+    text = render_bench(report)
+    assert text.splitlines()[2].startswith("REFUSED: requested 50") and "TTFT" not in text
+
+
+async def test_an_input_len_below_the_chat_template_is_refused(null: NullServer) -> None:
+    report = await _bench(null.url, _random_plan("chat", input_len=1))
+    assert report.refused is not None and "leaves no room for content" in report.refused
 
 
 @pytest.mark.parametrize(

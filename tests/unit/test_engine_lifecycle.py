@@ -321,3 +321,29 @@ async def test_a_failure_of_the_supervision_itself_takes_the_tree_down_and_force
         assert h.fake.engines_alive() == [] and h.engine.proc is None
         await h.engine.start()
         await h.reach(READY)
+
+
+async def test_after_a_crash_orphans_that_ignore_sigterm_get_seconds_not_the_stop_grace(
+    tmp_path: Path,
+) -> None:
+    # A crashed server leaves an EngineCore with nothing to drain; the 30 s grace is for stops.
+    async with engine_host(tmp_path, stop_grace_s=30.0) as h:
+        h.fake.behaviour = Behaviour(ignore_term=True, children=1)
+        await h.engine.start()
+        await h.reach(READY)
+        first = h.pid()
+        h.fake.crash(first)
+        h.fake.behaviour = Behaviour()  # the next engine stops quickly at the end
+        await wait_for(
+            lambda: h.engine.proc is not None and h.engine.proc.pid != first, "relaunch", 10
+        )
+        await h.reach(READY)
+        assert h.fake.group(first) == []
+        log = "\n".join(h.engine.log.tail(50))
+        assert "cleaning up after the engine: still running after 2s grace, SIGKILL" in log
+        start = h.engine.last_start
+        assert start is not None and start.cause == "retry"
+        phases = start.phases()
+        assert phases["cleanup"] is not None and 2.0 <= phases["cleanup"] < 5.0
+        assert all(phases[k] is not None for k in ("backoff", "memory_release", "launch"))
+        assert "(cleanup 2." in log and "startup " in log

@@ -47,7 +47,13 @@ async def test_status_shows_the_standby_and_how_the_last_start_went(tmp_path: Pa
         assert standby_cell(shown) == "ready 600M"
         lines = detail_lines(shown)
         assert lines[0] == f"standby: ready, pid {proc.pid}, RSS 600 MiB, imports took 0.0 s"
-        assert lines[1].startswith("last start: plain (") and "s after the start" in lines[1]
+        assert lines[1].startswith("last start: plain, EngineCore by fork (")
+        assert "s after the start" in lines[1]
+        assert lines[2].startswith("  steps: backoff ") and "startup " in lines[2]
+        assert lines[3] == "  EngineCore: asked fork: " + start["fork_reason"]
+        assert set(start["phases_s"]) == {
+            "cleanup", "backoff", "memory_release", "launch", "startup"
+        }  # fmt: skip
 
         page = promtext.render(standby_families([({"model": "m"}, h.engine)])).splitlines()
         assert 'mig_orchestrator_standby_state{model="m",state="ready"} 1.0' in page

@@ -210,6 +210,17 @@ def sse_events(response: httpx.Response) -> list[str]:
     return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
 
 
+def test_tokenize_counts_as_generation_does(start: Start) -> None:
+    s = start()
+    count = lambda body: httpx.post(s.url("/tokenize"), json=body).json()["count"]  # noqa: E731
+    assert (
+        count({"prompt": "one two three"}) == complete(s, "one two three")["usage"]["prompt_tokens"]
+    )
+    assert count({"prompt": ""}) == 0
+    chat = [{"role": "user", "content": "one two"}]
+    assert count({"messages": chat, "add_generation_prompt": True}) == 4  # <|user|>, <|assistant|>
+
+
 def test_streaming_emits_max_tokens_chunks_then_done(start: Start) -> None:
     s = start()
     body = {"prompt": "a b c", "max_tokens": 5, "stream": True}
