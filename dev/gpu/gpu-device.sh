@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The GPU session, one short step per remote call (docs/gpu-howto.md, "The GPU session").
-# Every step leaves in $OUT: gpu-device.log and results-STEP.tar.gz (all results so far).
+# Development tooling (dev/gpu/README.md), not part of the product: our own GPU runs on a machine
+# reached one short remote call at a time, its state kept under $MIG_ORCH_DEVICE_HOME between
+# calls. Every step leaves in $OUT: gpu-device.log and results-STEP.tar.gz (all results so far).
 #
-#   bash deploy/gpu-device.sh receive          each call: keep the bundle parts carried in
-#   bash deploy/gpu-device.sh install          once all parts are here: venvs + model check
-#   bash deploy/gpu-device.sh up               daemon with coder + chat (first start: cold)
-#   bash deploy/gpu-device.sh serve            practicum (a) (b) (d) (f)
-#   bash deploy/gpu-device.sh compare          practicum (c)
-#   bash deploy/gpu-device.sh restarts ARGS    crash -> ready per variant (practicum --help)
-#   bash deploy/gpu-device.sh tests            tests/gpu on the running daemon; ends it (d)
-#   bash deploy/gpu-device.sh down             stop the daemon (if tests did not)
-# Steps may be chained in one call: `bash deploy/gpu-device.sh receive install up`.
+#   bash dev/gpu/gpu-device.sh receive          each call: keep the bundle parts carried in
+#   bash dev/gpu/gpu-device.sh install          once all parts are here: venvs + model check
+#   bash dev/gpu/gpu-device.sh up               practicum up: coder + chat (first start: cold)
+#   bash dev/gpu/gpu-device.sh serve            practicum serve: sweep, monitor, Ralph, vs vllm
+#   bash dev/gpu/gpu-device.sh compare          practicum compare: gpu_memory_utilization
+#   bash dev/gpu/gpu-device.sh restarts ARGS    practicum restarts (mig-orchestrator practicum -h)
+#   bash dev/gpu/gpu-device.sh tests            tests/gpu on the running daemon; ends it
+#   bash dev/gpu/gpu-device.sh down             stop the daemon (if tests did not)
+#   bash dev/gpu/gpu-device.sh report           the practicum's report.md into the results
+# Steps may be chained in one call: `bash dev/gpu/gpu-device.sh receive install up`.
 # Rehearse here: MIG_ORCH_DEVICE_HOME, MIG_ORCH_DEVICE_PYTHON (base Python), MIG_ORCH_DEVICE_MODEL,
 # MIG_ORCH_PRACTICUM_ARGS (e.g. "--cpu"), MIG_ORCH_DEVICE_TEST_PYTHON and MIG_ORCH_GPU_REHEARSAL=cpu
 # (tests) point it at a CPU set-up.
@@ -103,7 +105,7 @@ step_install() {
     cp "$H5/model-build.log" "$RESULTS/system/" 2>/dev/null && tail -3 "$H5/model-build.log"
     [[ -f $MODEL/tinymodel.json ]] || { say "the model is not built: $H5/model-build.log"; return 1; }
     du -sh "$MODEL"
-    # Issue 10: the MIG fix's NVML lookups against the real driver, for every GPU here.
+    # The MIG NVML fix's lookups against the real driver, for every GPU here.
     local src
     src=$(source_dir) || return 1
     (cd "$src" && "$OPT/venv/bin/python" -m orchestrator nvml-check --json \
@@ -123,7 +125,8 @@ step_practicum() {
     src=$(source_dir) || return 1
     daemon_env
     # shellcheck disable=SC2086  # the extra options are words
-    (cd "$src" && "$OPT/venv/bin/python" -m orchestrator.practicum.run "$phase" \
+    (cd "$src" && "$OPT/venv/bin/python" -m orchestrator practicum "$phase" \
+        --results "$RESULTS" --engine-venv "$OPT/vllm-venv" --model "$MODEL" \
         ${MIG_ORCH_PRACTICUM_ARGS:-} "$@")
 }
 
@@ -144,14 +147,14 @@ import json, os, sys; os.kill(json.load(open('$session'))['pid'], 0)" 2>/dev/nul
 }
 
 main() {
-    [[ $# -gt 0 ]] || { sed -n '2,17p' "$0"; return 2; }
+    [[ $# -gt 0 ]] || { sed -n '2,20p' "$0"; return 2; }
     mkdir -p "$RESULTS"
     local step=$1 rc=0
     shift
     case $step in
         receive) step_receive || rc=$? ;;
         install) step_install || rc=$? ;;
-        up | serve | compare | down) step_practicum "$step" || rc=$? ;;
+        up | serve | compare | down | report) step_practicum "$step" || rc=$? ;;
         # restarts takes the rest of the line as practicum options, so it comes last
         restarts) step_practicum restarts "$@" || rc=$?; set -- ;;
         tests) step_tests || rc=$? ;;

@@ -110,7 +110,7 @@ def add_bundle(actions: argparse._SubParsersAction) -> None:
         + " Options can come from @FILE (one per line).",
     )
     # A recipe file (deploy/targets/*.args) keeps a target's decisions, with comments, in one
-    # reviewable place: `engine bundle @deploy/targets/h200-cuda.args --out DIR`.
+    # reviewable place: `engine bundle @deploy/targets/example.args --out DIR`.
     p.fromfile_prefix_chars = "@"
     p.convert_arg_line_to_args = _arg_lines
     p.add_argument("--out", required=True, help="output folder (parts, bundle.json, install.py)")

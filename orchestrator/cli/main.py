@@ -28,6 +28,7 @@ GROUPS = (
     "k8s",
     "keys",
     "usage",
+    "practicum",
 )
 
 

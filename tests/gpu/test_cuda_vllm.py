@@ -1,4 +1,4 @@
-"""Real CUDA vLLM engines under the daemon (issue 12, item 1 (a)-(e)). Tests run in file order
+"""Real CUDA vLLM engines under the daemon, steps (a)-(e) below. Tests run in file order
 on one daemon (conftest.py): (a) two engines share the GPU, (e) monitor during a bench, (c) the
 KV cache follows gpu_memory_utilization, (b) SIGKILL and the memory-release wait, (d) SIGTERM.
 
@@ -24,11 +24,12 @@ from orchestrator.bench.compare import ThreadedControl, restart_and_wait
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.practicum import startup_phases as vllm_startup
 from orchestrator.practicum.record import watch_until_ready
-from orchestrator.practicum.session import MODELS, REPO, Session, gpu_memory_used_mib
+from orchestrator.practicum.session import MODELS, Session, gpu_memory_used_mib
 from tests.gpu_support import REHEARSAL
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parents[2]
 GIB = 1024**3
 ENGINE_CORE = "VLLM::EngineCore"
 

@@ -1,4 +1,4 @@
-"""The bounded chaos test (issue 11): kill -9 of the daemon at random moments during start/stop
+"""The bounded chaos test: kill -9 of the daemon at random moments during start/stop
 storms, engines that outlive a closed stdout; afterwards exactly one tree per wanted model, no
 orphan, nothing acknowledged lost, and state.json matching the API. CHAOS_SEED=N repeats a run's
 choices (its timing is the machine's)."""

@@ -100,3 +100,24 @@ def test_check_a_config_on_a_shipped_topology(installed: Path, tmp_path: Path) -
     r = run(installed, "check", "--config", str(bad), cwd=tmp_path)
     assert r.returncode == 2
     assert "a100-nope" in r.stderr and "shipped topologies: " in r.stderr
+
+
+def test_practicum_help_and_a_report_from_the_installed_copy(
+    installed: Path, tmp_path: Path
+) -> None:
+    r = run(installed, "practicum", "--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "--cpu" in r.stdout and "--ports CODER,CHAT" in r.stdout and "--results" in r.stdout
+    r = run(installed, "practicum", "report", "--results", str(tmp_path / "r"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Not run: `mig-orchestrator practicum up`" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_the_package_holds_no_lab_tooling_and_imports_no_tests(installed: Path) -> None:
+    sources = list((installed / "orchestrator").rglob("*.py"))
+    assert not (installed / "orchestrator" / "tooling" / "gpu_session.py").exists()
+    for path in sources:
+        text = path.read_text()
+        assert "/root/h5" not in text, path
+        assert "from tests" not in text and "import tests" not in text, path
+        assert "tests.perf" not in text, path

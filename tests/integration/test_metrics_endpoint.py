@@ -30,7 +30,7 @@ TOKEN = "metrics-admin-token"
 METRICS_TIMEOUT_S = 2.0
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
 PROMETHEUS = REPO / "deploy" / "prometheus.yml"
-# Series real vLLM 0.33 exports (see /work/shared/reference/vllm.md section 3) that the stand-in
+# Series real vLLM 0.33 exports (vllm/v1/metrics/loggers.py at v0.33.0) that the stand-in
 # does not, and the labels only they carry; the daemon passes them through (checked below with
 # relabel), so the Grafana dashboard may use them. None today: the stand-in has the TTFT histogram.
 NOT_FROM_STANDIN: dict[str, str] = {}

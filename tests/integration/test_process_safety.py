@@ -1,5 +1,6 @@
-"""Engine processes under daemon crashes (issue 11 items 1-3): the real daemon as a subprocess,
-stand-in engines with an EngineCore grandchild that outlive a closed stdout, as vLLM's do."""
+"""Engine processes under daemon crashes (orphans, restarts, start-up deaths): the real daemon as
+a subprocess, stand-in engines with an EngineCore grandchild that outlive a closed stdout, as
+vLLM's do."""
 
 from __future__ import annotations
 

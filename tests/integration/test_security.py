@@ -1,5 +1,6 @@
-"""The control plane attacked from outside, as in issue 11 (items 4-10 and 12): the real daemon as
-a subprocess, stand-in engines, raw sockets where a polite HTTP client would hide the attack."""
+"""The control plane attacked from outside (big and slow requests, socket floods, tokens and
+reloads, bad names and paths): the real daemon as a subprocess, stand-in engines, raw sockets
+where a polite HTTP client would hide the attack."""
 
 from __future__ import annotations
 

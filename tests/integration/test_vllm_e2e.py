@@ -88,7 +88,8 @@ def test_prefix_cache_hits_only_where_enabled(vllm_daemon: Daemon) -> None:
 
 def test_every_process_of_a_real_engine_carries_the_daemons_mark(vllm_daemon: Daemon) -> None:
     """vLLM names EngineCore with setproctitle, which would overwrite its environment and the mark
-    a restarted daemon finds an orphaned EngineCore by, but for SPT_NOENV (issue 11 item 1)."""
+    a restarted daemon finds an orphaned EngineCore by, but for SPT_NOENV (setproctitle's
+    documented switch that leaves the environment alone)."""
     d = vllm_daemon
     state_dir = load_config(d.config_path).orchestrator.state_dir
     for name in ("cached", "nocache"):

@@ -2,8 +2,8 @@
 
 The fake NVML (which answers MIG handles as nvml.h documents) stands in for the driver; each engine
 environment is the one build_launch gives the daemon (engine python from engine_command, env,
-PYTHONPATH), see tests/vllm_platform_probe.py. Without the fix vLLM reads the wrong device, as
-issue 10 reports; with it capability, NVML index and total memory are the slice's.
+PYTHONPATH), see tests/vllm_platform_probe.py. Without the fix vLLM reads the wrong device
+(vllm-project/vllm#41848); with it capability, NVML index and total memory are the slice's.
 """
 
 from __future__ import annotations

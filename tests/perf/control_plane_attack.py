@@ -1,4 +1,4 @@
-"""The control plane under issue 11's attacks: memory after big unauthenticated posts, idle
+"""The control plane under attack: memory after big unauthenticated posts, idle
 sockets closed, descriptors under a socket flood with `ulimit -n 256`.
 
 Run: .venv/bin/python -m tests.perf.control_plane_attack

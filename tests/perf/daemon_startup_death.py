@@ -1,5 +1,5 @@
 """An engine that dies during start-up: how long its EngineCore outlives it, and how long until its
-replacement runs, at stop_grace_s=5 (issue 11 item 3: about 6 s when the tree got no SIGTERM).
+replacement runs, at stop_grace_s=5 (about 6 s before the tree got a SIGTERM of its own).
 
 Run: .venv/bin/python -m tests.perf.daemon_startup_death [--kills 10]
 One daemon, one stand-in model that takes 60 s to load and has an EngineCore grandchild. Each

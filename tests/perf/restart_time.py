@@ -1,4 +1,4 @@
-"""Restart -> ready and crash -> ready through the daemon, standby on and off (issue 16 item 4).
+"""Restart -> ready and crash -> ready through the daemon, standby on and off.
 
 Its own daemon, one model, variants switched by a reload:
 

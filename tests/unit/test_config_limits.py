@@ -1,4 +1,4 @@
-"""models.toml values that passed `check` but can only fail at run time (issue 11: 7, 10, 11)."""
+"""models.toml values that would pass `check` but could only fail at run time: refused up front."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Descriptor budget of the control plane, and what a reload may not change (issue 11: 5, 6)."""
+"""Descriptor budget of the control plane, and what a reload may not change."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Runtime overrides are judged as models.toml and placement judge settings (issue 11, 8/10/11)."""
+"""Runtime overrides are judged as models.toml and placement judge the same settings."""
 
 from __future__ import annotations
 
