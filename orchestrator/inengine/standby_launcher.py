@@ -24,15 +24,21 @@ from dataclasses import dataclass
 
 try:  # imported by the daemon, as part of its package
     from .standby_plan import EXEC, MODULE, SCRIPT, CommandPlan, default_preload, plan_command
-except ImportError:  # run by file path in the engine's Python: its folder is on sys.path
-    from standby_plan import (  # type: ignore[no-redef]
-        EXEC,
-        MODULE,
-        SCRIPT,
-        CommandPlan,
-        default_preload,
-        plan_command,
-    )
+except ImportError:  # run by file path in the engine's Python
+    # The daemon sets PYTHONSAFEPATH for engines, so this folder is not on sys.path: put it
+    # there for this one import only, never for the engine's own imports.
+    sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+    try:
+        from standby_plan import (  # type: ignore[no-redef]
+            EXEC,
+            MODULE,
+            SCRIPT,
+            CommandPlan,
+            default_preload,
+            plan_command,
+        )
+    finally:
+        del sys.path[0]
 
 PROTOCOL = 1
 EXIT_BAD_TRIGGER = 2

@@ -413,3 +413,11 @@ def _no_stray_children() -> Iterator[None]:
     yield
     with contextlib.suppress(ChildProcessError):
         assert os.waitpid(-1, os.WNOHANG) == (0, 0), "a standby was left unreaped"
+
+
+async def test_the_launcher_starts_under_the_safe_path_the_daemon_sets(start: Any) -> None:
+    # Engines run with PYTHONSAFEPATH=1, which keeps the launcher's own folder off sys.path:
+    # its import of standby_plan beside it must not depend on that folder being there.
+    run = start([sys.executable, *SERVER], PYTHONSAFEPATH="1")
+    r = await ready(run)
+    assert (r.mode, r.target) == ("module", "fakeengine.server")
