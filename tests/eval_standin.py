@@ -4,6 +4,7 @@ judge replies with verdicts a test sets, well-formed or malformed. Runs in a thr
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -35,6 +36,7 @@ class Standin:
     broken: set[str] = field(default_factory=set)  # models that answer 500
     owned_by: str = "vllm"
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    auth: set[str] = field(default_factory=set)  # Authorization headers seen
     delay_s: float = 0.0
     url: str = ""
 
@@ -74,8 +76,9 @@ class Standin:
         async def chat(request: Request) -> Any:
             body = await request.json()
             self.bodies.append(body)
+            self.auth.add(request.headers.get("authorization", ""))
             if self.delay_s:
-                time.sleep(self.delay_s)  # blocks the server: requests queue, as on a busy engine
+                await asyncio.sleep(self.delay_s)
             if body["model"] in self.broken:
                 return JSONResponse({"error": {"message": "engine is down"}}, status_code=500)
             text = self._verdict(body) if body["model"] == JUDGE else self._answer(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -52,13 +53,15 @@ def test_mt_bench_lines_load_as_is() -> None:
     ],
 )  # fmt: skip
 def test_bad_lines_name_the_file_line_and_field(line: str, message: str) -> None:
-    with pytest.raises(QuestionError, match=message.replace("(", r"\(")):
+    with pytest.raises(QuestionError, match=re.escape(message)):
         parse_questions(line, "q.jsonl")
 
 
 def test_repeated_ids_and_empty_files_are_refused(tmp_path: Path) -> None:
     line = json.dumps(MT_BENCH_LINE)
-    with pytest.raises(QuestionError, match="q.jsonl:2: question_id '111' repeats line 1"):
+    with pytest.raises(
+        QuestionError, match=re.escape("q.jsonl:2: question_id '111' repeats line 1")
+    ):
         parse_questions(f"{line}\n{line}", "q.jsonl")
     with pytest.raises(QuestionError, match="no questions"):
         parse_questions("\n", "q.jsonl")
