@@ -51,9 +51,11 @@ class RunPlan:
 
     def constraint(self, kind: Kind) -> dict[str, Any]:
         """The request fields that enforce the verdict's format, when structured outputs are on."""
-        if not self.structured:
+        if not self.structured or self.judge is None:
             return {}
-        return request_fields(self.prompts.fmt, kind, self.prompts.explanation_chars)
+        return request_fields(
+            self.prompts.fmt, kind, self.prompts.explanation_chars, self.judge.is_vllm
+        )
 
     def pairs(self, labels: list[str]) -> list[tuple[str, str]]:
         if self.mode == "pairwise-baseline":

@@ -117,6 +117,11 @@ def make_plan(choices: Choices, resolved: list[Resolved], judge: Resolved | None
     structured = choices.structured == "on" or (
         choices.structured == "auto" and judge_ep is not None and judge_ep.is_vllm
     )
+    if structured and choices.verdict_format == "tag" and judge_ep and not judge_ep.is_vllm:
+        raise SpecError(
+            f"the tag format can be enforced only on a vLLM judge, and {judge_ep.label} "
+            "does not say it is one: use --verdict-format json, or --structured off"
+        )
     return RunPlan(
         questions=choices.questions,
         candidates=candidates,

@@ -1,11 +1,14 @@
 """Verdict formats: what the judge is told to write, how a server is made to obey, strict parsing.
 
-Two formats. `json` is an object with an explanation and the score (or winner); a server with
-structured outputs is held to it with OpenAI's `response_format` json_schema, which vLLM 0.32
-maps to its own `structured_outputs.json` (`entrypoints/generate/base/protocol.py`). `tag` is
-MT-Bench's `[[rating]]` / `[[A]]`; it is held with vLLM's `structured_outputs.regex`. vLLM 0.32
-silently ignores the removed `guided_json`/`guided_regex` fields (`serve/engine/protocol.py`),
-so those are never sent. A verdict that does not parse is reported, never guessed.
+Two formats: `json`, an object with an explanation and the score (or winner), and `tag`,
+MT-Bench's `[[rating]]` / `[[A]]`. A vLLM judge is held to either with
+`structured_outputs.regex`: the JSON layout is spelled out in the regex, because with
+`response_format` json_schema vLLM 0.32's xgrammar allows any whitespace between tokens
+(`v1/structured_output/backend_xgrammar.py`; the request's `disable_any_whitespace` is not
+read), and a random-weight judge measured here wrote blanks until max_tokens. Other servers
+get OpenAI's `response_format` json_schema. vLLM 0.32 silently ignores the removed
+`guided_json`/`guided_regex` fields (`entrypoints/serve/engine/protocol.py`), so those are
+never sent. A verdict that does not parse is reported, never guessed.
 """
 
 from __future__ import annotations
@@ -57,14 +60,23 @@ def schema(kind: Kind, explanation_chars: int) -> dict[str, Any]:
     }
 
 
-def regex(kind: Kind, explanation_chars: int) -> str:
-    """MT-Bench's tag format as a regex: a bounded explanation, then exactly one tag."""
-    tag = r"\[\[(10|[1-9])\]\]" if kind == "single" else r"\[\[(A|B|C)\]\]"
-    return rf"[^\[\]]{{0,{explanation_chars}}}{tag}"
+def regex(fmt: Format, kind: Kind, explanation_chars: int) -> str:
+    """The format as a regex with a bounded explanation, so that a constrained reply ends."""
+    n = explanation_chars
+    if fmt == "tag":
+        tag = r"\[\[(10|[1-9])\]\]" if kind == "single" else r"\[\[(A|B|C)\]\]"
+        return rf"[^\[\]]{{0,{n}}}{tag}"
+    # A JSON string without control characters; escapes as JSON has them (but \u).
+    text = rf'"([^"\\\x00-\x1f]|\\["\\/bfnrt]){{0,{n}}}"'
+    if kind == "single":
+        return rf'\{{"explanation": {text}, "score": (10|[1-9])\}}'
+    return rf'\{{"explanation": {text}, "verdict": "(A|B|tie)"\}}'
 
 
-def request_fields(fmt: Format, kind: Kind, explanation_chars: int) -> dict[str, Any]:
-    """Body fields that make a server emit only well-formed verdicts."""
+def request_fields(fmt: Format, kind: Kind, explanation_chars: int, vllm: bool) -> dict[str, Any]:
+    """Body fields that make the server emit only well-formed verdicts."""
+    if vllm:
+        return {"structured_outputs": {"regex": regex(fmt, kind, explanation_chars)}}
     if fmt == "json":
         return {
             "response_format": {
@@ -76,7 +88,7 @@ def request_fields(fmt: Format, kind: Kind, explanation_chars: int) -> dict[str,
                 },
             }
         }
-    return {"structured_outputs": {"regex": regex(kind, explanation_chars)}}
+    raise ValueError("the tag format can be enforced only on a vLLM judge")
 
 
 def _parse_json(text: str, kind: Kind) -> Parsed:

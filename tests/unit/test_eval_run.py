@@ -78,10 +78,10 @@ def test_single_grading_scores_what_parses_and_counts_the_rest(
     assert (rows["bad"]["mean"], rows["bad"]["scored"], rows["bad"]["unparseable"]) == (2.5, 2, 2)
     assert rows["bad"]["categories"] == {"http": 2.0, "sorting": 3.0}
     assert payload["result"]["single"]["unparseable"] == 2
-    # The judge is a vLLM server (owned_by vllm): every verdict was asked for with a JSON schema.
+    # The judge is a vLLM server (owned_by vllm): every verdict was asked for with the regex.
     judged = [b for b in standin.bodies if b["model"] == "judge"]
     assert len(judged) == 8
-    assert all(b["response_format"]["type"] == "json_schema" for b in judged)
+    assert all(b["structured_outputs"]["regex"].startswith('\\{"explanation"') for b in judged)
     assert all((b["temperature"], b["seed"]) == (0.0, 0) for b in judged)
     # The reference goes to the judge for the turn that has one, and only there.
     assert sum("Reference Answer" in b["messages"][-1]["content"] for b in judged) == 2
@@ -128,7 +128,7 @@ def test_a_failing_model_is_reported_and_the_others_go_on(
 
 
 def test_without_structured_outputs_nothing_constrains_the_judge(
-    standin: Standin, tmp_path: Path, qfile: Path
+    standin: Standin, tmp_path: Path, qfile: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     standin.owned_by = "someone"  # not vLLM: auto leaves the request alone
     key = tmp_path / "key"
@@ -141,9 +141,15 @@ def test_without_structured_outputs_nothing_constrains_the_judge(
     assert rc == 0 and payload["result"]["single"]["rows"][0]["mean"] == 4.0
     assert not any("response_format" in b or "structured_outputs" in b for b in standin.bodies)
     assert standin.auth == {"Bearer sk-service"}
+    capsys.readouterr()
     rc, payload = run_eval(standin, tmp_path, qfile, *argv, "--structured", "on")
+    assert rc == 2 and "only on a vLLM judge" in capsys.readouterr().err
+    argv = [*models(standin, "good"), "--structured", "on"]
+    for key_ in [("good", q, t) for q in "12" for t in (1, 2)]:
+        standin.single[key_] = score(4)
+    rc, payload = run_eval(standin, tmp_path, qfile, *argv)
     judged = [b for b in standin.bodies if b["model"] == "judge"][-1]
-    assert "regex" in judged["structured_outputs"]
+    assert judged["response_format"]["json_schema"]["strict"] is True
 
 
 def test_pairwise_all_counts_both_orders_and_a_flip_is_a_tie(

@@ -77,18 +77,45 @@ def test_tag_pair_letters_and_c_is_a_tie() -> None:
     assert not parse("[[D]]", "tag", "pair").ok
 
 
-def test_the_regex_accepts_exactly_what_the_parser_reads() -> None:
-    single = re.compile(regex("single", 20))
+def test_the_tag_regex_accepts_what_the_parser_reads() -> None:
+    single = re.compile(regex("tag", "single", 20))
     assert single.fullmatch("short reason [[10]]")
     assert not single.fullmatch("x" * 21 + "[[5]]")  # the explanation is bounded
     assert not single.fullmatch("reason [[11]]")
-    pair = re.compile(regex("pair", 20))
+    pair = re.compile(regex("tag", "pair", 20))
     assert pair.fullmatch("B wins [[B]]") and not pair.fullmatch("[[A]][[B]]")
 
 
+@pytest.mark.parametrize(
+    ("kind", "key", "values"),
+    [("single", "score", list(range(1, 11))), ("pair", "verdict", ["A", "B", "tie"])],
+)
+def test_the_json_regex_is_json_that_parses(kind: str, key: str, values: list[object]) -> None:
+    rx = re.compile(regex("json", kind, 30))  # type: ignore[arg-type]
+    for value in values:
+        for expl in ["", "fine", 'says "hi"\n', "x" * 30, "tab\there"]:
+            text = json.dumps({"explanation": expl, key: value})
+            assert rx.fullmatch(text), text
+            assert parse(text, "json", kind).value == value  # type: ignore[arg-type]
+    for bad in [
+        '{"explanation": "raw\ncontrol", "score": 5}',
+        '{"explanation":"", "score": 5}',
+        '{"explanation": "", "score": 11}',
+        '{"explanation": "' + "x" * 31 + '", "score": 5}',
+    ]:
+        assert not rx.fullmatch(bad), bad
+
+
 def test_request_fields_are_vllm_032s_names() -> None:
-    rf = request_fields("json", "single", 50)["response_format"]
+    assert request_fields("tag", "pair", 50, vllm=True) == {
+        "structured_outputs": {"regex": regex("tag", "pair", 50)}
+    }
+    assert request_fields("json", "single", 50, vllm=True) == {
+        "structured_outputs": {"regex": regex("json", "single", 50)}
+    }
+    rf = request_fields("json", "single", 50, vllm=False)["response_format"]
     assert rf["type"] == "json_schema"
     assert rf["json_schema"]["schema"] == schema("single", 50)
     assert schema("single", 50)["properties"]["explanation"]["maxLength"] == 50
-    assert request_fields("tag", "pair", 50) == {"structured_outputs": {"regex": regex("pair", 50)}}
+    with pytest.raises(ValueError, match="only on a vLLM judge"):
+        request_fields("tag", "single", 50, vllm=False)
