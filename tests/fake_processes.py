@@ -3,7 +3,7 @@ engine and supervisor tests: spawned "engines" are records with a real output pi
 follow each record's behaviour, and exits are reported like the daemon's SIGCHLD reaper does.
 
 A spawn that passes a channel (pass_fds) is a standby: the fake speaks the launcher's side of the
-protocol (orchestrator/engine/standby/launcher.py) on that socket: "ready" after its imports, then
+protocol (orchestrator/inengine/standby_launcher.py) on that socket: "ready" after its imports, then
 on a trigger it becomes the engine in the same record; EOF before a trigger ends it."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.engine.process import ProcessId, Tagged
-from orchestrator.engine.standby import launcher
+from orchestrator.inengine import standby_launcher as launcher
 
 
 @dataclass

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.gpu.nvml import Nvml, NvmlError
+from orchestrator.practicum.session import Setup
 from orchestrator.tooling import cpu_venv
-from orchestrator.tooling.gpu_session import Setup
 
 REHEARSAL = os.environ.get("MIG_ORCH_GPU_REHEARSAL") == "cpu"
 # Asks the engine's Python for a CUDA torch without importing vLLM (26 s on an H200).

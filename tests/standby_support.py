@@ -15,7 +15,7 @@ import httpx
 from orchestrator.config import VllmSettings
 from orchestrator.engine import process
 from orchestrator.engine.launch import setting_flags
-from orchestrator.engine.standby.launcher import FORK_ENV
+from orchestrator.inengine.standby_launcher import FORK_ENV
 from orchestrator.tooling import cpu_venv
 
 # What the daemon's CPU tests run with (tooling/demo.py's [defaults]).

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from orchestrator.bench.runner import Progress, Target
 from orchestrator.bench.stats import BenchReport
-from orchestrator.control.client import ControlClient, ControlError
+from orchestrator.client import ControlClient, ControlError
 
 # A new KEY=VALUE starts at a comma followed by an identifier and '=', so JSON values keep commas.
 _SPLIT = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_]*=)")

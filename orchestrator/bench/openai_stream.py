@@ -14,7 +14,7 @@ import httpx
 
 from orchestrator.bench.stats import CacheCounters, RequestResult
 from orchestrator.bench.workloads import Prompt, Workload
-from orchestrator.promtext import parse as parse_metrics
+from orchestrator.prom_text import parse as parse_metrics
 
 Endpoint = Literal["completions", "chat"]
 PATHS: dict[Endpoint, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}

@@ -15,7 +15,7 @@ from orchestrator.bench.stats import (
     LevelReport,
     RalphReport,
 )
-from orchestrator.texttable import render_table
+from orchestrator.text_table import render_table
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from orchestrator.control.client import ControlClient, add_daemon_options, resolve_token
+from orchestrator.client import ControlClient, add_daemon_options, resolve_token
 from orchestrator.evaluation import output
 from orchestrator.evaluation.chat import ChatPool, Sampling
 from orchestrator.evaluation.endpoints import SpecError
@@ -22,7 +22,7 @@ from orchestrator.evaluation.questions import QuestionError, load_questions
 from orchestrator.evaluation.session import Choices, default_db, execute, make_plan, resolve
 from orchestrator.evaluation.store import Store, StoreError
 from orchestrator.evaluation.verdicts import FORMATS
-from orchestrator.secretfile import read_secret_file
+from orchestrator.secret_file import read_secret_file
 
 EXIT_INTERRUPTED = 130
 API_KEY_ENV = "MIG_ORCH_API_KEY"

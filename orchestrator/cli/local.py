@@ -19,13 +19,13 @@ from orchestrator.config import (
     unprivileged_port_start,
 )
 from orchestrator.engine.launch import build_launch
-from orchestrator.engine.nvml_shim import fix_status
+from orchestrator.engine.nvml_fix import fix_status
 from orchestrator.gpu.inventory import Gpu, Inventory
 from orchestrator.gpu.nvml import NvmlError, load_inventory
 from orchestrator.layout.slice_fit import slice_warnings
 from orchestrator.placement import plan_partial
 from orchestrator.supervisor.store import StateStore
-from orchestrator.texttable import render_table
+from orchestrator.text_table import render_table
 from orchestrator.units import GIB
 
 DEFAULT_CONFIG = Path(os.environ.get("MIG_ORCH_CONFIG", "/etc/mig-orchestrator/models.toml"))
@@ -46,7 +46,7 @@ def _topology(args: argparse.Namespace, cfg: Config | None) -> Path | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from orchestrator.control.daemon import ServeOptions, serve
+    from orchestrator.daemon.serve import ServeOptions, serve
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from orchestrator.control.auth import Tokens
+    from orchestrator.http.auth import Tokens
 
     cfg = _load(args)
     problems: list[str] = []

@@ -8,19 +8,20 @@ from collections.abc import Sequence
 
 from orchestrator import __version__
 from orchestrator.cli import local, remote
+from orchestrator.client import ControlError, add_daemon_options
 from orchestrator.config import ConfigError
-from orchestrator.control.client import ControlError, add_daemon_options
+from orchestrator.daemon.state_lock import StateDirBusy
 from orchestrator.gpu.nvml import NvmlError
 from orchestrator.placement import PlacementError
-from orchestrator.supervisor.state_lock import StateDirBusy
 
 # Off the daemon's path: each adds its own subcommands through register(sub).
 _TOOL_MODULES = (
     "orchestrator.gpu.monitor",
     "orchestrator.engine.nvml_check",
-    "orchestrator.layout.cli",
+    "orchestrator.cli.layout",
     "orchestrator.tooling.cpu_venv",
-    "orchestrator.bench.commands",
+    "orchestrator.cli.bench",
+    "orchestrator.cli.eval",
     "orchestrator.tooling.demo",
 )
 

@@ -7,9 +7,9 @@ import argparse
 import json
 from typing import Any
 
-from orchestrator.control.client import ControlClient, ControlError, resolve_token
-from orchestrator.control.standby_view import detail_lines, standby_cell
-from orchestrator.texttable import render_table
+from orchestrator.client import ControlClient, ControlError, resolve_token
+from orchestrator.http.standby_view import detail_lines, standby_cell
+from orchestrator.text_table import render_table
 
 
 def _client(args: argparse.Namespace) -> ControlClient:

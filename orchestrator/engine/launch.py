@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 from orchestrator.config import Config, VllmSettings
 from orchestrator.engine import marker
-from orchestrator.engine.nvml_shim import fix_env
-from orchestrator.engine.standby.launcher import FORK_ENV
+from orchestrator.engine.nvml_fix import fix_env
 from orchestrator.gpu.inventory import Slice
-from orchestrator.secretfile import read_secret_file
+from orchestrator.inengine.standby_launcher import FORK_ENV
+from orchestrator.secret_file import read_secret_file
 
 # Variables that belong to the daemon's own supervisor and must not leak into engines.
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")

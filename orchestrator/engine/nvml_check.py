@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.engine.nvml_shim import mig_orchestrator_nvml_shim as shim
 from orchestrator.gpu.nvml import Nvml
+from orchestrator.inengine.nvml_shim import mig_orchestrator_nvml_shim as shim
 
 GIB = 1024**3
 

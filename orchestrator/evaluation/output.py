@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from orchestrator.texttable import render_table
+from orchestrator.text_table import render_table
 
 
 def _num(x: Any, fmt: str = "{:.2f}") -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.config import Config, ConfigError
+from orchestrator.daemon.state_lock import StateDirLock
 from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
@@ -22,7 +23,6 @@ from orchestrator.gpu.inventory import Inventory
 from orchestrator.placement import PlacementError, Plan, plan_partial
 from orchestrator.supervisor import overrides as runtime_overrides
 from orchestrator.supervisor.leftovers import stop_leftovers
-from orchestrator.supervisor.state_lock import StateDirLock
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.tooling import bundle, tinymodel
+from orchestrator.bundle import build as bundle
+from orchestrator.tooling import tinymodel
 
 VENV_ENV_VAR = "MIG_ORCH_ENGINE_VENV"
 # The version the engine findings were measured with; it pins torch==2.13.0+cpu, which pip finds

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tooling import gpu_session
-from orchestrator.tooling.gpu_session import Session
+from orchestrator.practicum import session as gpu_session
+from orchestrator.practicum.session import Session
 from tests.gpu_support import setup
 
 

@@ -22,9 +22,9 @@ import pytest
 
 from orchestrator.bench.compare import ThreadedControl, restart_and_wait
 from orchestrator.gpu.nvml import Nvml
-from orchestrator.tooling import vllm_startup
-from orchestrator.tooling.gpu_session import MODELS, REPO, Session, gpu_memory_used_mib
-from orchestrator.tooling.practicum_record import watch_until_ready
+from orchestrator.practicum import startup_phases as vllm_startup
+from orchestrator.practicum.record import watch_until_ready
+from orchestrator.practicum.session import MODELS, REPO, Session, gpu_memory_used_mib
 from tests.gpu_support import REHEARSAL
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tooling import bundle
+from orchestrator.bundle import build as bundle
 from tests.fake_wheels import make_wheel
 
 PIP_WHEELS = sorted((Path(ensurepip.__file__).parent / "_bundled").glob("pip-*.whl"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.control.dashboard.routes import CSP
-from orchestrator.control.dashboard.sessions import COOKIE, CSRF_HEADER
+from orchestrator.http.dashboard.routes import CSP
+from orchestrator.http.dashboard.sessions import COOKIE, CSRF_HEADER
 from tests.daemon_harness import Daemon, free_ports, marked_pids, wait_until, write_secret
 from tests.dashboard_host import ADMIN_TOKEN, STUDENT_TOKENS, dashboard_daemon, send_traffic
 

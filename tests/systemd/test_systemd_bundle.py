@@ -25,7 +25,7 @@ from service_support import (
     status_is,
 )
 
-from orchestrator.tooling import bundle
+from orchestrator.bundle import build as bundle
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, ConfigError, parse_config
-from orchestrator.control.auth import ADMIN, ANONYMOUS, Caller, Tokens
+from orchestrator.http.auth import ADMIN, ANONYMOUS, Caller, Tokens
 
 SRC = "/etc/mig-orchestrator/models.toml"
 

@@ -37,7 +37,7 @@ from orchestrator.bench.openai_stream import Generation
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
 from orchestrator.bench.stats import BenchReport
 from orchestrator.cli.main import main
-from orchestrator.control.client import ControlClient
+from orchestrator.client import ControlClient
 
 T = TypeVar("T")
 ORIGINAL = {"max_num_seqs": 4}

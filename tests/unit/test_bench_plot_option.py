@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bench import commands as bench_commands
+from orchestrator.cli import bench as bench_commands
 from orchestrator.cli.main import main
 
 MESSAGE = "error: --plot needs matplotlib, which is not installed: pip install"

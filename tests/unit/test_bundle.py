@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.tooling import bundle, bundle_install
-from orchestrator.tooling.bundle_pack import parse_size, write_archive
-from orchestrator.tooling.bundle_resolve import Policy, ResolveError, Resolver
-from orchestrator.tooling.bundle_target import (
+from orchestrator.bundle import build as bundle
+from orchestrator.bundle import install as bundle_install
+from orchestrator.bundle.pack import parse_size, write_archive
+from orchestrator.bundle.resolve import Policy, ResolveError, Resolver
+from orchestrator.bundle.target import (
     Requirement,
     Target,
     TargetError,
     Version,
     parse_installed,
 )
-from orchestrator.tooling.bundle_wheel import Wheel, WheelError, read_wheel, repack
+from orchestrator.bundle.wheel import Wheel, WheelError, read_wheel, repack
 from tests.fake_wheels import make_wheel
 
 PY312 = Target.parse("3.12.3", "manylinux_2_35_x86_64", {})
@@ -366,7 +367,7 @@ def test_recipe_files_allow_comments_and_values_with_spaces(tmp_path: Path) -> N
 
 
 def test_shipped_recipe_parses_into_options() -> None:
-    recipe = bundle.REPO / "deploy" / "targets" / "h200-cuda.args"
+    recipe = bundle.REPO / "dev" / "gpu" / "targets" / "h200-cuda.args"
     parser = argparse.ArgumentParser()
     bundle.register(parser.add_subparsers())
     args = parser.parse_args(["bundle", f"@{recipe}", "--out", "/tmp/x"])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.cli.main import main
-from orchestrator.engine.nvml_shim import SHIM_DIR
+from orchestrator.engine.nvml_fix import SHIM_DIR
 from orchestrator.gpu import nvml
 from orchestrator.supervisor.store import DaemonState, StateStore
 from orchestrator.units import GIB

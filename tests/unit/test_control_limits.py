@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.control import fdbudget
-from orchestrator.control.auth import Tokens
-from orchestrator.control.reloadcheck import refused_changes
+from orchestrator.daemon import fd_budget as fdbudget
+from orchestrator.http.auth import Tokens
+from orchestrator.http.reload_check import refused_changes
 
 MODEL = '[models.alice]\nmodel = "m"\nport = 8001\n'
 
@@ -39,7 +39,7 @@ def test_raise_nofile_goes_up_to_the_hard_limit() -> None:
     # In a child, so this process keeps its own limits.
     code = (
         "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096));"
-        "from orchestrator.control.fdbudget import raise_nofile; print(raise_nofile(65536));"
+        "from orchestrator.daemon.fd_budget import raise_nofile; print(raise_nofile(65536));"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4096:

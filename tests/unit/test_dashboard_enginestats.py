@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import promtext
-from orchestrator.control.dashboard.enginestats import EngineStats, Reading, numbers, parse_reading
+from orchestrator import prom_text as promtext
 from orchestrator.engine.lifecycle import State
+from orchestrator.http.dashboard.engine_stats import EngineStats, Reading, numbers, parse_reading
 
 L = 'engine="0",model_name="m"'
 BOUNDS = (0.01, 0.1, 1.0)

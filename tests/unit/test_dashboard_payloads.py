@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from orchestrator.control.dashboard.payloads import gpus, merge
 from orchestrator.gpu.inventory import Gpu, Slice
 from orchestrator.gpu.nvml import GpuSample, SliceSample
+from orchestrator.http.dashboard.payloads import gpus, merge
 
 MIG = Slice("MIG-a", 0, "GPU-0", "A100", "3g.40gb", 40, 0, 1, 0)
 FREE = Slice("MIG-b", 0, "GPU-0", "A100", "1g.10gb", 10, 0, 9, 0)

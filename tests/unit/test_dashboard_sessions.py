@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.control.auth import ADMIN, Caller, Tokens
-from orchestrator.control.dashboard import sessions as sessions_mod
-from orchestrator.control.dashboard.sessions import Sessions
+from orchestrator.http.auth import ADMIN, Caller, Tokens
+from orchestrator.http.dashboard import sessions as sessions_mod
+from orchestrator.http.dashboard.sessions import Sessions
 
 TOKENS = Tokens(admin="admin-t", students={"alice": "alice-t", "bob": "bob-t"})
 

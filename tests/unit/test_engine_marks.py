@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.daemon.state_lock import StateDirBusy, StateDirLock
 from orchestrator.engine import marker, process
-from orchestrator.supervisor.state_lock import StateDirBusy, StateDirLock
 from orchestrator.tooling import cpu_venv
 
 # A server that forks an "EngineCore" and names it with setproctitle when it can, as vLLM does.
@@ -104,7 +104,7 @@ def test_one_daemon_per_state_dir_until_the_holder_dies(tmp_path: Path) -> None:
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from orchestrator.supervisor.state_lock import StateDirLock\n"
+            "from orchestrator.daemon.state_lock import StateDirLock\n"
             "StateDirLock(Path(sys.argv[1])).acquire()\n"
             "print('locked', flush=True)\n"
             "time.sleep(60)\n",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import eval as eval_cli
+from orchestrator.cli.main import main
 from orchestrator.evaluation.stats import Game, bootstrap_mean, bradley_terry
 from tests.eval_standin import Standin, serve
 
@@ -43,14 +42,11 @@ def qfile(tmp_path: Path) -> Path:
 
 
 def run_eval(s: Standin, tmp: Path, qfile: Path, *argv: str) -> tuple[int, dict[str, Any]]:
-    parser = argparse.ArgumentParser()
-    eval_cli.register(parser.add_subparsers())
     out = tmp / "result.json"
-    args = parser.parse_args(
+    rc = main(
         ["eval", "--questions", str(qfile), "--db", str(tmp / "e.sqlite"), "--json", str(out),
          "-q", "--judge", f"{s.url}#judge", *argv]
     )  # fmt: skip
-    rc = args.func(args)
     return rc, json.loads(out.read_text()) if out.exists() else {}
 
 

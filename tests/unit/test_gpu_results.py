@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.tooling import gpu_results
+from orchestrator.practicum import results_render as gpu_results
 
 
 def _write(root: Path, name: str, data: object) -> None:

@@ -8,9 +8,9 @@ import pytest
 
 from orchestrator.config import Config, parse_config
 from orchestrator.engine.launch import build_launch
-from orchestrator.engine.nvml_shim import SHIM_DIR
-from orchestrator.engine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
+from orchestrator.engine.nvml_fix import SHIM_DIR
 from orchestrator.gpu.inventory import Slice
+from orchestrator.inengine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
 from orchestrator.units import GIB
 
 SLICE = Slice(

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from orchestrator import promtext
-from orchestrator.control.metrics import engine_series, gpu_families
+from orchestrator import prom_text as promtext
 from orchestrator.gpu.nvml import GpuSample, SliceSample
+from orchestrator.http.metrics import engine_series, gpu_families
 
 MIG_ON = GpuSample(
     index=0,

@@ -20,10 +20,10 @@ import pytest
 
 from orchestrator.config import parse_config
 from orchestrator.engine.launch import build_launch
-from orchestrator.engine.nvml_shim import SHIM_DIR
-from orchestrator.engine.nvml_shim import mig_orchestrator_nvml_shim as shim
+from orchestrator.engine.nvml_fix import SHIM_DIR
 from orchestrator.gpu import nvml_fake
 from orchestrator.gpu.nvml import load_inventory
+from orchestrator.inengine.nvml_shim import mig_orchestrator_nvml_shim as shim
 
 REPO = Path(__file__).resolve().parents[2]
 COURSE = nvml_fake.resolve_topology(Path("course-a100x2"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.control.metrics import ENGINE_METRICS
-from orchestrator.promtext import (
+from orchestrator.http.metrics import ENGINE_METRICS
+from orchestrator.prom_text import (
     PromTextError,
     Sample,
     format_sample,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.control.sdnotify import SdNotifier
+from orchestrator.daemon.sd_notify import SdNotifier
 
 
 def _recv(sock: socket.socket) -> dict[str, str]:
@@ -67,7 +67,7 @@ def test_missing_socket_logs_and_continues(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = SdNotifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "gone")})
-    with caplog.at_level(logging.WARNING, logger="orchestrator.control.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.daemon.sd_notify"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
     assert "sd_notify" in caplog.text

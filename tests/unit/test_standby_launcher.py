@@ -1,6 +1,6 @@
 """The standby launcher as a process: imports ahead, trigger protocol, fallbacks, exit on EOF.
 
-Each test runs the real launcher (orchestrator/engine/standby/launcher.py) under this
+Each test runs the real launcher (orchestrator/inengine/standby_launcher.py) under this
 interpreter on a small fake engine package that records every import with its pid.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from orchestrator.engine.standby.channel import Standby, StandbyError
-from orchestrator.engine.standby.launcher import EXIT_BAD_TRIGGER, EXIT_REFUSED, FORK_ENV
+from orchestrator.inengine.standby_launcher import EXIT_BAD_TRIGGER, EXIT_REFUSED, FORK_ENV
 
 TIMEOUT = 30
 SERVER = ["-m", "fakeengine.server"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engine.standby.launcher import (
+from orchestrator.inengine.standby_launcher import (
     MODULE,
     PLAIN,
     SCRIPT,
@@ -212,7 +212,7 @@ def test_missing_module_keeps_only_the_target_and_says_why(fake_engine: Path) ->
 
 
 def test_the_launcher_keeps_to_python_3_10_syntax() -> None:
-    from orchestrator.engine.standby import launcher
+    from orchestrator.inengine import standby_launcher as launcher
 
     source = Path(launcher.__file__).read_text()
     ast.parse(source, feature_version=(3, 10))

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator import promtext
-from orchestrator.control.api import ModelStatus, StatusView
-from orchestrator.control.metrics import standby_families
-from orchestrator.control.standby_view import (
+from orchestrator import prom_text as promtext
+from orchestrator.engine.states import StandbyState, State
+from orchestrator.http.api import ModelStatus, StatusView
+from orchestrator.http.metrics import standby_families
+from orchestrator.http.standby_view import (
     detail_lines,
     last_start_json,
     standby_cell,
     standby_json,
 )
-from orchestrator.engine.states import StandbyState, State
 from tests.engine_host import engine_host, wait_for
 from tests.unit.test_engine_standby import ON
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from orchestrator.daemon.state_lock import StateDirBusy
 from orchestrator.engine import marker
 from orchestrator.engine.states import Desired, State
 from orchestrator.gpu.nvml import load_inventory
-from orchestrator.supervisor.state_lock import StateDirBusy
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
 from orchestrator.supervisor.supervisor import Supervisor
 from tests.daemon_harness import TOPOLOGIES

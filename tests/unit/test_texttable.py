@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.texttable import render_table
+from orchestrator.text_table import render_table
 
 
 def test_columns_are_left_aligned_and_lines_have_no_trailing_blanks() -> None:

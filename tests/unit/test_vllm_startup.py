@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.tooling import vllm_startup
+from orchestrator.practicum import startup_phases as vllm_startup
 
 # A CUDA engine's log (messages as vLLM 0.26.0 formats them), restarted once by the daemon.
 LOG = """\

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.engine import process
-from orchestrator.engine.standby import launcher
-from orchestrator.engine.standby.launcher import PLAIN, CommandPlan, plan_command
+from orchestrator.inengine import standby_launcher as launcher
+from orchestrator.inengine.standby_launcher import PLAIN, CommandPlan, plan_command
 
 LAUNCHER = Path(launcher.__file__).resolve()
 

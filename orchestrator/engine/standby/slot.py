@@ -23,9 +23,9 @@ from orchestrator.engine.process import (
     read_output,
 )
 from orchestrator.engine.standby.channel import Standby, StandbyError, StandbyReady
-from orchestrator.engine.standby.launcher import EXEC
 from orchestrator.engine.states import StandbyState, check_standby, log_change
 from orchestrator.engine.terminate import terminate_tree
+from orchestrator.inengine.standby_launcher import EXEC
 
 log = logging.getLogger(__name__)
 

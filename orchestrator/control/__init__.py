@@ -1,1 +1,0 @@
-"""The control surface: REST API, tokens, Prometheus page, the daemon and systemd notify."""

@@ -1,0 +1,1 @@
+"""The daemon process: serve(), signals, systemd notify, open-file budget, state_dir lock."""

@@ -1,0 +1,130 @@
+"""ASGI middleware that decides from the request head alone: who calls, and how big a body may be.
+
+Nothing reads a body before the caller is known and its declared size allowed, so a caller
+without a token cannot make the daemon buffer anything; the route's own dependency still
+decides what a known caller may do (403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator.http.auth import Tokens
+
+# Open to anyone: liveness, and the API's own description (no state, no secrets).
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# The dashboard: a browser logs in with a token once and then carries a session cookie, which
+# the dashboard's own routes check before anything else. Its bodies are capped here all the same.
+DASHBOARD = "/ui"
+# The largest body any route takes is a restart's overrides, a few hundred bytes; 64 KiB also
+# holds an admin's extra_args or env at their per-value limit.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str) -> None:
+        self.status = status
+        self.error = error
+
+
+class RequestGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: Callable[[], Tokens],
+        body_timeout_s: Callable[[], float],
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.app = app
+        # Both read per request: a reload may rotate tokens or change the timeout.
+        self.tokens = tokens
+        self.body_timeout_s = body_timeout_s  # once the head is in: the slow-body slowloris
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            receive = await self._admit(scope, receive)
+        except _Refused as r:
+            await _answer(send, r.status, r.error)
+            return
+        await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, receive: Receive) -> Receive:
+        """Check the head; then read the (bounded) body and hand it on. Raises _Refused."""
+        headers = Headers(scope=scope)
+        tokens = self.tokens()
+        if (
+            not _checked_elsewhere(scope["path"])
+            and tokens.enabled
+            and not tokens.identify(headers.get("authorization")).known
+        ):
+            raise _Refused(401, "missing or wrong bearer token")
+        length = headers.get("content-length")
+        if length is None and "transfer-encoding" not in headers:
+            return receive  # no body: nothing to bound
+        if length is not None and not length.isdigit():
+            raise _Refused(400, "Content-Length is not a number")
+        if length is not None and int(length) > self.max_body:
+            raise _Refused(413, f"request body over {self.max_body} bytes")
+        timeout = self.body_timeout_s()
+        try:
+            async with asyncio.timeout(timeout):
+                body = await self._read(receive)
+        except TimeoutError:
+            raise _Refused(408, f"request body not received within {timeout:g} s") from None
+        return _replay(body, receive)
+
+    async def _read(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Refused(400, "client disconnected")  # the answer goes nowhere
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:  # chunked bodies declare no length up front
+                raise _Refused(413, f"request body over {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read above as one message; later calls (disconnect) go to the server."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+async def _answer(send: Send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    # No "Connection: close": closing with the body unread would reset the connection and the
+    # client could lose this answer. The server discards the rest of the body as it arrives
+    # (never buffering it) until the next request, or the connection's head deadline.
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _checked_elsewhere(path: str) -> bool:
+    """Paths whose caller this middleware does not judge: open ones and the dashboard's."""
+    return (
+        path in OPEN_PATHS or path == "/" or path == DASHBOARD or path.startswith(DASHBOARD + "/")
+    )
