@@ -104,9 +104,8 @@ class Runner:
             key = sha256_json([q.digest(turn), texts])
             a = self.store.answer(ep.identity, key, turn, settings)
             if a is None:
-                if ep.label in self.out.failed:
-                    a = None
-                else:
+                # Once a model has failed, its remaining turns are skipped, not asked.
+                if ep.label not in self.out.failed:
                     a = await self._ask(ep, q, turn, messages)
                 if a is None:
                     for _ in range(turn, len(q.turns)):
@@ -172,7 +171,9 @@ class Runner:
         """Print the time an all-vs-all run will take; 0, or how many calls to measure first."""
         per_call = self.store.judge_latency(judge.identity)
         if per_call is None:
-            first = min(total, self.judge_workers * 2)
+            first = self.judge_workers * 2
+            if first >= total:
+                return 0
             self.say(f"[judge] no timing of {judge.label} yet: estimate after {first} calls")
             return first
         est = total * per_call / max(1, min(self.judge_workers, total))

@@ -41,11 +41,13 @@ def qfile(tmp_path: Path) -> Path:
     return p
 
 
-def run_eval(s: Standin, tmp: Path, qfile: Path, *argv: str) -> tuple[int, dict[str, Any]]:
+def run_eval(
+    s: Standin, tmp: Path, qfile: Path, *argv: str, quiet: bool = True
+) -> tuple[int, dict[str, Any]]:
     out = tmp / "result.json"
     rc = main(
         ["eval", "--questions", str(qfile), "--db", str(tmp / "e.sqlite"), "--json", str(out),
-         "-q", "--judge", f"{s.url}#judge", *argv]
+         *(["-q"] if quiet else []), "--judge", f"{s.url}#judge", *argv]
     )  # fmt: skip
     return rc, json.loads(out.read_text()) if out.exists() else {}
 
@@ -181,6 +183,30 @@ def test_pairwise_all_counts_both_orders_and_a_flip_is_a_tie(
         m: round(v, 1) for m, v in expected.items()
     }
     assert standin.calls("judge") == 3 * 4 * 2
+
+
+def test_the_count_and_an_estimate_come_before_an_all_vs_all_run(
+    standin: Standin, tmp_path: Path, qfile: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for q, t in [(q, t) for q in "12" for t in (1, 2)]:
+        standin.pair[("good", "bad", q, t)] = winner("A")
+        standin.pair[("bad", "good", q, t)] = winner("B")
+    argv = [*models(standin, "good", "bad"), "--mode", "pairwise-all"]
+    run_eval(standin, tmp_path, qfile, *argv)
+    capsys.readouterr()
+    # Another judge seed: nothing cached, and the first run's timing gives the estimate.
+    rc, _ = run_eval(standin, tmp_path, qfile, *argv, "--judge-seed", "1", quiet=False)
+    err = capsys.readouterr().err
+    count = err.index("[judge] 8 judge calls to judge (pairwise-all)")
+    estimate = err.index("[judge] estimate: ~")
+    first_progress = err.index("[judge] 1/8") if "[judge] 1/8" in err else len(err)
+    assert rc == 0 and count < estimate < first_progress
+    rc = main(["eval", "--questions", str(qfile), "--db", str(tmp_path / "e.sqlite"),
+               "--judge", f"{standin.url}#judge", *argv, "--dry-run"])  # fmt: skip
+    out = capsys.readouterr()
+    assert rc == 0 and "up to 8 answers, 8 judgments" in out.err
+    assert "time estimate for the judge, uncached: ~" in out.out
+    assert standin.calls("judge") == 16  # the dry run asked nothing
 
 
 def test_pairwise_baseline_and_bad_input(
