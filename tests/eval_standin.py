@@ -34,6 +34,9 @@ class Standin:
     single: dict[tuple[str, str, int], str] = field(default_factory=dict)
     pair: dict[tuple[str, str, str, int], str] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)  # models that answer 500
+    slow: set[str] = field(default_factory=set)  # models that take 5 s to answer
+    in_flight: dict[str, int] = field(default_factory=dict)
+    max_in_flight: dict[str, int] = field(default_factory=dict)
     owned_by: str = "vllm"
     bodies: list[dict[str, Any]] = field(default_factory=list)
     auth: set[str] = field(default_factory=set)  # Authorization headers seen
@@ -77,8 +80,13 @@ class Standin:
             body = await request.json()
             self.bodies.append(body)
             self.auth.add(request.headers.get("authorization", ""))
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            model = body["model"]
+            self.in_flight[model] = self.in_flight.get(model, 0) + 1
+            self.max_in_flight[model] = max(self.max_in_flight.get(model, 0), self.in_flight[model])
+            try:
+                await asyncio.sleep(5.0 if model in self.slow else self.delay_s)
+            finally:
+                self.in_flight[model] -= 1
             if body["model"] in self.broken:
                 return JSONResponse({"error": {"message": "engine is down"}}, status_code=500)
             text = self._verdict(body) if body["model"] == JUDGE else self._answer(body)

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.client import ControlClient, add_daemon_options, resolve_token
-from orchestrator.evaluation import output
+from orchestrator.evaluation import output, plot
 from orchestrator.evaluation.chat import ChatPool, Sampling
 from orchestrator.evaluation.endpoints import SpecError
 from orchestrator.evaluation.plan import MODES, RunPlan
-from orchestrator.evaluation.plot import PlotUnavailable, plot_result, require_matplotlib
 from orchestrator.evaluation.progress import human_seconds, quiet, stderr_say
 from orchestrator.evaluation.questions import QuestionError, load_questions
 from orchestrator.evaluation.session import Choices, default_db, execute, make_plan, resolve
@@ -184,8 +183,9 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
         args.csv.write_text(output.render_csv(result), encoding="utf-8")
     if args.plot:
         try:
-            plot_result(result, args.plot)
-        except PlotUnavailable as exc:
+            plot.plot_result(result, args.plot)
+        except plot.PlotUnavailable as exc:
+            # Everything else is written: a missing plot never costs the numbers.
             print(f"note: no plot: {exc}", file=sys.stderr)
 
 
@@ -200,14 +200,12 @@ def _daemon_models(args: argparse.Namespace) -> Any:
 def cmd_eval(args: argparse.Namespace) -> int:
     say = quiet if args.quiet else stderr_say
     try:
-        if args.plot:
-            require_matplotlib()
         choices = _choices(args)
         api_key = _api_key(args)
         resolved, judge = resolve(choices, _daemon_models(args), api_key)
         plan = make_plan(choices, resolved, judge)
         store = Store(args.db or default_db())
-    except (QuestionError, SpecError, StoreError, PlotUnavailable, ValueError) as exc:
+    except (QuestionError, SpecError, StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with store:

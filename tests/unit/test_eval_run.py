@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.cli.main import main
+from orchestrator.evaluation import plot
 from orchestrator.evaluation.stats import Game, bootstrap_mean, bradley_terry
 from tests.eval_standin import Standin, serve
 
@@ -227,3 +228,54 @@ def test_pairwise_baseline_and_bad_input(
     assert rc == 1 and "does not serve nope" in payload["result"]["failed"]["nope"]
     rc, _ = run_eval(standin, tmp_path, tmp_path / "missing.jsonl", *models(standin, "good"))
     assert rc == 2 and "missing.jsonl: cannot read" in capsys.readouterr().err
+
+
+def test_concurrency_is_limited_per_endpoint_and_a_slow_model_times_out(
+    standin: Standin, tmp_path: Path
+) -> None:
+    qfile = tmp_path / "many.jsonl"
+    qfile.write_text(
+        "".join(
+            json.dumps({"question_id": n, "category": "c", "turns": [f"QID={n} go"]}) + "\n"
+            for n in range(8)
+        )
+    )
+    standin.delay_s = 0.2
+    standin.slow.add("ugly")
+    for n in range(8):
+        standin.single[("good", str(n), 1)] = score(5)
+        standin.single[("bad", str(n), 1)] = score(6)
+    argv = [*models(standin, "good", "bad", "ugly"), "--concurrency", "2"]
+    rc, payload = run_eval(standin, tmp_path, qfile, *argv, "--judge-concurrency", "3",
+                           "--timeout", "0.5")  # fmt: skip
+    assert rc == 0
+    assert standin.max_in_flight["good"] == 2 and standin.max_in_flight["bad"] == 2
+    assert standin.max_in_flight["judge"] == 3
+    assert payload["result"]["failed"] == {"ugly": "timed out after 0.5s"}
+    assert [r["model"] for r in payload["result"]["single"]["rows"]] == ["bad", "good"]
+
+
+def test_csv_and_plot_and_without_matplotlib_the_numbers_stay(
+    standin: Standin, tmp_path: Path, qfile: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    for key in [(m, q, t) for m in ("good", "bad") for q in "12" for t in (1, 2)]:
+        standin.single[key] = score(8 if key[0] == "good" else 3)
+    csv_path, png = tmp_path / "board.csv", tmp_path / "board.png"
+    argv = [*models(standin, "good", "bad"), "--csv", str(csv_path), "--plot", str(png)]
+    rc, _ = run_eval(standin, tmp_path, qfile, *argv)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "model,mean,95% CI,scored,unparseable,missing,http,sorting"
+    assert lines[1].startswith("good,8.00,8.00-8.00,4,0,0")
+    assert rc == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+
+    def missing() -> None:
+        raise plot.PlotUnavailable("the plot needs matplotlib")
+
+    monkeypatch.setattr(plot, "require_matplotlib", missing)
+    rc, payload = run_eval(standin, tmp_path, qfile, *argv)
+    assert rc == 0 and not png.exists()
+    assert "no plot: the plot needs matplotlib" in capsys.readouterr().err
+    assert payload["result"]["single"]["rows"][0]["mean"] == 8.0
+    assert csv_path.read_text().splitlines()[1].startswith("good,8.00")
