@@ -8,6 +8,10 @@ from typing import Any
 
 import httpx
 
+# vLLM's /v1/models says owned_by "vllm"; the project's gateway, which fronts only the daemon's
+# vLLM engines, says "mig-orchestrator". Either way the server takes vLLM's structured outputs.
+VLLM_OWNERS = frozenset({"vllm", "mig-orchestrator"})
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -102,5 +106,5 @@ async def from_url(spec: Spec, http: httpx.AsyncClient, timeout_s: float = 10.0)
     entry = entries[name]
     identity = f"{name}@{entry.get('root') or base}"
     return Endpoint(
-        spec.label or name, base, name, identity, is_vllm=entry.get("owned_by") == "vllm"
+        spec.label or name, base, name, identity, is_vllm=entry.get("owned_by") in VLLM_OWNERS
     )
