@@ -5,8 +5,8 @@ The eval side is the answers phase of `mig-orchestrator eval` over copies of the
 question set (every turn in its conversation); the bench side is the `batch` workload on the chat
 endpoint. Neither sets ignore_eos: the mean output length of each is printed. Goal: >= 0.8.
 
-    .venv/bin/python tests/perf/eval_vs_bench.py                 # launches a tiny CPU engine
-    .venv/bin/python tests/perf/eval_vs_bench.py --target http://127.0.0.1:8000 --model tiny
+    .venv/bin/python -m tests.perf.eval_vs_bench                 # launches a tiny CPU engine
+    .venv/bin/python -m tests.perf.eval_vs_bench --target http://127.0.0.1:8000 --model tiny
 """
 
 from __future__ import annotations
