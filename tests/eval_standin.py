@@ -5,6 +5,7 @@ judge replies with verdicts a test sets, well-formed or malformed. Runs in a thr
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -123,3 +125,18 @@ def serve(standin: Standin) -> Iterator[Standin]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def fill_eval_db(db: Path, questions: Path) -> None:
+    """One finished single-grading run in `db`: `good` scores 9 and `bad` 2 on every turn of
+    single-turn questions whose first turn says QID=<id>."""
+    from orchestrator.cli.main import main
+
+    ids = [json.loads(line)["question_id"] for line in questions.read_text().splitlines() if line]
+    with serve(Standin()) as s:
+        for qid in ids:
+            s.single[("good", str(qid), 1)] = json.dumps({"explanation": "", "score": 9})
+            s.single[("bad", str(qid), 1)] = json.dumps({"explanation": "", "score": 2})
+        argv = ["eval", "--questions", str(questions), "--db", str(db), "-q"]
+        argv += ["--judge", f"{s.url}#judge", "--model", f"{s.url}#good", "--model", f"{s.url}#bad"]
+        assert main(argv) == 0

@@ -9,9 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.cli.main import main
 from tests.daemon_harness import Daemon, free_ports, standin_model, write_secret
-from tests.eval_standin import Standin, serve
+from tests.eval_standin import fill_eval_db
 
 pytestmark = pytest.mark.slow
 ADMIN = "eval-admin-token"
@@ -22,15 +21,6 @@ def logged_in(d: Daemon, token: str) -> httpx.Client:
     c = httpx.Client(base_url=d.url, timeout=10)
     assert c.post("/ui/api/login", json={"token": token}).status_code == 200
     return c
-
-
-def evaluate(db: Path, q: Path) -> None:
-    with serve(Standin()) as s:
-        for qid in ("1", "2"):
-            s.single[("good", qid, 1)] = json.dumps({"explanation": "", "score": 9})
-            s.single[("bad", qid, 1)] = json.dumps({"explanation": "", "score": 2})
-        argv = ["eval", "--questions", str(q), "--db", str(db), "-q", "--judge", f"{s.url}#judge"]
-        assert main([*argv, "--model", f"{s.url}#good", "--model", f"{s.url}#bad"]) == 0
 
 
 def test_the_overview_reads_the_latest_run(daemons: Callable[..., Daemon], tmp_path: Path) -> None:
@@ -51,7 +41,7 @@ def test_the_overview_reads_the_latest_run(daemons: Callable[..., Daemon], tmp_p
         '{"question_id": 1, "category": "sorting", "turns": ["QID=1 sort"]}\n'
         '{"question_id": 2, "category": "search", "turns": ["QID=2 find"]}\n'
     )
-    evaluate(db, q)
+    fill_eval_db(db, q)
     r = c.get("/ui/api/evaluation")
     assert r.headers["cache-control"] == "no-store"
     run = r.json()["run"]

@@ -389,7 +389,7 @@
     const when = new Date(r.updated * 1000).toLocaleString();
     const how = r.structured_outputs ? "structured outputs" : "prompt only";
     let text = `Run ${r.run_id} (${r.status}, ${when}): ${r.mode}, judge ${r.judge} (${how}), ` +
-      `${r.questions.source}, ${r.questions.count} questions.`;
+      `${r.questions.source.split("/").pop()}, ${r.questions.count} questions.`;
     if (r.pairwise) {
       text += ` Order flips ${r.pairwise.order_flips} of ${r.pairwise.pairs_judged}, counted as ties.`;
     }
