@@ -22,6 +22,7 @@ _TOOL_MODULES = (
     "orchestrator.tooling.cpu_venv",
     "orchestrator.cli.bench",
     "orchestrator.cli.eval",
+    "orchestrator.cli.k8s",
     "orchestrator.tooling.demo",
 )
 
