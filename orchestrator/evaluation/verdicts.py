@@ -5,7 +5,7 @@ MT-Bench's `[[rating]]` / `[[A]]`. A vLLM judge is held to either with
 `structured_outputs.regex`: the JSON layout is spelled out in the regex, because with
 `response_format` json_schema vLLM 0.32's xgrammar allows any whitespace between tokens
 (`v1/structured_output/backend_xgrammar.py`; the request's `disable_any_whitespace` is not
-read), and a random-weight judge measured here wrote blanks until max_tokens. Other servers
+read), and a random-weight judge wrote blanks until max_tokens (docs/evaluation.md). Other servers
 get OpenAI's `response_format` json_schema. vLLM 0.32 silently ignores the removed
 `guided_json`/`guided_regex` fields (`entrypoints/serve/engine/protocol.py`), so those are
 never sent. A verdict that does not parse is reported, never guessed.
