@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import os
 import sys
@@ -53,7 +55,10 @@ def run_eval(args: argparse.Namespace, url: str, qfile: Path) -> dict[str, Any]:
                 "--max-tokens", str(args.max_tokens), "--concurrency", str(args.concurrency),
                 "--json", str(out), "-q"]  # fmt: skip
         load = _load()
-        if cli(argv) != 0:
+        # The command's own table would interleave with the benchmark's: the JSON has it all.
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = cli(argv)
+        if rc != 0:
             raise RuntimeError("eval failed")
         c = json.loads(out.read_text())["result"]["calls"]["answers"]
     return {"requests": c["asked"], "tokens": c["completion_tokens"], "wall_s": c["wall_s"],
