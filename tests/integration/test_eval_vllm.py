@@ -26,8 +26,7 @@ from tests.daemon_harness import (
     Daemon,
     cpu_vllm_daemon,
     free_ports,
-    group_pids,
-    marked_pids,
+    stop_leaving_nothing,
     wait_until,
 )
 from tests.vllm_support import engine_venv, tiny_model
@@ -59,11 +58,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     for name, _, _ in names:
         d.wait_state(name, "ready", timeout=READY_TIMEOUT)
     yield d
-    groups = [m["pid"] for m in d.get("/api/v1/models").json() if m["pid"]]
-    assert d.terminate(timeout=120) == 0
-    for pgid in groups:
-        assert group_pids(pgid) == [], "a vLLM process outlived the daemon"
-    assert marked_pids(root) == [], "a process the daemon started is still running"
+    stop_leaving_nothing(d, root)
 
 
 @pytest.fixture(scope="module")
