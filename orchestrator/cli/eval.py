@@ -16,7 +16,7 @@ from orchestrator.evaluation import output, plot
 from orchestrator.evaluation.chat import ChatPool, Sampling
 from orchestrator.evaluation.endpoints import SpecError
 from orchestrator.evaluation.plan import MODES, RunPlan
-from orchestrator.evaluation.progress import human_seconds, quiet, stderr_say
+from orchestrator.evaluation.progress import estimate_s, human_seconds, quiet, stderr_say
 from orchestrator.evaluation.questions import QuestionError, load_questions
 from orchestrator.evaluation.session import Choices, default_db, execute, make_plan, resolve
 from orchestrator.evaluation.store import Store, StoreError
@@ -167,7 +167,7 @@ def _estimate(plan: RunPlan, store: Store, judge_concurrency: int) -> str:
     per_call = store.judge_latency(plan.judge.identity) if plan.judge else None
     if per_call is None or not calls:
         return "time estimate: none yet (no earlier calls of this judge in the database)"
-    est = calls * per_call / max(1, min(judge_concurrency, calls))
+    est = estimate_s(calls, per_call, judge_concurrency)
     return f"time estimate for the judge, uncached: ~{human_seconds(est)}"
 
 
@@ -209,7 +209,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with store:
-        _describe(plan, stderr_say if not args.quiet or args.dry_run else say)
+        # A dry run prints only the plan: -q does not silence it.
+        _describe(plan, stderr_say if args.dry_run else say)
         if args.dry_run:
             print(_estimate(plan, store, args.judge_concurrency))
             return 0

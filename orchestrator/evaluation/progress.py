@@ -27,6 +27,11 @@ def human_seconds(s: float) -> str:
     return f"{s / 3600:.1f}h"
 
 
+def estimate_s(calls: int, per_call_s: float, concurrency: int) -> float:
+    """Seconds for `calls` calls of `per_call_s` each, `concurrency` at a time."""
+    return calls * per_call_s / max(1, min(concurrency, calls))
+
+
 @dataclass
 class Progress:
     phase: str

@@ -12,7 +12,7 @@ from typing import TypeVar
 from orchestrator.evaluation.chat import CallError, ChatPool
 from orchestrator.evaluation.endpoints import Endpoint
 from orchestrator.evaluation.plan import JudgeItem, RunPlan, sha256_json
-from orchestrator.evaluation.progress import Progress, Say, human_seconds
+from orchestrator.evaluation.progress import Progress, Say, estimate_s, human_seconds
 from orchestrator.evaluation.questions import Question
 from orchestrator.evaluation.store import Answer, Judgment, Store
 from orchestrator.evaluation.verdicts import Parsed, parse
@@ -176,7 +176,7 @@ class Runner:
                 return 0
             self.say(f"[judge] no timing of {judge.label} yet: estimate after {first} calls")
             return first
-        est = total * per_call / max(1, min(self.judge_workers, total))
+        est = estimate_s(total, per_call, self.judge_workers)
         self.say(
             f"[judge] estimate: ~{human_seconds(est)} at {per_call:.2f}s per call, "
             f"{self.judge_workers} at a time (earlier runs; cached calls cost nothing)"
