@@ -88,9 +88,9 @@ def render_text(result: dict[str, Any]) -> str:
         lines.append(f"error: {e['model']} q{e['question']} turn {e['turn']}: {e['reason']}")
     for phase, c in result["calls"].items():
         lines.append(
-            f"{phase}: {c['asked']} asked, {c['cached']} cached, "
+            f"{phase}: {c['asked']} asked, {c['cached']} cached; {c['prompt_tokens']} prompt and "
             f"{c['completion_tokens']} output tokens in {c['wall_s']:.1f}s "
-            f"({c['output_tok_s']:.1f} tok/s)"
+            f"({c['output_tok_s']:.1f} output tok/s)"
         )
     return "\n".join(lines)
 

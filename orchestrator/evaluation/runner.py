@@ -24,6 +24,7 @@ T = TypeVar("T")
 class PhaseCount:
     asked: int = 0
     cached: int = 0
+    prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_s: float = 0.0
 
@@ -113,6 +114,7 @@ class Runner:
                     return
                 self.store.put_answer(ep.identity, key, turn, settings, a)
                 count.asked += 1
+                count.prompt_tokens += a.prompt_tokens or 0
                 count.completion_tokens += a.completion_tokens or 0
                 progress.tick(True)
             else:
@@ -206,6 +208,7 @@ class Runner:
                 return
             self.store.put_judgment(key, judge.identity, j)
             count.asked += 1
+            count.prompt_tokens += j.prompt_tokens or 0
             count.completion_tokens += j.completion_tokens or 0
         else:
             count.cached += 1
@@ -238,4 +241,4 @@ class Runner:
                 )  # fmt: skip
             return None
         p = parse(r.text, prompts.fmt, item.kind)
-        return Judgment(r.text, p.value, p.error, r.completion_tokens, r.latency_s)
+        return Judgment(r.text, p.value, p.error, r.prompt_tokens, r.completion_tokens, r.latency_s)

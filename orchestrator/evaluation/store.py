@@ -44,6 +44,7 @@ MIGRATIONS: tuple[str, ...] = (
         raw TEXT NOT NULL,
         value TEXT,
         error TEXT,
+        prompt_tokens INTEGER,
         completion_tokens INTEGER,
         latency_s REAL NOT NULL,
         created REAL NOT NULL
@@ -72,6 +73,7 @@ class Judgment:
     raw: str
     value: int | str | None
     error: str | None
+    prompt_tokens: int | None
     completion_tokens: int | None
     latency_s: float
 
@@ -134,7 +136,8 @@ class Store:
 
     def judgment(self, key: str) -> Judgment | None:
         row = self.db.execute(
-            "SELECT raw, value, error, completion_tokens, latency_s FROM judgments WHERE key=?",
+            "SELECT raw, value, error, prompt_tokens, completion_tokens, latency_s "
+            "FROM judgments WHERE key=?",
             (key,),
         ).fetchone()
         if not row:
@@ -144,8 +147,18 @@ class Store:
     def put_judgment(self, key: str, judge: str, j: Judgment) -> None:
         value = json.dumps(j.value) if j.value is not None else None
         self.db.execute(
-            "INSERT OR REPLACE INTO judgments VALUES (?,?,?,?,?,?,?,?)",
-            (key, judge, j.raw, value, j.error, j.completion_tokens, j.latency_s, time.time()),
+            "INSERT OR REPLACE INTO judgments VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                key,
+                judge,
+                j.raw,
+                value,
+                j.error,
+                j.prompt_tokens,
+                j.completion_tokens,
+                j.latency_s,
+                time.time(),
+            ),
         )
 
     def judge_latency(self, judge: str) -> float | None:

@@ -62,7 +62,8 @@ def run_eval(args: argparse.Namespace, url: str, qfile: Path) -> dict[str, Any]:
             raise RuntimeError("eval failed")
         c = json.loads(out.read_text())["result"]["calls"]["answers"]
     return {"requests": c["asked"], "tokens": c["completion_tokens"], "wall_s": c["wall_s"],
-            "tok_s": c["output_tok_s"], "load_before": load, "load_after": _load()}  # fmt: skip
+            "in_tokens": c["prompt_tokens"], "tok_s": c["output_tok_s"], "load_before": load,
+            "load_after": _load()}  # fmt: skip
 
 
 def run_ours(args: argparse.Namespace, url: str, requests: int) -> dict[str, Any]:
@@ -79,7 +80,8 @@ def run_ours(args: argparse.Namespace, url: str, requests: int) -> dict[str, Any
     asyncio.run(run_bench(target, plan, bench, lambda _: None))
     lv = bench.levels[0]
     return {"requests": lv.completed, "tokens": lv.output_tokens, "wall_s": lv.duration_s,
-            "tok_s": lv.output_throughput, "load_before": load, "load_after": _load()}  # fmt: skip
+            "in_tokens": lv.input_tokens, "tok_s": lv.output_throughput, "load_before": load,
+            "load_after": _load()}  # fmt: skip
 
 
 def rounds(args: argparse.Namespace, url: str) -> dict[str, dict[str, Any]]:
@@ -98,12 +100,13 @@ def rounds(args: argparse.Namespace, url: str) -> dict[str, dict[str, Any]]:
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
     rows = [
-        [label, str(r["requests"]), str(r["tokens"]), f"{r['tokens'] / max(r['requests'], 1):.1f}",
-         f"{r['wall_s']:.1f}", f"{r['tok_s']:.1f}", r["load_before"], r["load_after"]]
+        [label, str(r["requests"]), f"{r['in_tokens'] / max(r['requests'], 1):.1f}",
+         f"{r['tokens'] / max(r['requests'], 1):.1f}", f"{r['wall_s']:.1f}", f"{r['tok_s']:.1f}",
+         r["load_before"], r["load_after"]]
         for label, r in results.items()
     ]  # fmt: skip
-    head = ["run", "requests", "out tokens", "tokens/req", "wall s", "out tok/s", "load before",
-            "load after"]  # fmt: skip
+    head = ["run", "requests", "in tok/req", "out tok/req", "wall s", "out tok/s",
+            "load before", "load after"]  # fmt: skip
     print(f"chat, max_tokens {args.max_tokens}, concurrency {args.concurrency}, "
           f"model {args.model}; {os.cpu_count()} CPUs")  # fmt: skip
     print(render_table(head, rows, numbers=True))

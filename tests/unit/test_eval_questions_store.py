@@ -84,15 +84,15 @@ def test_the_store_migrates_caches_and_refuses_a_newer_schema(tmp_path: Path) ->
     with Store(path) as s:
         assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         s.put_answer("m", "q", 0, "set", Answer("hi", "stop", 3, 1, 0.5))
-        s.put_judgment("k", "j", Judgment("[[7]]", 7, None, 4, 1.5))
-        s.put_judgment("k2", "j", Judgment("??", None, "no tag", 1, 0.5))
+        s.put_judgment("k", "j", Judgment("[[7]]", 7, None, 30, 4, 1.5))
+        s.put_judgment("k2", "j", Judgment("??", None, "no tag", 30, 1, 0.5))
         run_id, resumed = s.begin_run("key", {"a": 1})
         assert not resumed
         s.finish_run(run_id, "finished", {"mode": "single"})
     with Store(path) as s:  # reopening applies nothing and keeps everything
         assert s.answer("m", "q", 0, "set") == Answer("hi", "stop", 3, 1, 0.5)
-        assert s.judgment("k") == Judgment("[[7]]", 7, None, 4, 1.5)
-        assert s.judgment("k2") == Judgment("??", None, "no tag", 1, 0.5)
+        assert s.judgment("k") == Judgment("[[7]]", 7, None, 30, 4, 1.5)
+        assert s.judgment("k2") == Judgment("??", None, "no tag", 30, 1, 0.5)
         assert s.judge_latency("j") == pytest.approx(1.0)
         assert s.begin_run("key", {"a": 1}) == (run_id, True)
     latest = latest_result(path)
