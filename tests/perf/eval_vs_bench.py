@@ -2,8 +2,9 @@
 same concurrency, output length and number of chat requests, side by side (A B, then B A).
 
 The eval side is the answers phase of `mig-orchestrator eval` over copies of the built-in
-question set (every turn in its conversation); the bench side is the `batch` workload on the chat
-endpoint. Neither sets ignore_eos: the mean output length of each is printed. Goal: >= 0.8.
+question set (every turn in its conversation); the bench side is the `random` workload on the
+chat endpoint with prompts as long as eval's (measured by an unreported eval run first). Neither
+sets ignore_eos: the mean input and output lengths of each are printed. Goal: >= 0.8.
 
     .venv/bin/python -m tests.perf.eval_vs_bench                 # launches a tiny CPU engine
     .venv/bin/python -m tests.perf.eval_vs_bench --target http://127.0.0.1:8000 --model tiny
@@ -66,13 +67,14 @@ def run_eval(args: argparse.Namespace, url: str, qfile: Path) -> dict[str, Any]:
             "load_after": _load()}  # fmt: skip
 
 
-def run_ours(args: argparse.Namespace, url: str, requests: int) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, url: str, requests: int, input_len: int) -> dict[str, Any]:
     plan = BenchPlan(
-        workload="batch",
+        workload="random",
         endpoint="chat",
         concurrency=(args.concurrency,),
         requests=requests,
         gen=Generation(max_tokens=args.max_tokens, ignore_eos=False, temperature=0.0),
+        input_len=input_len,
     )
     target = Target(url, args.model, f"{url}/metrics")
     bench = new_report(target, plan)
@@ -88,12 +90,18 @@ def rounds(args: argparse.Namespace, url: str) -> dict[str, dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="eval-perf-q-") as tmp:
         qfile = Path(tmp) / "q.jsonl"
         turns = _questions(qfile, args.copies)
-        run_ours(args, url, args.concurrency)  # warm-up, not reported
+        # Warm-up, not reported; it also measures the prompt length bench is then given.
+        warm = run_eval(args, url, qfile)
+        input_len = round(warm["in_tokens"] / max(warm["requests"], 1))
         results = {}
         for n in range(1, args.rounds + 1):
             order = ["eval", "bench"] if n % 2 else ["bench", "eval"]
             for tool in order:
-                r = run_eval(args, url, qfile) if tool == "eval" else run_ours(args, url, turns)
+                r = (
+                    run_eval(args, url, qfile)
+                    if tool == "eval"
+                    else run_ours(args, url, turns, input_len)
+                )
                 results[f"{tool} #{n}"] = r
     return results
 
