@@ -11,7 +11,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli.options import DEFAULT_CONFIG
 from orchestrator.client import ControlClient, add_daemon_options, resolve_token
+from orchestrator.config import load_config
+from orchestrator.config.settings import parse_listen
 from orchestrator.evaluation import output, plot
 from orchestrator.evaluation.chat import ChatPool, Sampling
 from orchestrator.evaluation.endpoints import SpecError
@@ -91,8 +94,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gateway",
         default=os.environ.get("MIG_ORCH_GATEWAY_URL"),
-        metavar="URL",
-        help="reach the daemon's models through this gateway (env MIG_ORCH_GATEWAY_URL)",
+        metavar="URL|off",
+        help="reach the daemon's models through this gateway (env MIG_ORCH_GATEWAY_URL); "
+        "default: the [gateway] of --config when it is enabled; off: their own ports",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="the daemon's models.toml, read for its [gateway] when it exists "
+        "(env MIG_ORCH_CONFIG; default %(default)s)",
     )
     p.add_argument(
         "--api-key-file",
@@ -114,6 +125,22 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return os.environ.get(API_KEY_ENV) or None
 
 
+def _gateway_url(args: argparse.Namespace) -> str | None:
+    """--gateway, else the enabled [gateway] of the daemon's config, if this user can read it."""
+    if args.gateway:
+        return None if args.gateway == "off" else str(args.gateway)
+    if not args.config.is_file():
+        return None
+    gw = load_config(args.config).gateway
+    if not gw.enabled:
+        return None
+    host, port = parse_listen(gw.listen)
+    # A wildcard address listens on loopback too; this runs on the server that read the file.
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+
 def _choices(args: argparse.Namespace) -> Choices:
     return Choices(
         questions=load_questions(args.questions),
@@ -126,7 +153,7 @@ def _choices(args: argparse.Namespace) -> Choices:
         verdict_format=args.verdict_format,
         explanation_chars=args.explanation_chars,
         structured=args.structured,
-        gateway_url=args.gateway,
+        gateway_url=_gateway_url(args),
     )
 
 

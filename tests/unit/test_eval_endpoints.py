@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import pytest
 
 from orchestrator.evaluation.endpoints import (
@@ -52,3 +55,19 @@ def test_daemon_models_direct_and_through_the_gateway() -> None:
     assert down == Unavailable("chat", "restarting: exit 1")
     with pytest.raises(SpecError, match=r"no such model in the daemon \(served: chat, coder\)"):
         from_daemon(parse_spec("nope"), STATUSES, None)
+
+
+def test_the_gateway_comes_from_the_daemons_config_when_it_is_on(tmp_path: Path) -> None:
+    from orchestrator.cli.eval import _gateway_url
+
+    cfg = tmp_path / "models.toml"
+    body = '[orchestrator]\nstate_dir = "s"\n[models.a]\nmodel = "m"\nport = 8001\n'
+    cfg.write_text(body + '[gateway]\nenabled = true\nlisten = "0.0.0.0:8701"\n')
+    args = argparse.Namespace(gateway=None, config=cfg)
+    assert _gateway_url(args) == "http://127.0.0.1:8701"
+    assert _gateway_url(argparse.Namespace(gateway="off", config=cfg)) is None
+    explicit = argparse.Namespace(gateway="http://gw:9", config=cfg)
+    assert _gateway_url(explicit) == "http://gw:9"
+    cfg.write_text(body + '[gateway]\nenabled = false\nlisten = "0.0.0.0:8701"\n')
+    assert _gateway_url(args) is None
+    assert _gateway_url(argparse.Namespace(gateway=None, config=tmp_path / "none")) is None
