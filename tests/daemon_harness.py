@@ -258,6 +258,15 @@ def cpu_vllm_daemon(
     return d
 
 
+def stop_leaving_nothing(d: Daemon, root: Path) -> None:
+    """SIGTERM the daemon of real engines; no engine process and nothing it started may remain."""
+    groups = [m["pid"] for m in d.get("/api/v1/models").json() if m["pid"]]
+    assert d.terminate(timeout=120) == 0
+    for pgid in groups:
+        assert group_pids(pgid) == [], "a vLLM process outlived the daemon"
+    assert marked_pids(root) == [], "a process the daemon started is still running"
+
+
 def marked_pids(root: Path) -> list[int]:
     """Live processes whose environment carries this test root's marker (engines and children)."""
     needle = f"{SESSION_MARKER}={root}".encode()

@@ -24,6 +24,7 @@ GROUPS = (
     "layout",
     "engine",
     "bench",
+    "eval",
     "demo",
     "k8s",
     "keys",

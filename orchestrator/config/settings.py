@@ -194,6 +194,8 @@ class OrchestratorSettings(_Strict):
     engine_command: Command = ["vllm", "serve"]
     topology: FilePath | None = None
     admin_token_file: FilePath | None = None
+    # The database `mig-orchestrator eval --db` writes; the dashboard shows its latest leaderboard.
+    eval_db: FilePath | None = None
     # An empty or model-less file is refused (a truncated file would stop every engine on
     # reload) unless the sysadmin says so here.
     allow_no_models: bool = False

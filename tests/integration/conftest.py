@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_harness import Daemon, cpu_vllm_daemon, free_ports, group_pids, marked_pids
+from tests.daemon_harness import (
+    Daemon,
+    cpu_vllm_daemon,
+    free_ports,
+    marked_pids,
+    stop_leaving_nothing,
+)
 from tests.vllm_support import engine_venv, tiny_model
 
 
@@ -47,11 +53,7 @@ def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     )
     d.start()
     yield d
-    groups = [m["pid"] for m in d.get("/api/v1/models").json() if m["pid"]]
-    assert d.terminate(timeout=120) == 0
-    for pgid in groups:
-        assert group_pids(pgid) == [], "a vLLM process outlived the daemon"
-    assert marked_pids(root) == [], "a process the daemon started is still running"
+    stop_leaving_nothing(d, root)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from orchestrator.engine.lifecycle import Engine
 from orchestrator.engine.states import Desired
 from orchestrator.gpu.history import GpuHistory
 from orchestrator.http.auth import Caller, Tokens
-from orchestrator.http.dashboard import payloads
+from orchestrator.http.dashboard import evaluation, payloads
 from orchestrator.http.dashboard.engine_stats import EngineStats
 from orchestrator.http.dashboard.sessions import COOKIE, CSRF_HEADER, Session, Sessions
 from orchestrator.supervisor.supervisor import Supervisor
@@ -296,6 +296,12 @@ def _data(router: APIRouter, d: _Shared, viewer: Dependency) -> None:
             },
         }
         return _json(payloads.merge(extra, models=d.hooks.status_json(engines)))
+
+    @router.get("/ui/api/evaluation")
+    async def evaluation_board(v: Annotated[Viewer, Depends(viewer)]) -> Response:
+        if not v.caller.admin:
+            raise HTTPException(403, "the evaluation needs the admin token")
+        return _json(await evaluation.latest(d.target.supervisor.cfg.orchestrator.eval_db))
 
     @router.get("/ui/api/models/{name}")
     async def model(name: str, v: Annotated[Viewer, Depends(viewer)]) -> Response:

@@ -366,6 +366,63 @@
     return [h("div", { class: "card stat" }, h("div", { class: "label", text: label }), value), value];
   }
 
+  // ----- the latest evaluation run (`mig-orchestrator eval`, read from its database) -----
+
+  const EVAL_EVERY = 15; // overview polls between two reads of the evaluation (30 s)
+  const num = (x, d) => (x === null || x === undefined ? "—" : x.toFixed(d));
+
+  function evalRows(r) {
+    if (r.single) {
+      const head = ["Model", "Mean score", "95% interval", "Scored", "Unparseable", "Missing"];
+      const rows = r.single.rows.map((x) => [x.model, num(x.mean, 2),
+        x.ci95 ? `${num(x.ci95[0], 2)}–${num(x.ci95[1], 2)}` : "—",
+        String(x.scored), String(x.unparseable), String(x.missing)]);
+      return [head, rows];
+    }
+    const head = ["Model", "Bradley–Terry", "Win rate", "Wins", "Ties", "Losses"];
+    const rows = r.pairwise.rows.map((x) => [x.model, num(x.rating, 0), num(x.win_rate, 3),
+      String(x.wins), String(x.ties), String(x.losses)]);
+    return [head, rows];
+  }
+
+  function evalNote(r) {
+    const when = new Date(r.updated * 1000).toLocaleString();
+    const how = r.structured_outputs ? "structured outputs" : "prompt only";
+    let text = `Run ${r.run_id} (${r.status}, ${when}): ${r.mode}, judge ${r.judge} (${how}), ` +
+      `${r.questions.source.split("/").pop()}, ${r.questions.count} questions.`;
+    if (r.pairwise) {
+      text += ` Order flips ${r.pairwise.order_flips} of ${r.pairwise.pairs_judged}, counted as ties.`;
+    }
+    const failed = Object.entries(r.failed);
+    if (failed.length) text += ` Failed: ${failed.map(([m, why]) => `${m} (${why})`).join("; ")}.`;
+    return text;
+  }
+
+  function evaluationPanel() {
+    const note = h("p", { class: "muted small" });
+    const wrap = h("div", { class: "table-wrap" });
+    const section = h("section", { class: "panel", id: "evaluation", hidden: true },
+      h("h2", { text: "Evaluation" }), note, wrap);
+    let polls = 0;
+    async function refresh() {
+      if (polls++ % EVAL_EVERY) return;
+      const d = await api("/ui/api/evaluation");
+      section.hidden = !d.db;
+      if (!d.run) {
+        setText(note, d.error || `No evaluation run in ${d.db} yet.`);
+        wrap.replaceChildren();
+        return;
+      }
+      setText(note, evalNote(d.run));
+      if (!d.run.single && !d.run.pairwise) return wrap.replaceChildren();
+      const [head, rows] = evalRows(d.run);
+      wrap.replaceChildren(h("table", { class: "models eval" },
+        h("thead", {}, h("tr", {}, head.map((t) => h("th", { text: t })))),
+        h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", { text: c })))))));
+    }
+    return [section, refresh];
+  }
+
   function overview() {
     crumbs([["Overview", null]]);
     const [readyCard, ready] = summaryCard("Models ready");
@@ -375,10 +432,12 @@
     const table = h("table", { class: "models" },
       h("thead", {}, h("tr", {}, MODEL_COLUMNS.map((t) => h("th", { text: t })))));
     const gpus = h("div", { class: "gpus" });
+    const [evalSection, evalRefresh] = evaluationPanel();
     main.replaceChildren(
       h("div", { class: "summary" }, readyCard, failCard, gpuCard, tpsCard),
       h("section", { class: "panel" }, h("h2", { text: "Models" }),
         h("div", { class: "table-wrap" }, table)),
+      evalSection,
       h("section", { class: "panel" }, h("h2", {}, "GPUs and slices ",
         h("span", { class: "muted small", text: "· charts: up to the last 10 minutes" })), gpus));
     const history = new Map();
@@ -407,6 +466,7 @@
       setText(tps, fmt.rate(total, "tok/s"));
       keyed(table, models, (m) => m.name, makeModel(poll), updateModel(d.stats));
       keyed(gpus, d.gpus, (g) => String(g.index), makeGpu, updateGpu(history, now));
+      await evalRefresh();
     });
     poll.run();
   }

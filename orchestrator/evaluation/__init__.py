@@ -1,0 +1,1 @@
+"""LLM-as-judge evaluation of served models: questions, answers, grading, leaderboard."""
