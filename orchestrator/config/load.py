@@ -178,6 +178,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             if topology and (topology.suffix or topology.parent != Path("."))
             else topology,
             "admin_token_file": fix(cfg.orchestrator.admin_token_file),
+            "metrics_token_file": fix(cfg.orchestrator.metrics_token_file),
         }
     )
     models = {

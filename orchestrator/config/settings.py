@@ -191,6 +191,8 @@ class OrchestratorSettings(_Strict):
     engine_command: Command = ["vllm", "serve"]
     topology: FilePath | None = None
     admin_token_file: FilePath | None = None
+    # Scrape-only: the monitoring system's token reads /metrics and nothing else.
+    metrics_token_file: FilePath | None = None
     # An empty or model-less file is refused (a truncated file would stop every engine on
     # reload) unless the sysadmin says so here.
     allow_no_models: bool = False

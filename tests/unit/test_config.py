@@ -314,6 +314,7 @@ state_dir = "state"
 log_dir = "../logs"
 topology = "topo/h100.toml"
 admin_token_file = "/abs/admin.token"
+metrics_token_file = "metrics.token"
 
 [models.alice]
 model = "relative/model/dir"
@@ -329,6 +330,7 @@ token_file = "tokens/alice.token"
     assert o.log_dir == base / "../logs"
     assert o.topology == base / "topo/h100.toml"
     assert o.admin_token_file == Path("/abs/admin.token")
+    assert o.metrics_token_file == base / "metrics.token"
     m = cfg.models["alice"]
     assert m.api_key_file == base / "keys/alice.key"
     assert m.token_file == base / "tokens/alice.token"
