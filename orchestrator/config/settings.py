@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.units import KIB, MIB
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -305,6 +306,8 @@ class Config(_Strict):
     orchestrator: OrchestratorSettings = OrchestratorSettings()
     defaults: VllmSettings = VllmSettings()
     models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelConfig] = {}
+    # Read only by `k8s render`: the same models deployed on a cluster.
+    kubernetes: KubernetesSettings | None = None
 
     def effective_settings(
         self, name: str, overrides: dict[str, Any] | None = None
