@@ -139,6 +139,8 @@ class Daemon:
     config_text: str | None = None  # a complete models.toml instead of one rendered from fields
     env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     nofile: int | None = None  # the daemon's open-file limit, soft and hard, as `ulimit -n N`
+    cwd: Path = REPO  # where the daemon is started (`serve` by hand: wherever the admin is)
+    wrapper: list[str] = field(default_factory=list)  # argv before python, e.g. setpriv's
 
     def __post_init__(self) -> None:
         self.port = free_ports(1)[0]
@@ -180,7 +182,7 @@ class Daemon:
         }
         self.config_path.write_text(render_config(orch, self.models, defaults))
 
-    def start(self, wait_ready: Iterable[str] = ()) -> Daemon:
+    def start(self, wait_ready: Iterable[str] = (), timeout: float = 20) -> Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it until it exits
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
@@ -188,6 +190,7 @@ class Daemon:
         limit = self.nofile
         self.proc = subprocess.Popen(
             [
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "orchestrator",
@@ -198,7 +201,7 @@ class Daemon:
                 "debug",
                 *self.extra_args,
             ],
-            cwd=REPO,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -207,7 +210,7 @@ class Daemon:
             else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
         )
         log.close()
-        wait_until(self._healthy, 20, "the control plane")
+        wait_until(self._healthy, timeout, "the control plane")
         for name in wait_ready:
             self.wait_state(name, "ready")
         return self

@@ -58,6 +58,7 @@ class FakeProc:
     triggered_argv: list[str] | None = None  # a standby that became an engine: its argv
     fork: bool | None = None  # what its trigger asked
     imported: bool = False  # a standby's imports are done
+    uid: int = field(default_factory=os.geteuid)  # whose process it is
 
     @property
     def is_standby(self) -> bool:
@@ -266,11 +267,18 @@ class FakeProcesses:
                 done.append((pid, p.status))
         return done
 
+    def owned_group(self, p: ProcessId) -> int | None:
+        q = self.procs.get(p.pid)
+        return q.pgid if q is not None and self.alive(p) and q.uid == os.geteuid() else None
+
     def find_by_env(self, name: str, prefix: str) -> list[Tagged]:
         return [
             Tagged(ProcessId(p.pid, p.create_time), p.pgid, p.env[name])
             for p in self.procs.values()
-            if p.alive and name in p.env and p.env[name].startswith(prefix)
+            if p.alive
+            and p.uid == os.geteuid()
+            and name in p.env
+            and p.env[name].startswith(prefix)
         ]
 
     # ----- behaviour -----

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.bundle import install as bundle_install
-from orchestrator.bundle.pack import Archive, parse_size, write_archive
+from orchestrator.bundle.pack import Archive, parse_size, write_archive, write_sums
 from orchestrator.bundle.resolve import Policy, Resolution, ResolveError, Resolver
 from orchestrator.bundle.target import (
     Requirement,
@@ -262,6 +262,7 @@ class Builder:
         (opts.out / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copyfile(bundle_install.__file__, opts.out / "install.py")
         self.say(summary(manifest))
+        self.say(write_sums(opts.out))
         return manifest
 
     def manifest(

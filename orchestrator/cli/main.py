@@ -23,6 +23,8 @@ _TOOL_MODULES = (
     "orchestrator.cli.bench",
     "orchestrator.cli.k8s",
     "orchestrator.tooling.demo",
+    "orchestrator.cli.keys",
+    "orchestrator.cli.usage",
 )
 
 

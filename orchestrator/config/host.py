@@ -7,7 +7,8 @@ import socket
 from pathlib import Path
 
 from orchestrator.config.errors import ConfigError
-from orchestrator.config.settings import Config
+from orchestrator.config.gateway_checks import gateway_warnings
+from orchestrator.config.settings import Config, parse_listen
 
 
 def check_this_host(cfg: Config, source: str) -> None:
@@ -52,8 +53,11 @@ def config_warnings(cfg: Config, first_free_port: int = 1024) -> list[str]:
     )
     ports = [(f"models.{n}.port", m.port) for n, m in sorted(cfg.models.items())]
     ports.append(("orchestrator.listen", cfg.orchestrator.listen_port))
-    return [
+    if cfg.gateway.enabled:
+        ports.append(("gateway.listen", parse_listen(cfg.gateway.listen)[1]))
+    privileged = [
         f"{where}: {port} is a privileged port: {why}"
         for where, port in ports
         if port < first_free_port
     ]
+    return privileged + gateway_warnings(cfg)

@@ -5,21 +5,18 @@ from __future__ import annotations
 import difflib
 import stat
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.config import kubernetes as k8s
 from orchestrator.config.errors import ConfigError
+from orchestrator.config.gateway_checks import gateway_errors
 from orchestrator.config.settings import (
     MAX_CONFIG_BYTES,
     VLLM_DEFAULT_UTILIZATION,
     Config,
-    ModelConfig,
-    OrchestratorSettings,
-    SizeHint,
-    VllmSettings,
 )
 
 
@@ -47,10 +44,10 @@ def _describe(err: Any) -> str:
         field = str(loc[-1])
         parent: type[BaseModel] = Config
         for part in loc[:-1]:
-            if parent.model_fields.get(str(part)) is not None:
-                parent = _TABLES.get(str(part), parent)
+            field_info = parent.model_fields.get(str(part))
+            if field_info is not None:
+                parent = _table_model(field_info.annotation) or parent
             # else a dict key (a model's or a node pool's name): its table's model stays
-
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{where}: unknown setting{hint}"
@@ -61,17 +58,17 @@ def _describe(err: Any) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-_TABLES: dict[str, type[BaseModel]] = {
-    "orchestrator": OrchestratorSettings,
-    "defaults": VllmSettings,
-    "models": ModelConfig,
-    "size_hint": SizeHint,
-    "kubernetes": k8s.KubernetesSettings,
-    "node_pools": k8s.NodePool,
-    "model_cache": k8s.ModelCache,
-    "prometheus": k8s.Prometheus,
-    "gateway": k8s.GatewaySettings,
-}
+def _table_model(annotation: Any) -> type[BaseModel] | None:
+    """The table model a field holds: itself, optional, or as the values of a dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(typing.get_args(annotation)):  # dict[str, X] | None: X is last
+        found = _table_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
 _TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type"}
 _TOML_TYPES: dict[type, str] = {
     str: "a string",
@@ -125,6 +122,7 @@ def _cross_checks(cfg: Config) -> list[str]:
                 f"models.{name}.gpu_memory_utilization: required with share_gpu "
                 f"(vLLM's default {VLLM_DEFAULT_UTILIZATION} leaves no room for a second engine)"
             )
+    errors.extend(gateway_errors(cfg))
     return errors
 
 

@@ -22,6 +22,8 @@ from orchestrator.units import KIB, MIB
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 DEFAULT_LISTEN = "127.0.0.1:8700"
+# Students reach the gateway from their machines; it only listens when [gateway] enabled = true.
+DEFAULT_GATEWAY_LISTEN = "0.0.0.0:8701"
 # vLLM sizes its memory from the device total, so two engines on one GPU must leave headroom.
 SHARED_GPU_UTILIZATION_CAP = 0.95
 VLLM_DEFAULT_UTILIZATION = 0.92
@@ -239,6 +241,31 @@ class OrchestratorSettings(_Strict):
         return parse_listen(self.listen)[1]
 
 
+class GatewaySettings(_Strict):
+    """[gateway]: one OpenAI endpoint for every model, routed by the request's `model`
+    (docs/gateway.md). Off by default: each student keeps their own port, and nothing else
+    listens until the sysadmin chooses the gateway's address."""
+
+    enabled: bool = False
+    listen: str = DEFAULT_GATEWAY_LISTEN
+    # Default for every model: bind the engine to 127.0.0.1, reachable only through the gateway.
+    gateway_only: bool = False
+    max_body_bytes: Annotated[int, Field(ge=1024, le=2**30)] = 16 * MIB
+    # A client must send its whole request body within this.
+    body_timeout_s: Annotated[float, Field(ge=0.5, le=3600)] = 30.0
+    # How often the gateway reads the engines' states from the control plane.
+    refresh_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    # Every request needs an API key (`mig-orchestrator keys`): per-key models and limits, and
+    # usage counted in state_dir (docs/keys-and-usage.md). Off: anyone may use every model.
+    keys: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
 class SizeHint(_Strict):
     """A model that is not on this host, described for the layout planner (config.json's keys)."""
 
@@ -281,6 +308,7 @@ class ModelConfig(VllmSettings):
     size_hint: SizeHint | None = None
     standby: bool | None = None  # None: [orchestrator] standby
     standby_preload: list[str] | None = None  # None: [orchestrator] standby_preload
+    gateway_only: bool | None = None  # None: [gateway] gateway_only
 
     _preload_names = field_validator("standby_preload")(_module_names)
 
@@ -308,6 +336,16 @@ class Config(_Strict):
     models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelConfig] = {}
     # Read only by `k8s render`: the same models deployed on a cluster.
     kubernetes: KubernetesSettings | None = None
+
+    gateway: GatewaySettings = GatewaySettings()
+
+    def gateway_only(self, name: str) -> bool:
+        m = self.models[name]
+        return self.gateway.gateway_only if m.gateway_only is None else m.gateway_only
+
+    def engine_host(self, name: str) -> str:
+        """The address model `name`'s engine binds: loopback when only the gateway may reach it."""
+        return "127.0.0.1" if self.gateway_only(name) else self.models[name].host
 
     def effective_settings(
         self, name: str, overrides: dict[str, Any] | None = None

@@ -425,12 +425,16 @@ class _Prepared:
 
 
 def _main_path(plan: CommandPlan) -> None:
-    """Give sys.path[0] the value a plain run of the command would: not this file's folder."""
+    """Give sys.path[0] the value a plain run of the command would, never the working directory:
+    not this file's folder; a script's own folder; for a module nothing, as `python -P -m`."""
     here = os.path.dirname(os.path.realpath(__file__))
     if sys.path and sys.path[0] == here and not getattr(sys.flags, "safe_path", False):
-        sys.path[0] = (
-            os.getcwd() if plan.kind == MODULE else os.path.dirname(os.path.realpath(plan.target))
-        )
+        if plan.kind == MODULE:
+            # `python -m` would put the working directory here: whoever can write it would run
+            # code as the engine's user (PYTHONSAFEPATH drops it on 3.11+; 3.10 lacks it).
+            del sys.path[0]
+        else:
+            sys.path[0] = os.path.dirname(os.path.realpath(plan.target))
 
 
 def _prepare(plan: CommandPlan, extras: list[str] | None, say: _Say) -> _Prepared:

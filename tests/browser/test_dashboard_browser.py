@@ -1,6 +1,6 @@
 """The dashboard in a real browser: headless Chromium against the real daemon and stand-in engines.
 
-Three of them also take the README's screenshots (see the `shot` fixture).
+Three of them also take docs/dashboard.md's screenshots (see the `shot` fixture).
 """
 
 from __future__ import annotations

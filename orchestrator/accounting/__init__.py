@@ -1,0 +1,1 @@
+"""Keys, limits and durable usage: who may call which model, how much, and what they used."""

@@ -1,0 +1,5 @@
+import sys
+
+from orchestrator.gateway.server import main
+
+sys.exit(main())
