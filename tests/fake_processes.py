@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.engine.process import ProcessId, Tagged
 from orchestrator.inengine import standby_launcher as launcher
+from orchestrator.inengine import standby_plan
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Behaviour:
     last_words: bytes = b""  # what it writes just before that exit
     standby_import_s: float = 0.0  # a standby's imports take this long
     standby_refuses: bool = False  # a standby's imports initialise CUDA: it refuses, exit 3
-    standby_mode: str = launcher.MODULE  # EXEC: it could not import the engine's module
+    standby_mode: str = standby_plan.MODULE  # EXEC: it could not import the engine's module
     rss_bytes: int = 600 << 20
 
 

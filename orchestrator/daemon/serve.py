@@ -18,7 +18,7 @@ from orchestrator.config import (
     load_config,
     unprivileged_port_start,
 )
-from orchestrator.daemon import fd_budget as fdbudget
+from orchestrator.daemon import fd_budget
 from orchestrator.daemon.gateway_keeper import GatewayKeeper
 from orchestrator.daemon.sd_notify import SdNotifier
 from orchestrator.engine import process
@@ -52,7 +52,7 @@ class Daemon:
         self.nvml = nvml
         self.tokens = tokens
         self.nofile = nofile
-        self.budget = fdbudget.budget(nofile, len(cfg.models))
+        self.budget = fd_budget.budget(nofile, len(cfg.models))
         self.limits = ConnectionLimits(
             max_connections=self.budget.max_connections,
             header_timeout_s=cfg.orchestrator.client_timeout_s,
@@ -90,7 +90,7 @@ class Daemon:
                     self.notifier.ready(status or self._status_text())
             self.cfg, self.tokens = new, tokens
             self.gateway.reconfigure(new)
-            self.limits.max_connections = fdbudget.budget(
+            self.limits.max_connections = fd_budget.budget(
                 self.nofile, len(new.models)
             ).max_connections
             self.limits.header_timeout_s = new.orchestrator.client_timeout_s
@@ -245,7 +245,7 @@ def serve(opts: ServeOptions) -> int:
     check_this_host(cfg, str(opts.config))
     check_own_dirs(cfg, str(opts.config))
     _log_warnings(cfg)
-    nofile = fdbudget.raise_nofile()
+    nofile = fd_budget.raise_nofile()
     with Nvml.open(topology) as nvml:
         daemon = Daemon(
             ServeOptions(opts.config, topology, opts.allow_partial), cfg, nvml, tokens, nofile

@@ -138,22 +138,23 @@ class StatusView:
         )
 
     def _live(self, e: Engine) -> dict[str, Any]:
-        ex = e.last_exit
+        st = e.status()
+        ex = st.last_exit
         return {
-            "name": e.spec.name,
-            "state": e.state.value,
-            "desired": e.desired.value,
-            "pid": e.proc.pid if e.proc else None,
-            "uptime_s": round(u, 3) if (u := e.uptime()) is not None else None,
-            "restarts": e.restarts,
+            "name": st.name,
+            "state": st.state.value,
+            "desired": st.desired.value,
+            "pid": st.pid,
+            "uptime_s": round(st.uptime_s, 3) if st.uptime_s is not None else None,
+            "restarts": st.restarts,
             "last_exit": (
                 {"code": ex.code, "signal": ex.signal, "at": _iso(ex.at), "reason": ex.reason}
                 if ex
                 else None
             ),
-            "reason": e.reason,
-            "standby": standby_json(e),
-            "last_start": last_start_json(e),
+            "reason": st.reason,
+            "standby": standby_json(e.spec.standby.enabled, st.standby),
+            "last_start": last_start_json(st.last_start),
         }
 
     def _part(self, spec: EngineSpec, show_env: bool) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.marker import DaemonMark
+from orchestrator.engine.spec import ExitListener
 from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import Desired, State
 from orchestrator.gpu.inventory import Inventory
@@ -88,7 +89,7 @@ class Supervisor:
         self.unplaced: dict[str, str] = {}
         self.plan = Plan()
         self.started_at = time.time()
-        self._pids: dict[int, Engine] = {}
+        self._pids: dict[int, ExitListener] = {}
         self._slice_locks: dict[str, asyncio.Lock] = {}
         self._saved: DaemonState = DaemonState()
         self._save_pending = False
@@ -330,7 +331,7 @@ class Supervisor:
             log.warning("cannot list GPU processes of slice %s: %s", uuid, e)
             return None
 
-    def _track(self, pid: int, engine: Engine | None) -> None:
+    def _track(self, pid: int, engine: ExitListener | None) -> None:
         if engine is None:
             self._pids.pop(pid, None)
         else:
@@ -355,16 +356,17 @@ class Supervisor:
         engines = {}
         standbys = {}
         for name, e in self.engines.items():
-            if (sb := e.standby.record()) is not None:
+            st = e.status()
+            if (sb := st.standby_process) is not None:
                 # Its own session: pid = process group. It exits when this daemon's end of its
                 # channel closes, but a daemon started after a crash makes sure.
                 standbys[name] = EngineRecord(sb.pid, sb.pid, sb.create_time, None)
-            if e.proc is not None:
-                pid = e.proc.ident
+            if st.pid is not None:
+                pid = st.process
                 if pid is not None:
                     engines[name] = EngineRecord(
                         pid=pid.pid,
-                        pgid=e.proc.pid,
+                        pgid=st.pid,
                         create_time=pid.create_time,
                         slice_uuid=e.spec.slice.uuid if e.spec.slice else None,
                     )

@@ -84,7 +84,7 @@ async def test_an_engine_exit_is_reaped_through_sigchld_and_restarted(tmp_path: 
         await h.reach("a", READY)
         first = h.fake.spawned[0]
         h.fake.crash(first.pid, sig=signal.SIGKILL)
-        await wait_for(lambda: sup.engine("a").restarts == 1, "the restart")
+        await wait_for(lambda: sup.engine("a").status().restarts == 1, "the restart")
         await h.reach("a", READY)
         assert not first.alive and len(h.fake.engines_alive()) == 1
         assert first.pid not in sup._pids

@@ -25,3 +25,21 @@ def test_h11_protocol_still_has_what_the_subclass_uses() -> None:
     ):
         assert name in source, name
     assert issubclass(_BoundedH11, H11Protocol)
+
+
+def test_httptools_protocol_still_has_what_the_gateway_uses() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from orchestrator.gateway.head_deadline import protocol_class
+
+    source = inspect.getsource(HttpToolsProtocol)
+    for name in (
+        "self.loop",
+        "self.transport",
+        "def connection_made",
+        "def on_message_begin",
+        "def on_headers_complete",
+        "def connection_lost",
+    ):
+        assert name in source, name
+    assert issubclass(protocol_class(1.0), HttpToolsProtocol)
