@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install (or remove) mig-orchestrator as a systemd service. Safe to run again: it upgrades the
-# daemon in place and never overwrites an existing models.toml or admin token.
+# daemon in place and never overwrites an existing models.toml, admin token or metrics token.
 set -euo pipefail
 
 readonly NAME=mig-orchestrator
@@ -14,6 +14,9 @@ readonly CACHE_DIR=/var/cache/$NAME
 readonly UNIT_PATH=/etc/systemd/system/$NAME.service
 # Groups the unit lists in SupplementaryGroups=; systemd refuses to start if one is missing.
 readonly DEVICE_GROUPS=(video render)
+# Readers of the scrape-only metrics token: the daemon, and Prometheus' user where it exists.
+readonly METRICS_GROUP=$NAME-metrics
+readonly PROMETHEUS_USER=prometheus
 
 usage() {
     cat <<EOF
@@ -21,7 +24,8 @@ Usage: $(basename "$0") [OPTIONS]
        $(basename "$0") --uninstall [--purge]
 
 Installs mig-orchestrator as the systemd service $NAME:
-  user/group $NAME, $CONFIG_DIR, $STATE_DIR, $LOG_DIR,
+  user/group $NAME, group $METRICS_GROUP (with $PROMETHEUS_USER in it, if that user exists),
+  $CONFIG_DIR with admin.token and metrics.token, $STATE_DIR, $LOG_DIR,
   the daemon in $DAEMON_VENV, an optional vLLM in $ENGINE_VENV,
   $UNIT_PATH, then enables and (re)starts it.
 
@@ -104,10 +108,18 @@ ensure_account() {
     for group in "${DEVICE_GROUPS[@]}"; do
         getent group "$group" >/dev/null || groupadd --system "$group"
     done
+    getent group "$METRICS_GROUP" >/dev/null || groupadd --system "$METRICS_GROUP"
+    usermod -a -G "$METRICS_GROUP" "$NAME"
+    if getent passwd "$PROMETHEUS_USER" >/dev/null; then
+        usermod -a -G "$METRICS_GROUP" "$PROMETHEUS_USER"
+        log "added $PROMETHEUS_USER to $METRICS_GROUP (a running Prometheus needs a restart to use it)"
+    fi
 }
 
 ensure_directories() {
-    install -d -m 0750 -o root -g "$NAME" "$CONFIG_DIR"
+    # 0751: others may pass through (to metrics.token, for Prometheus) but not list; every file
+    # in it keeps its own mode (the daemon refuses token files every user could read).
+    install -d -m 0751 -o root -g "$NAME" "$CONFIG_DIR"
     install -d -m 0750 -o "$NAME" -g "$NAME" "$STATE_DIR" "$LOG_DIR" "$CACHE_DIR"
     install -d -m 0755 -o root -g root "$PREFIX"
 }
@@ -207,8 +219,9 @@ install_config() {
     log "installed $source as $target"
 }
 
+# install_token FILE OWNER:GROUP MODE: a random token, kept if FILE already holds one.
 install_token() {
-    local token=$CONFIG_DIR/admin.token
+    local token=$1
     if [[ -s $token ]]; then
         log "keeping existing $token"
     else
@@ -216,8 +229,8 @@ install_token() {
         (umask 077 && "$python" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$token")
         log "generated $token"
     fi
-    chown "$NAME:$NAME" "$token"
-    chmod 0600 "$token"
+    chown "$2" "$token"
+    chmod "$3" "$token"
 }
 
 install_unit() {
@@ -252,7 +265,8 @@ uninstall() {
         rm -rf "$CONFIG_DIR" "$STATE_DIR" "$LOG_DIR" "$CACHE_DIR"
         if getent passwd "$NAME" >/dev/null; then userdel "$NAME"; fi
         if getent group "$NAME" >/dev/null; then groupdel "$NAME"; fi
-        log "purged config, state, cache, logs and the $NAME account"
+        if getent group "$METRICS_GROUP" >/dev/null; then groupdel "$METRICS_GROUP"; fi
+        log "purged config, state, cache, logs, the $NAME account and the $METRICS_GROUP group"
     else
         log "kept $CONFIG_DIR, $STATE_DIR and $LOG_DIR (use --purge to remove them)"
     fi
@@ -277,7 +291,9 @@ main() {
     fi
     install_engine
     install_config
-    install_token
+    install_token "$CONFIG_DIR/admin.token" "$NAME:$NAME" 0600
+    # Scrape-only (models.toml's metrics_token_file, deploy/prometheus.yml's credentials_file).
+    install_token "$CONFIG_DIR/metrics.token" "root:$METRICS_GROUP" 0640
     install_unit
 }
 

@@ -23,7 +23,8 @@ _PLAIN_SAMPLE = re.compile(
 )
 _UNESCAPES = {"n": "\n", "\\": "\\", '"': '"'}
 # Suffixes a sample may add to its family's name (histograms, summaries, OpenMetrics counters).
-_SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created", "_gsum", "_gcount", "_info")
+_CREATED = "_created"
+_SUFFIXES = ("_bucket", "_sum", "_count", "_total", _CREATED, "_gsum", "_gcount", "_info")
 
 
 class PromTextError(ValueError):
@@ -258,14 +259,17 @@ def render(families: Iterable[Family | TextFamily]) -> str:
 
 
 def relabel(text: str, only: Collection[str], labels: Mapping[str, str]) -> dict[str, TextFamily]:
-    """The families of `text` named in `only`, each sample with `labels` put first.
+    """The families of `text` named in `only` (less their `_created` gauges), each sample with
+    `labels` put first.
 
     Values, timestamps and a sample's own labels pass as written; where a sample has a label of
     the same name as one of `labels`, ours replaces it. Raises PromTextError on a line that is
     neither a comment nor starts with a metric name, and on a bad sample of a kept family.
     """
-    # Every name a wanted family's header or sample may carry: one set lookup per line.
-    wanted = {f + s for f in only for s in ("", *_SUFFIXES)}
+    # Every name a wanted family's header or sample may carry: one set lookup per line. Not the
+    # `_created` gauges prometheus_client writes beside each counter and histogram: a creation
+    # time as a separate gauge family that Prometheus stores as one more series per engine.
+    wanted = {f + s for f in only for s in ("", *_SUFFIXES) if s != _CREATED}
     ours = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels.items())
     clash = re.compile("(?:^|,)(?:" + "|".join(map(re.escape, labels)) + ')="') if labels else None
     known = set(only)

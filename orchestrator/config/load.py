@@ -188,6 +188,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             else topology,
             "admin_token_file": fix(cfg.orchestrator.admin_token_file),
             "eval_db": fix(cfg.orchestrator.eval_db),
+            "metrics_token_file": fix(cfg.orchestrator.metrics_token_file),
         }
     )
     models = {

@@ -196,6 +196,8 @@ class OrchestratorSettings(_Strict):
     admin_token_file: FilePath | None = None
     # The database `mig-orchestrator eval --db` writes; the dashboard shows its latest leaderboard.
     eval_db: FilePath | None = None
+    # Scrape-only: the monitoring system's token reads /metrics and nothing else.
+    metrics_token_file: FilePath | None = None
     # An empty or model-less file is refused (a truncated file would stop every engine on
     # reload) unless the sysadmin says so here.
     allow_no_models: bool = False

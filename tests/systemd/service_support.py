@@ -14,6 +14,7 @@ from nspawn_harness import Container
 UNIT = "mig-orchestrator.service"
 CONFIG = "/etc/mig-orchestrator/models.toml"
 TOKEN = "/etc/mig-orchestrator/admin.token"
+METRICS_TOKEN = "/etc/mig-orchestrator/metrics.token"
 TOPOLOGY = "orchestrator/gpu/topologies/a100-mixed.toml"
 INSTALL = "/repo/deploy/install.sh"
 
@@ -59,6 +60,7 @@ def orchestrator_table(site: Site, engine_command: Sequence[str], *extra: str) -
         f"engine_command = {json.dumps(list(engine_command))}",
         f'topology = "/repo/{TOPOLOGY}"',
         f'admin_token_file = "{TOKEN}"',
+        f'metrics_token_file = "{METRICS_TOKEN}"',
         *extra,
     ]
 

@@ -7,15 +7,20 @@ The tests run in file order and share one container: each step starts from the p
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nspawn_harness import REPO, Container, wait_for
 from service_support import (
     CONFIG,
     INSTALL,
+    METRICS_TOKEN,
     TOKEN,
     TOPOLOGY,
     UNIT,
@@ -114,24 +119,30 @@ def test_install_is_idempotent_and_unit_verifies(site: Site) -> None:
             "/etc/mig-orchestrator",
             CONFIG,
             TOKEN,
+            METRICS_TOKEN,
             "/var/lib/mig-orchestrator",
             "/var/log/mig-orchestrator",
         ]
     ).stdout.splitlines()
     assert modes == [
-        "/etc/mig-orchestrator 750 root mig-orchestrator",
+        "/etc/mig-orchestrator 751 root mig-orchestrator",
         f"{CONFIG} 640 root mig-orchestrator",
         f"{TOKEN} 600 mig-orchestrator mig-orchestrator",
+        f"{METRICS_TOKEN} 640 root mig-orchestrator-metrics",
         "/var/lib/mig-orchestrator 750 mig-orchestrator mig-orchestrator",
         "/var/log/mig-orchestrator 750 mig-orchestrator mig-orchestrator",
     ]
     assert len(c.path(TOKEN).read_text().strip()) >= 32
+    assert c.path(METRICS_TOKEN).read_text() != c.path(TOKEN).read_text()
+    # The rootfs has Debian's prometheus package: its user reads the metrics token, not the admin's.
+    groups = c.run(["id", "-nG", "prometheus"]).stdout.split()
+    assert "mig-orchestrator-metrics" in groups and "mig-orchestrator" not in groups
 
-    before = {p: _sha(c.path(p)) for p in (CONFIG, TOKEN)}
+    before = {p: _sha(c.path(p)) for p in (CONFIG, TOKEN, METRICS_TOKEN)}
     c.path(CONFIG).write_text(c.path(CONFIG).read_text() + "# admin's edit\n")
     before[CONFIG] = _sha(c.path(CONFIG))
     c.run([INSTALL, "--vllm", "none", "--no-start"], timeout=600)
-    assert {p: _sha(c.path(p)) for p in (CONFIG, TOKEN)} == before
+    assert {p: _sha(c.path(p)) for p in (CONFIG, TOKEN, METRICS_TOKEN)} == before
 
     # Engines must still open /dev/nvidia*: no device allow-list or private /dev sneaked in.
     sandbox = show(c, "DevicePolicy", "DeviceAllow", "PrivateDevices")
@@ -161,6 +172,62 @@ def test_start_reports_ready_over_sd_notify(site: Site) -> None:
     _assert_engines(c, "alice", "bob")
     users = c.run(["ps", "-o", "user=", "-p", ",".join(map(str, _engine_pids(site).values()))])
     assert set(users.stdout.split()) == {"mig-orchestrator"}
+
+
+def test_prometheus_scrapes_with_the_shipped_config(site: Site) -> None:
+    """deploy/prometheus.yml as an admin installs it, checked and run as Prometheus' own user."""
+    c = site.container
+    shipped = "/etc/prometheus/prometheus.yml"
+    c.run(["install", "-m", "0644", "/repo/deploy/prometheus.yml", shipped])
+    check = c.run(["runuser", "-u", "prometheus", "--", "promtool", "check", "config", shipped])
+    assert "SUCCESS" in check.stdout, check.stdout + check.stderr
+    # The same file, pointed at this daemon's port, in a real Prometheus run as that user.
+    (web_port,) = free_ports(1)
+    ours = c.path(shipped).read_text().replace("127.0.0.1:8700", f"127.0.0.1:{site.listen_port}")
+    c.path("/etc/prometheus/mig-test.yml").write_text(ours)
+    c.run(["install", "-d", "-o", "prometheus", "/var/lib/prometheus/mig-test"])
+    c.run(
+        [
+            "systemd-run",
+            "--unit=prometheus-mig-test",
+            "--uid=prometheus",
+            "/usr/bin/prometheus",
+            "--config.file=/etc/prometheus/mig-test.yml",
+            "--storage.tsdb.path=/var/lib/prometheus/mig-test",
+            f"--web.listen-address=127.0.0.1:{web_port}",
+        ]
+    )
+    try:
+        query = f"http://127.0.0.1:{web_port}/api/v1/query?query="
+
+        def scraped() -> list[Any] | None:
+            try:
+                with urllib.request.urlopen(query + "mig_orchestrator_model_ready", timeout=5) as r:
+                    return json.load(r)["data"]["result"] or None
+            except OSError:
+                return None
+
+        ready = wait_for(scraped, 60, "Prometheus to scrape the daemon with the metrics token")
+        assert {s["metric"]["model"]: s["value"][1] for s in ready} == {"alice": "1", "bob": "1"}
+        with urllib.request.urlopen(query + 'up{job="mig-orchestrator"}', timeout=5) as r:
+            (up,) = json.load(r)["data"]["result"]
+        assert up["value"][1] == "1"
+    finally:
+        c.run(["systemctl", "stop", "prometheus-mig-test"], check=False)
+    # The token Prometheus holds stops nothing.
+    token = c.path(METRICS_TOKEN).read_text().strip()
+    stop = urllib.request.Request(
+        f"{site.url}/api/v1/models/alice/stop",
+        method="POST",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(stop, timeout=5)
+    assert refused.value.code == 403
+    assert {m["name"]: m["state"] for m in site.get("/api/v1/models")} == {
+        "alice": "ready",
+        "bob": "ready",
+    }
 
 
 def test_sigkill_of_daemon_restarts_it_without_duplicate_engines(site: Site) -> None:

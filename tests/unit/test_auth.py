@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, ConfigError, parse_config
-from orchestrator.http.auth import ADMIN, ANONYMOUS, Caller, Tokens
+from orchestrator.http.auth import ADMIN, ANONYMOUS, SCRAPER, Caller, Tokens
 
 SRC = "/etc/mig-orchestrator/models.toml"
 
@@ -23,10 +23,13 @@ def cfg_of(
     listen: str = "127.0.0.1:8700",
     admin: Path | None = None,
     models: dict[str, str] | None = None,
+    metrics: Path | None = None,
 ) -> Config:
     text = f'[orchestrator]\nlisten = "{listen}"\nallow_no_models = true\n'
     if admin is not None:
         text += f'admin_token_file = "{admin}"\n'
+    if metrics is not None:
+        text += f'metrics_token_file = "{metrics}"\n'
     for i, (name, extra) in enumerate((models or {}).items()):
         text += f'[models.{name}]\nmodel = "m"\nport = {8001 + i}\n{extra}\n'
     return parse_config(text, SRC)
@@ -195,4 +198,46 @@ def test_a_token_shared_by_two_callers_is_refused(tmp_path: Path) -> None:
         "every student needs their own",
         "models.carol.token_file: holds the same token as orchestrator.admin_token_file; "
         "every student needs their own",
+    ]
+
+
+def test_the_metrics_token_reads_metrics_only(tmp_path: Path) -> None:
+    admin = secret(tmp_path, "admin.token", "admin-secret")
+    # 0640 root:<group>: the group Prometheus' user is in may read it.
+    metrics = secret(tmp_path, "metrics.token", "scrape-secret\n", 0o640)
+    tokens = Tokens.load(cfg_of(admin=admin, metrics=metrics), SRC)
+    assert tokens.metrics == "scrape-secret"
+    scraper = tokens.identify("Bearer scrape-secret")
+    assert scraper == SCRAPER and scraper.metrics_only
+    # Not someone who may use the API or the dashboard, nor manage any model.
+    assert not scraper.known and not scraper.admin and not scraper.may_manage("alice")
+    assert tokens.identify("Bearer admin-secret") == ADMIN
+
+
+def test_a_metrics_token_shared_with_another_caller_is_refused(tmp_path: Path) -> None:
+    admin = secret(tmp_path, "admin.token", "same")
+    alice = secret(tmp_path, "alice.token", "alice-secret")
+    for shared, owner in (
+        ("same", "orchestrator.admin_token_file"),
+        ("alice-secret", "models.alice.token_file"),
+    ):
+        metrics = secret(tmp_path, "metrics.token", shared, 0o640)
+        cfg = cfg_of(admin=admin, metrics=metrics, models={"alice": f'token_file = "{alice}"'})
+        assert load_errors(cfg) == [
+            f"orchestrator.metrics_token_file: holds the same token as {owner}; the metrics "
+            "token needs its own, or whoever scrapes could also stop engines"
+        ]
+
+
+def test_a_world_readable_or_lonely_metrics_token_is_refused(tmp_path: Path) -> None:
+    admin = secret(tmp_path, "admin.token", "admin-secret")
+    metrics = secret(tmp_path, "metrics.token", "scrape-secret", 0o644)
+    assert load_errors(cfg_of(admin=admin, metrics=metrics)) == [
+        f"orchestrator.metrics_token_file: metrics token file {metrics} is readable by every "
+        f"user (mode 0644); run: chmod 640 {metrics}"
+    ]
+    metrics.chmod(0o640)
+    assert load_errors(cfg_of(metrics=metrics)) == [
+        "orchestrator.metrics_token_file: no admin_token_file or token_file is set, so every "
+        "call is open and a metrics token guards nothing; set admin_token_file too"
     ]

@@ -315,6 +315,7 @@ log_dir = "../logs"
 topology = "topo/h100.toml"
 admin_token_file = "/abs/admin.token"
 eval_db = "eval/eval.sqlite"
+metrics_token_file = "metrics.token"
 
 [models.alice]
 model = "relative/model/dir"
@@ -331,6 +332,7 @@ token_file = "tokens/alice.token"
     assert o.topology == base / "topo/h100.toml"
     assert o.admin_token_file == Path("/abs/admin.token")
     assert o.eval_db == base / "eval/eval.sqlite"
+    assert o.metrics_token_file == base / "metrics.token"
     m = cfg.models["alice"]
     assert m.api_key_file == base / "keys/alice.key"
     assert m.token_file == base / "tokens/alice.token"

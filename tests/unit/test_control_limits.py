@@ -112,3 +112,16 @@ def test_moving_state_dir_waits_for_a_restart(tmp_path: Path) -> None:
     (problem,) = refused_changes(old, new, tokens(old), tokens(new))
     assert problem.startswith("orchestrator.state_dir: changed from ")
     assert "restart the daemon" in problem
+
+
+def test_the_metrics_token_may_come_go_or_move_on_reload(files: tuple[Path, Path]) -> None:
+    admin, _ = files
+    scrape = admin.with_name("metrics.token")
+    scrape.write_text("scrape")
+    scrape.chmod(0o640)
+    old = cfg(admin=admin)
+    orch = old.orchestrator.model_copy(update={"metrics_token_file": scrape})
+    new = old.model_copy(update={"orchestrator": orch})
+    assert tokens(new).metrics == "scrape"
+    assert refused_changes(old, new, tokens(old), tokens(new)) == []
+    assert refused_changes(new, old, tokens(new), tokens(old)) == []

@@ -20,17 +20,6 @@ from orchestrator.config import Config, VllmSettings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
-# Documented ahead of their code, which lands with the OpenAI gateway and its keys, the metrics
-# token and evaluation: (table, key or None for the whole table). Each entry must still be
-# missing from the code; once the code has it, the test fails until the entry is removed here,
-# and from then on the key is checked like any other.
-AHEAD_OF_CODE: frozenset[tuple[str, str | None]] = frozenset(
-    {
-        ("orchestrator", "metrics_token_file"),
-        ("orchestrator", "eval_db"),
-    }
-)
-
 _HEADING = re.compile(r"^## \[([^\]]+)\]\s*$")
 _ROW = re.compile(r"^\| `([A-Za-z_][A-Za-z0-9_]*)` \|")
 
@@ -92,29 +81,9 @@ def doc_tables(text: str) -> dict[str, set[str]]:
     return out
 
 
-def _without_ahead(tables: dict[str, set[str]]) -> dict[str, set[str]]:
-    out = {t: set(keys) for t, keys in tables.items()}
-    for table, key in AHEAD_OF_CODE:
-        if key is None:
-            out.pop(table, None)
-        elif table in out:
-            out[table].discard(key)
-    return out
-
-
-def test_entries_ahead_of_code_are_still_missing_from_it() -> None:
-    code = code_tables()
-    landed = sorted(
-        f"[{t}]" + (f" {k}" if k else "")
-        for t, k in AHEAD_OF_CODE
-        if (t in code if k is None else k in code.get(t, set()))
-    )
-    assert not landed, f"now in the code: remove from AHEAD_OF_CODE: {', '.join(landed)}"
-
-
 def test_every_code_key_is_documented_and_every_documented_key_exists() -> None:
     code = code_tables()
-    doc = _without_ahead(doc_tables(DOC.read_text(encoding="utf-8")))
+    doc = doc_tables(DOC.read_text(encoding="utf-8"))
     problems = [f"[{t}]: table not in docs/configuration.md" for t in sorted(code.keys() - doc)]
     problems += [f"[{t}]: documented, not in the code" for t in sorted(doc.keys() - code)]
     for table in sorted(code.keys() & doc.keys()):

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from orchestrator.engine.lifecycle import Engine
 from orchestrator.engine.states import Desired
 from orchestrator.gpu.history import GpuHistory
-from orchestrator.http.auth import Caller, Tokens
+from orchestrator.http.auth import METRICS_ONLY, Caller, Tokens
 from orchestrator.http.dashboard import evaluation, payloads
 from orchestrator.http.dashboard.engine_stats import EngineStats
 from orchestrator.http.dashboard.sessions import COOKIE, CSRF_HEADER, Session, Sessions
@@ -257,6 +257,8 @@ def _session(router: APIRouter, d: _Shared, acting: Dependency) -> None:
     async def login(body: LoginBody, request: Request) -> Response:
         if not _same_site(request):
             raise HTTPException(403, "log in from the dashboard's own page")
+        if d.target.tokens.identify(f"Bearer {body.token.strip()}").metrics_only:
+            raise HTTPException(403, METRICS_ONLY)
         made = d.sessions.login(d.target.tokens, body.token.strip())
         if made is None:
             raise HTTPException(401, "that token is not valid here")

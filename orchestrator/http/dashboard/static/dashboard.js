@@ -224,8 +224,10 @@
 
   // ----- the admin's overview -----
 
+  // The buttons' column has no visible title, but a screen reader needs one (axe: empty-table-header).
+  const ACTIONS = "Actions";
   const MODEL_COLUMNS = ["Model", "State", "Slice", "Uptime", "Restarts", "Throughput",
-    "TTFT p50", "Prefix hits", "Endpoint", ""];
+    "TTFT p50", "Prefix hits", "Endpoint", ACTIONS];
 
   function makeModel(poll) {
     return (m) => {
@@ -430,10 +432,13 @@
     const [gpuCard, gpuCount] = summaryCard("GPUs / slices");
     const [tpsCard, tps] = summaryCard("Generation, all models");
     const table = h("table", { class: "models" },
-      h("thead", {}, h("tr", {}, MODEL_COLUMNS.map((t) => h("th", { text: t })))));
+      h("thead", {}, h("tr", {}, MODEL_COLUMNS.map((t) => t === ACTIONS
+        ? h("th", {}, h("span", { class: "sr-only", text: t })) : h("th", { text: t })))));
     const gpus = h("div", { class: "gpus" });
     const [evalSection, evalRefresh] = evaluationPanel();
     main.replaceChildren(
+      // Every page has one h1; the overview's would only repeat the breadcrumb on screen.
+      h("h1", { class: "sr-only", text: "Overview" }),
       h("div", { class: "summary" }, readyCard, failCard, gpuCard, tpsCard),
       h("section", { class: "panel" }, h("h2", { text: "Models" }),
         h("div", { class: "table-wrap" }, table)),
