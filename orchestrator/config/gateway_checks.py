@@ -11,6 +11,23 @@ def served_name(cfg: Config, name: str) -> str:
     return cfg.models[name].served_model_name or name
 
 
+def served_name_clashes(cfg: Config, gateway_on: str) -> list[str]:
+    """Models sharing one served name, which a gateway routing by that name cannot tell apart;
+    `gateway_on` names the setting that turned the gateway on."""
+    errors: list[str] = []
+    by_served: dict[str, str] = {}
+    for name in sorted(cfg.models):
+        served = served_name(cfg, name)
+        if served in by_served:
+            errors.append(
+                f"models.{name}.served_model_name: {served!r} is also served by "
+                f"models.{by_served[served]}; the gateway routes by this name, so each model "
+                f"needs its own while {gateway_on}"
+            )
+        by_served.setdefault(served, name)
+    return errors
+
+
 def gateway_errors(cfg: Config) -> list[str]:
     errors: list[str] = []
     g = cfg.gateway
@@ -27,16 +44,7 @@ def gateway_errors(cfg: Config) -> list[str]:
             if m.gateway_only
         )
         return errors
-    by_served: dict[str, str] = {}
-    for name in sorted(cfg.models):
-        served = served_name(cfg, name)
-        if served in by_served:
-            errors.append(
-                f"models.{name}.served_model_name: {served!r} is also served by "
-                f"models.{by_served[served]}; the gateway routes by this name, so each model "
-                "needs its own while [gateway] enabled = true"
-            )
-        by_served.setdefault(served, name)
+    errors += served_name_clashes(cfg, "[gateway] enabled = true")
     port = parse_listen(g.listen)[1]
     if port == cfg.orchestrator.listen_port:
         errors.append(f"gateway.listen: port {port} is the control plane's (orchestrator.listen)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from orchestrator.config import Config
 from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.k8s import names
 
@@ -13,13 +15,28 @@ CONFIG_DIR = "/etc/mig-orchestrator"
 CONFIG_MAP = "mig-orchestrator-config"
 
 
-def config_map(k8s: KubernetesSettings, models_toml: str) -> Obj:
-    """models.toml as the gateway reads it: the routes to the engines' Services come from it."""
+def routes(cfg: Config, k8s: KubernetesSettings) -> list[dict[str, str]]:
+    """The gateway's fixed route table: each served name to its engine's Service. There is no
+    daemon in a cluster to poll; Kubernetes' readiness keeps a Service's endpoints honest."""
+    return [
+        {
+            "model": m.served_model_name or name,
+            "url": f"http://{name}.{k8s.namespace}.svc:{m.port}",
+        }
+        for name, m in sorted(cfg.models.items())
+    ]
+
+
+def config_map(cfg: Config, k8s: KubernetesSettings, models_toml: str) -> Obj:
+    """models.toml for reference, and routes.json, which the gateway serves from."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": names.metadata(CONFIG_MAP, k8s),
-        "data": {"models.toml": models_toml},
+        "data": {
+            "models.toml": models_toml,
+            "routes.json": json.dumps(routes(cfg, k8s), indent=2) + "\n",
+        },
     }
 
 
@@ -47,7 +64,7 @@ def deployment(k8s: KubernetesSettings) -> Obj:
         "name": "gateway",
         "image": k8s.gateway.image,
         "command": ["python", "-m", "orchestrator.gateway"],
-        "env": [{"name": "MIG_ORCH_CONFIG", "value": f"{CONFIG_DIR}/models.toml"}],
+        "args": ["--listen", f"0.0.0.0:{port}", "--routes", f"{CONFIG_DIR}/routes.json"],
         "ports": [{"name": names.PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": tcp,
         "livenessProbe": {**tcp, "failureThreshold": 3},

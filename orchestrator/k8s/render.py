@@ -59,7 +59,7 @@ def render(cfg: Config, k8s: KubernetesSettings, source: str, models_toml: str) 
     files[f"{COURSE}/pod-monitor.yaml"] = [course.pod_monitor(k8s)]
     if k8s.gateway.enabled:
         files[f"{COURSE}/gateway.yaml"] = [
-            gateway.config_map(k8s, models_toml),
+            gateway.config_map(cfg, k8s, models_toml),
             gateway.claim(k8s),
             gateway.deployment(k8s),
             gateway.service(k8s),

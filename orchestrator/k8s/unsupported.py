@@ -7,6 +7,7 @@ import re
 from pathlib import PurePosixPath
 
 from orchestrator.config import Config, ModelConfig
+from orchestrator.config.gateway_checks import served_name_clashes
 from orchestrator.config.kubernetes import DNS_LABEL, KubernetesSettings
 
 _DNS = re.compile(DNS_LABEL)
@@ -19,6 +20,8 @@ def refusals(cfg: Config, k8s: KubernetesSettings) -> list[str]:
         errors.append("kubernetes.image: required: the vLLM image with its tag (or --image)")
     if k8s.gateway.enabled and k8s.gateway.image is None:
         errors.append("kubernetes.gateway.image: required when the gateway is enabled")
+    if k8s.gateway.enabled:
+        errors += served_name_clashes(cfg, "kubernetes.gateway.enabled = true")
     for name, m in sorted(cfg.models.items()):
         errors += [f"models.{name}{e}" for e in _model_refusals(name, m, k8s)]
     return errors

@@ -71,8 +71,27 @@ def render(tmp_path: Path, extra: str, *options: str) -> tuple[int, str, Path]:
             '[models.bob]\nmodel = "/srv/models/llama"\nport = 8002\nprofile = "1g.10gb"\n',
             "models.bob.model: /srv/models/llama is a path on this host",
         ),
+        (
+            # The gateway routes by served name: two engines under one name cannot both be had.
+            '[kubernetes.gateway]\nenabled = true\nimage = "registry/mig-orchestrator:0.1.0"\n'
+            '[models.bob]\nmodel = "m"\nport = 8002\nprofile = "1g.10gb"\n'
+            'served_model_name = "alice"\n',
+            "models.bob.served_model_name: 'alice' is also served by models.alice; the gateway "
+            "routes by this name, so each model needs its own while "
+            "kubernetes.gateway.enabled = true",
+        ),
     ],
-    ids=["mig-uuid", "gpu-uuid", "gpu-index", "share-gpu", "plus-me", "loopback", "name", "path"],
+    ids=[
+        "mig-uuid",
+        "gpu-uuid",
+        "gpu-index",
+        "share-gpu",
+        "plus-me",
+        "loopback",
+        "name",
+        "path",
+        "served-twice",
+    ],  # fmt: skip
 )
 def test_refused_naming_model_and_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, expected: str
