@@ -49,17 +49,21 @@ class Finished:
     route: str | None
     client: str | None
     error_text: str | None
+    request_id: str | None = None  # X-Request-Id, as the client and the engine saw it
+    trace_id: str | None = None  # the gateway's OpenTelemetry trace, when tracing is on
 
     def write(self) -> Write:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE requests SET state = 'done', finished_at = ?, status = ?, "
                 "prompt_tokens = ?, completion_tokens = ?, charged_tokens = ?, ttft_s = ?, "
-                "duration_s = ?, streamed = ?, route = ?, client = ?, error = ? WHERE id = ?",
+                "duration_s = ?, streamed = ?, route = ?, client = ?, error = ?, request_id = ?, "
+                "trace_id = ? WHERE id = ?",
                 (
                     self.finished_at, self.status, self.prompt_tokens, self.completion_tokens,
                     self.charged_tokens, self.ttft_s, self.duration_s, int(self.streamed),
-                    self.route, self.client, self.error_text, self.id,
+                    self.route, self.client, self.error_text, self.request_id, self.trace_id,
+                    self.id,
                 ),
             )  # fmt: skip
             conn.execute(

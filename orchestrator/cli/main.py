@@ -24,6 +24,7 @@ _TOOL_MODULES = (
     "orchestrator.tooling.demo",
     "orchestrator.cli.keys",
     "orchestrator.cli.usage",
+    "orchestrator.cli.requests_log",
 )
 
 

@@ -27,6 +27,7 @@ from orchestrator.http.auth import Caller, Tokens
 from orchestrator.http.dashboard import payloads
 from orchestrator.http.dashboard.engine_stats import EngineStats
 from orchestrator.http.dashboard.sessions import COOKIE, CSRF_HEADER, Session, Sessions
+from orchestrator.http.dashboard.usage_routes import usage_router
 from orchestrator.supervisor.supervisor import Supervisor
 
 # Overview: every engine, so its readings may be older; a model's page shows one, kept fresher.
@@ -322,4 +323,11 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
         await hooks.command(e, desired, ops[verb](name), f"{verb} {name} (dashboard)")
         return _json(hooks.status_json(e), 202)
 
+    async def usage_page(request: Request) -> Response:
+        v = who(request)
+        if v is None:
+            return page() if not target.tokens.enabled else to_login()
+        return page() if v.caller.admin else error_page(403, "the usage page is the admin's")
+
+    router.include_router(usage_router(target.supervisor, viewer, usage_page, _json))
     return router
