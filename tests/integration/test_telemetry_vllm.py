@@ -105,4 +105,4 @@ def test_log_matches_the_sdk_and_spans_join_vllms(stack: tuple[Daemon, str, Phoe
         assert a["gen_ai.usage.output_tokens"] == completion
         assert e["gen_ai.usage.prompt_tokens"] == prompt
         assert e["gen_ai.usage.completion_tokens"] == completion
-        assert e["gen_ai.request.id"].startswith(rid)  # vLLM may add a suffix per choice
+        assert rid in e["gen_ai.request.id"]  # vLLM's form: "cmpl-{X-Request-Id}-0"
