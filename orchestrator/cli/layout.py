@@ -29,6 +29,13 @@ def _gpu(text: str) -> GpuModel:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _config_name(text: str) -> str:
+    try:
+        return render.check_config_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of GPUs >= 1, not {text!r}")
@@ -68,8 +75,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--name",
+        type=_config_name,
         default=render.MIG_PARTED_NAME,
-        help="config name in the mig-parted output (default %(default)s)",
+        help="config name in the mig-parted output, a node label value (default %(default)s)",
+    )
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="print a mig-parted config even when some models are not placed (they are named)",
     )
     p.add_argument(
         "--topology-out",
@@ -128,6 +141,19 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             print(f"error: no topology profile table for {', '.join(unknown)}", file=sys.stderr)
             return 2
+    if plan.unplaced and args.format == "mig-parted":
+        missing = "".join(f"\n  {n}: {why}" for n, why in sorted(plan.unplaced.items()))
+        if not args.partial:
+            # Applied, a config without them could turn MIG off on a GPU they needed.
+            print(
+                f"error: not every model is placed, so no mig-parted config is printed:{missing}"
+                "\n--partial prints one without them",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"warning: this config leaves out models that are not placed:{missing}", file=sys.stderr
+        )
     print(render_plan(plan, args.format, args.name, args.config), end="")
     if args.topology_out:
         args.topology_out.write_text(render.topology(plan, args.config), encoding="utf-8")

@@ -21,6 +21,7 @@ _TOOL_MODULES = (
     "orchestrator.cli.layout",
     "orchestrator.tooling.cpu_venv",
     "orchestrator.cli.bench",
+    "orchestrator.cli.k8s",
     "orchestrator.tooling.demo",
     "orchestrator.cli.keys",
     "orchestrator.cli.usage",

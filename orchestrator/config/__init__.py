@@ -6,6 +6,7 @@ from orchestrator.config.host import (
     config_warnings,
     unprivileged_port_start,
 )
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.config.load import load_config, parse_config, read_config_text
 from orchestrator.config.settings import (
     DEFAULT_LISTEN,
@@ -30,6 +31,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "GatewaySettings",
+    "KubernetesSettings",
     "ModelConfig",
     "OrchestratorSettings",
     "SizeHint",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import stat
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,6 @@ from orchestrator.config.settings import (
     MAX_CONFIG_BYTES,
     VLLM_DEFAULT_UTILIZATION,
     Config,
-    GatewaySettings,
-    ModelConfig,
-    OrchestratorSettings,
-    SizeHint,
-    VllmSettings,
 )
 
 
@@ -33,6 +29,12 @@ def _describe(err: Any) -> str:
     where = _loc(loc)
     if loc and loc[-1] == "[key]" and err["type"] == "string_pattern_mismatch":
         # Pydantic would print the raw regex; a sysadmin needs the rule in words.
+        if loc[0] == "kubernetes":
+            return (
+                f"{_loc(loc[:-1])}: invalid pool name: lowercase letters, digits and '-', "
+                "starting with a letter, at most 58 characters (it names mig-parted configs, "
+                "which are node label values)"
+            )
         return (
             f"{_loc(loc[:-1])}: invalid model name: use letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 63 characters (it becomes a file name "
@@ -42,18 +44,9 @@ def _describe(err: Any) -> str:
         field = str(loc[-1])
         parent: type[BaseModel] = Config
         for part in loc[:-1]:
-            ann = parent.model_fields.get(str(part))
-            if ann is None:  # a dict key (model name)
-                parent = ModelConfig
-                continue
-            tables: dict[str, type[BaseModel]] = {
-                "orchestrator": OrchestratorSettings,
-                "defaults": VllmSettings,
-                "models": ModelConfig,
-                "size_hint": SizeHint,
-                "gateway": GatewaySettings,
-            }
-            parent = tables.get(str(part), parent)
+            # A field names its table's model; a dict key (a model's or a node pool's name)
+            # keeps the table's model.
+            parent = _table_of(parent, str(part)) or parent
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{where}: unknown setting{hint}"
@@ -62,6 +55,23 @@ def _describe(err: Any) -> str:
         # Strict types: say what was given, since "19401" and 19401 look alike to a person.
         msg += f" (got {_TOML_TYPES.get(type(err['input']), 'another type')})"
     return f"{where}: {msg}" if where else msg
+
+
+def _table_of(parent: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The model of table `name` under `parent`, from the field's type (so that [gateway] and
+    [kubernetes.gateway] each get their own)."""
+    field = parent.model_fields.get(name)
+    return None if field is None else _model_in(field.annotation)
+
+
+def _model_in(tp: Any) -> type[BaseModel] | None:
+    """The pydantic model in a type like `X | None` or `dict[str, X]`."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
 
 
 _TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type"}

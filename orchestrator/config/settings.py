@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.config.kubernetes import KubernetesSettings
 from orchestrator.units import KIB, MIB
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -291,7 +292,8 @@ class GatewaySettings(_Strict):
 class SizeHint(_Strict):
     """A model that is not on this host, described for the layout planner (config.json's keys)."""
 
-    weights_gib: Annotated[float, Field(gt=0)]  # the checkpoint's weights as loaded
+    # Bounded so every figure derived from it stays finite (1e308 GiB would overflow to inf).
+    weights_gib: Annotated[float, Field(gt=0, le=1_000_000)]  # the weights as loaded
     num_hidden_layers: Annotated[int, Field(gt=0)]
     hidden_size: Annotated[int, Field(gt=0)]
     intermediate_size: Annotated[int, Field(gt=0)]
@@ -355,6 +357,8 @@ class Config(_Strict):
     orchestrator: OrchestratorSettings = OrchestratorSettings()
     defaults: VllmSettings = VllmSettings()
     models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelConfig] = {}
+    # Read only by `k8s render`: the same models deployed on a cluster.
+    kubernetes: KubernetesSettings | None = None
     gateway: GatewaySettings = GatewaySettings()
 
     def gateway_only(self, name: str) -> bool:

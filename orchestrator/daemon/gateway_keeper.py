@@ -175,6 +175,9 @@ class GatewayKeeper:
         if not exited.done():
             await terminate_tree(self.ops, pid, tracked, STOP_GRACE_S, "gateway")
         exited.cancel()
+        # Usually the supervisor's reaper has collected it; where the daemon is no subreaper
+        # it reaps only engines, and the gateway would stay a zombie.
+        self.ops.reap([pid])
         self.pid = None
 
     async def _stop_leftovers(self) -> None:

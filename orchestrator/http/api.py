@@ -323,6 +323,9 @@ async def restart_model(
     return await ctl.command(e, Desired.RUNNING, op, f"restart {name}")
 
 
+ADMIN_ONLY_OVERRIDES = ("env", "extra_args")
+
+
 def _checked_overrides(
     ctl: ControlState, name: str, who: Caller, overrides: dict[str, Any] | None
 ) -> dict[str, Any] | None:
@@ -330,12 +333,16 @@ def _checked_overrides(
     if overrides is None:
         return None
     overrides = {k: v for k, v in overrides.items() if v is not None}  # null = not set
-    raw = {k for k in ("env", "extra_args") if overrides.get(k)}
+    raw = {k for k in ADMIN_ONLY_OVERRIDES if overrides.get(k)}
     if raw and not who.admin:
         # Raw environment and arguments could run code as the daemon's user.
         raise HTTPException(403, f"overriding {' and '.join(sorted(raw))} needs the admin token")
+    if not who.admin:
+        # A student changes only what a student may set: the admin's env and extra_args stay.
+        current = ctl.target.supervisor.overrides_of(name)
+        overrides = {**{k: current[k] for k in ADMIN_ONLY_OVERRIDES if k in current}, **overrides}
     try:
-        ctl.target.supervisor.validate_overrides(name, overrides)
+        ctl.target.supervisor.accept_overrides(name, overrides)
     except OverrideError as exc:
         raise HTTPException(422, str(exc)) from None
     return overrides
@@ -382,6 +389,7 @@ def create_app(target: Controlled, public_host: str) -> FastAPI:
         RequestGuard,
         tokens=lambda: target.tokens,
         body_timeout_s=lambda: target.supervisor.cfg.orchestrator.client_timeout_s,
+        listen=lambda: target.supervisor.cfg.orchestrator.listen,
     )
     app.include_router(router)
     # Imported here: its routes use this module's caller dependencies.

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.config import parse_listen
 from orchestrator.http.auth import Tokens
 
 # Open to anyone: liveness, and the API's own description (no state, no secrets).
@@ -24,6 +25,9 @@ DASHBOARD = "/ui"
 # The largest body any route takes is a restart's overrides, a few hundred bytes; 64 KiB also
 # holds an admin's extra_args or env at their per-value limit.
 MAX_BODY_BYTES = 64 * 1024
+# Open mode (no tokens) trusts whoever reaches a loopback port; a web page must not be that caller.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class _Refused(Exception):
@@ -38,11 +42,13 @@ class RequestGuard:
         app: ASGIApp,
         tokens: Callable[[], Tokens],
         body_timeout_s: Callable[[], float],
+        listen: Callable[[], str],
         max_body: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
-        # Both read per request: a reload may rotate tokens or change the timeout.
+        # Read per request: a reload may rotate tokens or change the timeout.
         self.tokens = tokens
+        self.listen = listen
         self.body_timeout_s = body_timeout_s  # once the head is in: the slow-body slowloris
         self.max_body = max_body
 
@@ -61,6 +67,8 @@ class RequestGuard:
         """Check the head; then read the (bounded) body and hand it on. Raises _Refused."""
         headers = Headers(scope=scope)
         tokens = self.tokens()
+        if not tokens.enabled:
+            _same_host_only(headers, scope["method"], self.listen())
         if (
             not _checked_elsewhere(scope["path"])
             and tokens.enabled
@@ -96,6 +104,41 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _same_host_only(headers: Headers, method: str, listen: str) -> None:
+    """Open mode: refuse DNS rebinding (a foreign Host) and cross-site writes (a foreign Origin)."""
+    host, port = parse_listen(listen)
+    names = LOOPBACK_NAMES | {host.lower()}
+    given = _hostname(headers.get("host", ""))
+    if given not in names:
+        raise _Refused(
+            421,
+            f"Host {given[:100]!r} is not this daemon's address: with no tokens set, only "
+            f"loopback names are answered ({', '.join(sorted(names))})",
+        )
+    origin = headers.get("origin")
+    if method in SAFE_METHODS or origin is None:
+        return
+    scheme, _, rest = origin.partition("://")
+    if scheme not in ("http", "https") or _hostname(rest) not in names or _port(rest) != port:
+        raise _Refused(
+            403, f"cross-site request refused: Origin {origin[:100]!r} is not this daemon"
+        )
+
+
+def _hostname(authority: str) -> str:
+    """The host part of HOST[:PORT] or [IPV6][:PORT], lower-cased."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+
+def _port(authority: str) -> int | None:
+    tail = authority.rpartition("]")[2] if authority.startswith("[") else authority
+    _, sep, port = tail.rpartition(":")
+    return int(port) if sep and port.isdigit() else None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

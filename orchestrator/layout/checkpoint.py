@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,12 @@ from orchestrator.gpu.inventory import GIB
 # Tensors vLLM casts to the serving dtype; everything else (packed ints, fp8) loads as stored.
 _FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 _MAX_HEADER = 100 * 1024**2  # a larger header is a corrupt file, not a checkpoint
+_MAX_JSON = 16 * 1024**2  # config.json and the shard index are KiBs; more is not a checkpoint
+_MAX_REF = 256  # refs/main holds one commit hash
+# Bounds that keep every figure finite and meaningful: a larger one is a broken file.
+_MAX_CONFIG_INT = 1 << 31
+_MAX_DIM = 1 << 40
+_MAX_TENSOR_ELEMENTS = 1 << 50
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -105,7 +112,8 @@ def _snapshot(repo: Path) -> Path | None:
     """The snapshot `refs/main` names, else the only snapshot there is."""
     ref = repo / "refs" / "main"
     if ref.is_file():
-        return repo / "snapshots" / ref.read_text(encoding="utf-8").strip()
+        name = _read_regular(ref, _MAX_REF).decode("utf-8", "replace").strip()
+        return repo / "snapshots" / name if name and "/" not in name else None
     snapshots = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir())
     return snapshots[0] if len(snapshots) == 1 else None
 
@@ -136,13 +144,31 @@ def from_hint(hint: SizeHint) -> Checkpoint:
     return Checkpoint(shape, 0, weights, hint.quantization, "size_hint in models.toml", exact=False)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file; a FIFO, device or larger file is refused unread."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # O_NONBLOCK: opening a FIFO must not wait for a writer before it can be refused.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise CheckpointError(f"{path}: larger than {limit} bytes; not part of a checkpoint")
+        return f.read(limit)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    raw = _read_regular(path, _MAX_JSON)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        # The parser's message quotes no content, but say only what kind of failure it was.
+        raise CheckpointError(f"{path}: not valid UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return data
@@ -157,6 +183,8 @@ def shape_from_config(config: Mapping[str, Any], where: Path) -> ModelShape:
         for key in keys:
             value = cfg.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                if value > _MAX_CONFIG_INT:
+                    raise CheckpointError(f"{where}: {key} is larger than {_MAX_CONFIG_INT}")
                 return value
         if default is not None:
             return default
@@ -169,15 +197,15 @@ def shape_from_config(config: Mapping[str, Any], where: Path) -> ModelShape:
     active = cfg.get("num_experts_per_tok")
     if isinstance(active, int) and active > 0:
         expert = first("moe_intermediate_size", "intermediate_size")
-        shared = cfg.get("shared_expert_intermediate_size") or expert * int(
-            cfg.get("n_shared_experts") or 0
+        shared = first("shared_expert_intermediate_size", default=0) or expert * first(
+            "n_shared_experts", default=0
         )
-        intermediate = max(dense, active * expert + int(shared))
+        intermediate = max(dense, first("num_experts_per_tok") * expert + shared)
     else:
         intermediate = dense
     latent = None
     if cfg.get("kv_lora_rank"):
-        latent = int(cfg["kv_lora_rank"]) + int(cfg.get("qk_rope_head_dim") or 0)
+        latent = first("kv_lora_rank") + first("qk_rope_head_dim", default=0)
     kv_heads = 1 if cfg.get("multi_query") else first("num_key_value_heads", default=heads)
     return ModelShape(
         layers=layers,
@@ -236,32 +264,57 @@ def _headers(files: Iterable[Path]) -> tuple[int, int]:
         for name, tensor in _header(path).items():
             if name == "__metadata__":
                 continue
-            try:
-                dtype, shape = tensor["dtype"], tensor["shape"]
-                start, end = tensor["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path}: tensor {name!r} has a malformed header") from None
+            dtype, elements, size = _tensor(path, name, tensor)
             if dtype in _FLOAT_DTYPES:
-                floats += math.prod(shape)
+                floats += elements
             else:  # packed integers, fp8, any future dtype: the stored bytes are what loads
-                other += end - start
+                other += size
     return floats, other
 
 
-def _header(path: Path) -> dict[str, Any]:
+def _tensor(path: Path, name: str, tensor: Any) -> tuple[str, int, int]:
+    """(dtype, elements, stored bytes) of one header entry, every number checked and bounded."""
+    bad = CheckpointError(f"{path}: tensor {name[:200]!r} has a malformed header")
     try:
-        with path.open("rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise CheckpointError(f"{path}: too short for a safetensors file")
-            (length,) = struct.unpack("<Q", raw)
-            if length > _MAX_HEADER:
-                raise CheckpointError(f"{path}: header of {length} bytes; not a safetensors file")
-            header = json.loads(f.read(length))
+        dtype, shape = tensor["dtype"], tensor["shape"]
+        start, end = tensor["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+        raise bad from None
+    numbers = [*shape, start, end] if isinstance(shape, list) else None
+    if (
+        not isinstance(dtype, str)
+        or numbers is None
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers)
+        or not all(0 <= d <= _MAX_DIM for d in shape)
+        or not 0 <= start <= end <= _MAX_TENSOR_ELEMENTS
+    ):
+        raise bad
+    elements = math.prod(shape)
+    if elements > _MAX_TENSOR_ELEMENTS:
+        raise bad
+    return dtype, elements, end - start
+
+
+def _header(path: Path) -> dict[str, Any]:
+    """The JSON header alone: 8 bytes of length, then at most _MAX_HEADER bytes, never a tensor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
-    except ValueError:
-        raise CheckpointError(f"{path}: the safetensors header is not JSON") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CheckpointError(f"{path}: not a regular file")
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"{path}: too short for a safetensors file")
+        (length,) = struct.unpack("<Q", raw)
+        if length > _MAX_HEADER:
+            # The length is the file's first bytes: never echo them (the file may be a secret).
+            raise CheckpointError(f"{path}: not a safetensors file (implausible header length)")
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, RecursionError):
+            raise CheckpointError(f"{path}: the safetensors header is not JSON") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
     return header

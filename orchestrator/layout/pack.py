@@ -443,7 +443,13 @@ def _explain(plan: LayoutPlan, models: Mapping[str, _Model]) -> None:
             f"{len(mig)} GPU(s) with MIG: the instances take {slots} memory slots and {compute} "
             f"compute slices ({MEMORY_SLICES} and {COMPUTE_SLICES} per GPU)"
         )
-        if len(mig) > bound:
+        media = sum(p.profile.name.endswith("+me") for g in mig for p, _ in g.instances)
+        if len(mig) > bound and media >= len(mig):
+            line += (
+                f"; {media} media-extension (+me) instances, and a GPU holds at most one "
+                "(NVIDIA MIG user guide, supported profiles)"
+            )
+        elif len(mig) > bound:
             line += "; where instances may start rules out fewer (every valid layout was tried)"
         elif bound > 1:
             line += f"; fewer than {bound} GPUs cannot hold that much"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -12,6 +13,26 @@ from orchestrator.layout.geometry import memory
 from orchestrator.layout.pack import GpuPlan, LayoutPlan, ModelPlan
 
 MIG_PARTED_NAME = "mig-orchestrator"
+# The GPU operator picks the config by the node label nvidia.com/mig.config=NAME, so NAME must be
+# a Kubernetes label value (k8s.io/apimachinery validation: IsValidLabelValue), and non-empty.
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+SLOTS_NOTE = (
+    "start slots (@N, free: room for ...) are this plan's; a mig-parted config carries counts "
+    "only, and the driver chooses where each instance starts"
+)
+
+
+def check_config_name(name: str) -> str:
+    """`name` if it can be a mig-parted config name and a node label value; else ValueError."""
+    if not _LABEL_VALUE.match(name):
+        raise ValueError(
+            f"{name[:80]!r} is not a Kubernetes label value: 1 to 63 letters, digits, '-', '_' "
+            "or '.', beginning and ending with a letter or digit (the GPU operator selects the "
+            "config by the node label nvidia.com/mig.config=NAME)"
+        )
+    return name
+
+
 _UUIDS = uuid.UUID("6d1c4d3e-0f5e-4f57-9b8e-6c6f6d2a7a11")  # namespace of planned device UUIDs
 
 
@@ -98,14 +119,14 @@ def table(plan: LayoutPlan) -> str:
             out += _rows(rows, _COLUMNS)
         if g.mig and g.room:
             room = ", ".join(str(p) for p in g.room)
-            out.append(f"  free: room for {room} ({gib(memory(g.room))} GiB)")
+            out.append(f"  free: room for {room} ({gib(memory(g.room))} GiB; see Notes)")
         out.append("")
     out += _estimates(plan)
     placed = [(n, m) for n, m in plan.models.items() if m.gpu is not None]
     sections: list[tuple[str, list[str]]] = [
         ("Why", [f"{n}: {m.choice.why}" for n, m in placed if m.choice] + plan.reasons),
         ("Not placed", [f"{n}: {why}" for n, why in plan.unplaced.items()]),
-        ("Notes", plan.notes + _estimate_notes(plan)),
+        ("Notes", [*plan.notes, *_estimate_notes(plan), SLOTS_NOTE]),
         ("To make it fit", plan.advice),
     ]
     for title, lines in sections:
@@ -211,6 +232,7 @@ def _host_gpus(plan: LayoutPlan) -> list[GpuPlan]:
 
 def mig_parted(plan: LayoutPlan, name: str = MIG_PARTED_NAME, source: str = "models.toml") -> str:
     """A nvidia-mig-parted v1 config; GPUs that hold the same instances share one entry."""
+    quoted = json.dumps(check_config_name(name))  # quoted: YAML 1.1 reads `yes` as true
     groups: dict[tuple[bool, tuple[tuple[str, int], ...]], list[GpuPlan]] = {}
     for g in _host_gpus(plan):
         per_profile = Counter(p.profile.name for p, _ in g.instances)
@@ -221,9 +243,14 @@ def mig_parted(plan: LayoutPlan, name: str = MIG_PARTED_NAME, source: str = "mod
         "# GPU operator: make it config.yaml in the ConfigMap default-mig-parted-config and",
         f"# label the node nvidia.com/mig.config={name}.",
         "# MIG devices are recreated, so their UUIDs change: update `slice =` pins to MIG UUIDs.",
+        f"# Counts, not places: {SLOTS_NOTE}.",
+        *(
+            f"# NOT PLACED, left out of this config: {n}: {why}"
+            for n, why in sorted(plan.unplaced.items())
+        ),
         "version: v1",
         "mig-configs:",
-        f"  {name}:",
+        f"  {quoted}:",
     ]
     for (mig, instances), members in groups.items():
         for g in members:

@@ -205,13 +205,26 @@ class Supervisor:
             if self._asked_overrides.get(name) is overrides:  # not replaced by a later restart
                 del self._asked_overrides[name]
 
-    def validate_overrides(self, name: str, overrides: dict[str, Any]) -> None:
-        """Raise OverrideError unless the overrides make a valid engine, as placement judges."""
+    def overrides_of(self, name: str) -> dict[str, Any]:
+        """The model's accepted overrides: those a pending restart will apply, else the running."""
+        return dict(self._overrides().get(name, {}))
+
+    def accept_overrides(self, name: str, overrides: dict[str, Any]) -> None:
+        """Raise OverrideError unless the overrides make a valid engine beside every other
+        accepted one; else hold them as pending, in the same step, for restart() to apply."""
         self.engine(name)
+        # No await between the check and the hold: a second caller sees these at once, so two
+        # restarts racing on one shared GPU cannot both pass the cap against stale specs.
         runtime_overrides.check(self.cfg, self.plan, self._overrides(), name, overrides)
+        self._asked_overrides[name] = overrides
 
     def _overrides(self) -> dict[str, dict[str, Any]]:
-        return {n: e.spec.overrides for n, e in self.engines.items() if e.spec.overrides}
+        """Accepted overrides per model: pending (asked, not yet applied) win over running."""
+        return {
+            n: o
+            for n, e in self.engines.items()
+            if (o := self._asked_overrides.get(n, e.spec.overrides))
+        }
 
     # ----- reload -----
 
@@ -340,11 +353,7 @@ class Supervisor:
         return DaemonState(
             assignments={n: s.uuid for n, s in self.plan.assignments.items()},
             desired={n: e.desired.value for n, e in self.engines.items()},
-            overrides={
-                n: o
-                for n, e in self.engines.items()
-                if (o := self._asked_overrides.get(n, e.spec.overrides))
-            },
+            overrides=self._overrides(),
             engines=engines,
             standbys=standbys,
         )

@@ -63,14 +63,24 @@ def test_idle_sessions_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.lookup(TOKENS, sid) is None
 
 
-def test_the_table_is_bounded_by_dropping_the_least_recently_used() -> None:
-    s = Sessions(max_sessions=3)
+def test_a_token_past_its_cap_drops_its_own_least_recently_used() -> None:
+    s = Sessions(max_per_token=3)
     sids = [(s.login(TOKENS, "alice-t") or pytest.fail("refused"))[0] for _ in range(3)]
     assert s.lookup(TOKENS, sids[0]) is not None  # now the most recently used
-    newest, _, _ = s.login(TOKENS, "bob-t") or pytest.fail("refused")
+    newest, _, _ = s.login(TOKENS, "alice-t") or pytest.fail("refused")
     assert len(s) == 3
     assert s.lookup(TOKENS, sids[1]) is None
     assert all(s.lookup(TOKENS, x) is not None for x in (sids[0], sids[2], newest))
+
+
+def test_a_login_flood_never_evicts_another_tokens_session() -> None:
+    # 1,100 logins with a student's token within seconds, the admin's session idle all along.
+    s = Sessions()
+    admin, _, _ = s.login(TOKENS, "admin-t") or pytest.fail("refused")
+    for _ in range(1100):
+        assert s.login(TOKENS, "alice-t") is not None
+    assert s.lookup(TOKENS, admin) is not None
+    assert len(s) == 1 + s.max_per_token
 
 
 def test_csrf_token_must_match_exactly() -> None:

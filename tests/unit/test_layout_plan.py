@@ -58,7 +58,8 @@ def test_course_models_on_the_course_host(capsys: pytest.CaptureFixture[str]) ->
     assert rc == 0
     assert "GPU0 A100-80GB  MIG on: 3g.40gb + 3g.40gb; now: 3g.40gb, 3g.40gb (unchanged)" in out
     assert "(already there; spare: 3g.40gb)" in out
-    assert "  free: room for 1g.20gb@2, 3g.40gb@4 (58.75 GiB)" in out
+    assert "  free: room for 1g.20gb@2, 3g.40gb@4 (58.75 GiB; see Notes)" in out
+    assert "a mig-parted config carries counts only" in out
 
 
 def test_course_without_pins_picks_by_estimate(capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,6 +46,8 @@ def with_nvml_context(fn):
 
 
 def _handle(device_id):
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:  # CUDA device i is NVML GPU index i
+        return pynvml.nvmlDeviceGetHandleByIndex(device_id)
     control = os.environ["CUDA_VISIBLE_DEVICES"].split(",")[device_id]
     if FIXED:  # as upstream PR 41776 would: ask for the handle by UUID
         return pynvml.nvmlDeviceGetHandleByUUID(control)
@@ -69,9 +71,9 @@ CudaPlatform = NvmlCudaPlatform
 """
 
 
-def cuda_module(fixed: bool = False) -> ModuleType:
+def cuda_module(fixed: bool = False, topology: Path = COURSE) -> ModuleType:
     module = ModuleType("vllm.platforms.cuda")
-    module.__dict__.update(pynvml=nvml_fake.load(COURSE), FIXED=fixed)
+    module.__dict__.update(pynvml=nvml_fake.load(topology), FIXED=fixed)
     exec(PLATFORM, module.__dict__)
     return module
 

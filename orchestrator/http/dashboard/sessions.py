@@ -29,11 +29,12 @@ class Session:
 
 
 class Sessions:
-    """Bounded, idle-expiring session table; the oldest idle session makes room for a new one."""
+    """Idle-expiring session table, bounded per token: a token's logins only ever displace that
+    token's own oldest session, so a student's login flood cannot log the admin out."""
 
-    def __init__(self, idle_timeout_s: float = 8 * 3600, max_sessions: int = 1024) -> None:
+    def __init__(self, idle_timeout_s: float = 8 * 3600, max_per_token: int = 32) -> None:
         self.idle_timeout_s = idle_timeout_s
-        self.max_sessions = max_sessions
+        self.max_per_token = max_per_token
         self._by_id: OrderedDict[str, Session] = OrderedDict()
 
     def __len__(self) -> int:
@@ -48,8 +49,9 @@ class Sessions:
         else:
             caller, token = ADMIN, None
         self._expire()
-        while len(self._by_id) >= self.max_sessions:
-            self._by_id.popitem(last=False)
+        own = [sid for sid, s in self._by_id.items() if s.token == token]  # oldest use first
+        for sid in own[: max(0, len(own) - self.max_per_token + 1)]:
+            del self._by_id[sid]
         sid = secrets.token_urlsafe(32)
         session = Session(token)
         self._by_id[sid] = session

@@ -24,6 +24,10 @@ from types import ModuleType
 from typing import Any
 
 UUID_ENV = "MIG_ORCH_MIG_UUID"  # the daemon sets it only for an engine on a MIG slice
+# UUID_ENV's value in a Kubernetes pod: the device plugin picks the MIG device only at start, so
+# the slice is the container's one (NVIDIA_VISIBLE_DEVICES, else the only one NVML shows).
+CONTAINER_SLICE = "container"
+VISIBLE_ENV = "NVIDIA_VISIBLE_DEVICES"  # the NVIDIA device plugin's envvar device-list strategy
 LOGGED_ENV = "MIG_ORCH_NVML_FIX"  # the line already logged; child processes inherit it
 TARGET = "vllm.platforms.cuda"
 GIB = 1024**3
@@ -103,6 +107,28 @@ def find_mig_device(nvml: Any, uuid: str) -> MigDevice | None:
     )
 
 
+def container_slice(nvml: Any) -> str | None:
+    """The UUID of the one MIG device this container holds, or None; the caller holds nvmlInit."""
+    visible = os.environ.get(VISIBLE_ENV, "")
+    if visible.startswith("MIG-") and "," not in visible:
+        return visible
+    found = []
+    for i in range(nvml.nvmlDeviceGetCount()):
+        gpu = nvml.nvmlDeviceGetHandleByIndex(i)
+        try:
+            slots = nvml.nvmlDeviceGetMaxMigDeviceCount(gpu)
+        except nvml.NVMLError:
+            continue  # a GPU or driver without MIG
+        for j in range(slots):
+            try:
+                found.append(
+                    nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, j))
+                )
+            except nvml.NVMLError:
+                continue  # an empty slot
+    return found[0] if len(found) == 1 else None
+
+
 def index_lookup(nvml: Any, uuid: str) -> tuple[int | None, View]:
     """vLLM's route from a UUID to a device: UUID -> NVML index -> handle by that index."""
     try:
@@ -180,9 +206,13 @@ def apply(cuda: ModuleType, uuid: str) -> Decision:
         return Decision(False, "vLLM is not using NVML here, so it asks CUDA, which sees the slice")
     nvml.nvmlInit()
     try:
-        device = find_mig_device(nvml, uuid)
+        if uuid == CONTAINER_SLICE:
+            uuid = container_slice(nvml) or ""
+        device = find_mig_device(nvml, uuid) if uuid else None
     finally:
         nvml.nvmlShutdown()
+    if not uuid:
+        return Decision(False, "this container holds no single MIG device")
     if device is None:
         return Decision(False, f"{uuid} is not a MIG device")
     slice_view = View(device.name, device.memory_total)
