@@ -13,7 +13,13 @@ from orchestrator.accounting.database import DatabaseError
 from orchestrator.accounting.keys import Key, KeyRefused, KeyStore, Limits
 from orchestrator.accounting.models_source import students
 from orchestrator.accounting.report import Filter, period_filter, usage
-from orchestrator.accounting.request_log import MAX_LIMIT, RequestFilter, parse_time, read_log
+from orchestrator.accounting.request_log import (
+    MAX_LIMIT,
+    LoggedRequest,
+    RequestFilter,
+    parse_time,
+    read_log,
+)
 from orchestrator.accounting.service import Accounts
 from orchestrator.http.api import Admin, Who
 from orchestrator.http.auth import Caller
@@ -165,28 +171,7 @@ async def read_usage(
     return [UsageOut(**r.as_json()) for r in rows]
 
 
-class LoggedRequestOut(BaseModel):
-    id: str
-    request_id: str | None
-    trace_id: str | None
-    state: str
-    started_at: float
-    finished_at: float | None
-    owner: str
-    key_id: str
-    model: str
-    route: str | None
-    status: int | None
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_s: float | None
-    duration_s: float | None
-    streamed: bool
-    client: str | None
-    error: str | None
-
-
-@router.get("/api/v1/requests", response_model=list[LoggedRequestOut])
+@router.get("/api/v1/requests", response_model=list[LoggedRequest])
 async def read_requests(
     request: Request,
     who: Who,
@@ -198,7 +183,7 @@ async def read_requests(
     until: str | None = Query(None, description="as since"),
     order: Literal["newest", "slowest"] = "newest",
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
-) -> list[LoggedRequestOut]:
+) -> list[LoggedRequest]:
     """The request log; a student's token reads only their own requests."""
     owner = _owner_of(request, who, owner)
     try:
@@ -214,4 +199,4 @@ async def read_requests(
         raise HTTPException(400, str(e)) from None
     except DatabaseError as e:
         raise HTTPException(503, str(e)) from None
-    return [LoggedRequestOut(**r.as_json()) for r in rows]
+    return rows

@@ -3,7 +3,6 @@ engine, a client's own trace continued, and token counts on the span without key
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,12 +12,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestrator.gateway.admission import OpenAdmission
-from orchestrator.gateway.app import Gateway, Limits
-from orchestrator.gateway.proxy import Forwarder
-from orchestrator.gateway.routes import Route, RouteSource, RouteTable
-from orchestrator.gateway.server import bind, build_server
 from orchestrator.gateway.tracing import Tracing
-from tests.gateway_support import PacedUpstream
+from tests.gateway_support import PacedUpstream, in_process
 
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 
@@ -29,22 +24,9 @@ async def traced() -> AsyncIterator[tuple[str, PacedUpstream, InMemorySpanExport
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     async with PacedUpstream(tokens=4, delay_s=0.01) as up:
-        table = RouteTable({"paced": Route("paced", "student-a", up.url, "ready")})
-        forwarder = Forwarder(connect_timeout_s=5)
-        await forwarder.start()
-        sock = bind("127.0.0.1", 0)
-        app = Gateway(
-            RouteSource(table), OpenAdmission(), forwarder, Limits(10_000, 5),
-            Tracing("http://unused.invalid", provider),
-        )  # fmt: skip
-        server = build_server(app)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            yield f"http://127.0.0.1:{sock.getsockname()[1]}", up, exporter
-        finally:
-            server.should_exit = True
-            await task
-            await forwarder.close()
+        tracing = Tracing("http://unused.invalid", provider)
+        async with in_process(up.url, {"paced": "student-a"}, OpenAdmission(), tracing) as url:
+            yield url, up, exporter
 
 
 async def test_a_span_per_request_with_genai_and_vllm_attributes(
