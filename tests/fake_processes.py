@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.engine.process import ProcessId, Tagged
 from orchestrator.inengine import standby_launcher as launcher
+from orchestrator.inengine import standby_plan
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Behaviour:
     last_words: bytes = b""  # what it writes just before that exit
     standby_import_s: float = 0.0  # a standby's imports take this long
     standby_refuses: bool = False  # a standby's imports initialise CUDA: it refuses, exit 3
-    standby_mode: str = launcher.MODULE  # EXEC: it could not import the engine's module
+    standby_mode: str = standby_plan.MODULE  # EXEC: it could not import the engine's module
     rss_bytes: int = 600 << 20
 
 
@@ -58,6 +59,7 @@ class FakeProc:
     triggered_argv: list[str] | None = None  # a standby that became an engine: its argv
     fork: bool | None = None  # what its trigger asked
     imported: bool = False  # a standby's imports are done
+    uid: int = field(default_factory=os.geteuid)  # whose process it is
 
     @property
     def is_standby(self) -> bool:
@@ -266,11 +268,18 @@ class FakeProcesses:
                 done.append((pid, p.status))
         return done
 
+    def owned_group(self, p: ProcessId) -> int | None:
+        q = self.procs.get(p.pid)
+        return q.pgid if q is not None and self.alive(p) and q.uid == os.geteuid() else None
+
     def find_by_env(self, name: str, prefix: str) -> list[Tagged]:
         return [
             Tagged(ProcessId(p.pid, p.create_time), p.pgid, p.env[name])
             for p in self.procs.values()
-            if p.alive and name in p.env and p.env[name].startswith(prefix)
+            if p.alive
+            and p.uid == os.geteuid()
+            and name in p.env
+            and p.env[name].startswith(prefix)
         ]
 
     # ----- behaviour -----

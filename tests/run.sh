@@ -32,7 +32,7 @@ if [[ $quick == 0 ]]; then
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnuma1
     fi
-    .venv/bin/python -m orchestrator.tooling.cpu_venv install-cpu
+    .venv/bin/python -m orchestrator.cli.engine install-cpu
     if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then
         step "Debian packages for the systemd tests"
         if [[ $(id -u) == 0 ]]; then

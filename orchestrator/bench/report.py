@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.bench.compare import CompareReport
 from orchestrator.bench.stats import (
     BenchReport,
     CacheDelta,
-    Distribution,
     LevelReport,
     RalphReport,
 )
@@ -35,12 +35,19 @@ def to_json(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2)
 
 
-def _num(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+def number(value: Any, digits: int = 1) -> str:
+    """A table cell: "-" for a missing or non-finite value, text that is no number as it is."""
+    if value is None or value == "":
+        return "-"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{f:.{digits}f}" if math.isfinite(f) else "-"
 
 
-def _pcts(d: Distribution | None, digits: int = 1) -> str:
-    return "-" if d is None else "/".join(_num(v, digits) for v in (d.p50, d.p90, d.p99))
+def _pcts(d: Mapping[str, Any] | None, digits: int = 1) -> str:
+    return "-" if d is None else "/".join(number(d[k], digits) for k in ("p50", "p90", "p99"))
 
 
 def _rate(cache: CacheDelta | None) -> str:
@@ -61,18 +68,21 @@ LEVEL_HEADER = [
 ]
 
 
-def level_row(level: LevelReport, first: str | None = None) -> list[str]:
+def level_row(level: LevelReport | Mapping[str, Any], first: str | None = None) -> list[str]:
+    """A level's cells under LEVEL_HEADER, from the report or from its JSON (saved results)."""
+    doc = to_jsonable(level) if isinstance(level, LevelReport) else level
+    tpot = doc["tpot_ms"]
     return [
-        first if first is not None else str(level.concurrency),
-        str(level.completed),
-        str(level.failed),
-        _num(level.request_throughput, 2),
-        _num(level.output_throughput),
-        _num(level.total_token_throughput),
-        _pcts(level.ttft_ms),
-        _pcts(level.itl_ms, 2),
-        _num(level.tpot_ms.p50 if level.tpot_ms else None, 2),
-        _pcts(level.e2e_s, 2),
+        first if first is not None else str(doc["concurrency"]),
+        str(doc["completed"]),
+        str(doc["failed"]),
+        number(doc["request_throughput"], 2),
+        number(doc["output_throughput"]),
+        number(doc["total_token_throughput"]),
+        _pcts(doc["ttft_ms"]),
+        _pcts(doc["itl_ms"], 2),
+        number(tpot["p50"] if tpot else None, 2),
+        _pcts(doc["e2e_s"], 2),
     ]
 
 
@@ -103,8 +113,8 @@ def _ralph_row(label: str, level: LevelReport, cache: CacheDelta | None) -> list
         _rate(cache),
         "-" if cache is None else f"{cache.queries:.0f}",
         "-" if cache is None else f"{cache.hits:.0f}",
-        _pcts(level.ttft_ms),
-        _num(level.e2e_s.p50 if level.e2e_s else None, 2),
+        _pcts(to_jsonable(level.ttft_ms)),
+        number(level.e2e_s.p50 if level.e2e_s else None, 2),
     ]
 
 

@@ -39,7 +39,8 @@ _BASE_SITES = (
 )
 
 
-# Python >= 3.12 (and 3.11.4+) filters archive members itself; older ones rely on the check above.
+# Python >= 3.12 (and 3.11.4+) filters archive members itself (PEP 706); older ones (Debian 12's
+# 3.11.2) rely on the member check in unpack() and on _without_filter.
 _SAFE: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
@@ -85,6 +86,7 @@ def verify_parts(bundle: Path, manifest: dict[str, Any]) -> list[Path]:
         elif path.stat().st_size != part["size"]:
             problems.append(f"{part['name']}: {path.stat().st_size} bytes, want {part['size']}")
         elif _sha256(path) != part["sha256"]:
+            # Damage, not tampering: whoever can change a part can change bundle.json too.
             problems.append(f"{part['name']}: sha256 differs (damaged in transfer?)")
     if problems:
         raise InstallError(f"bundle {bundle} is incomplete:\n  " + "\n  ".join(problems))
@@ -130,7 +132,16 @@ def unpack(paths: list[Path], dest: Path) -> None:
             name = Path(member.name)
             if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
                 raise InstallError(f"refusing archive member {member.name!r}")
-            tar.extract(member, dest, **_SAFE)
+            tar.extract(member if _SAFE else _without_filter(member), dest, **_SAFE)
+
+
+def _without_filter(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """What tarfile's `data` filter does to a plain file or folder, for Pythons without it: no
+    set-id or sticky bit, no write for group or others, owned by whoever installs."""
+    member.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+    member.uid, member.gid = os.geteuid(), os.getegid()
+    member.uname = member.gname = ""
+    return member
 
 
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> str:

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import BinaryIO
 
 ARCHIVE = "bundle.tar.xz"
+SUMS = "SHA256SUMS"
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,18 @@ def parse_size(text: str) -> int:
     if size < 0:
         raise ValueError(f"--part-size {text!r} must not be negative")
     return size
+
+
+def write_sums(out: Path) -> str:
+    """SHA256SUMS of bundle.json (which holds every part's hash) and install.py, in sha256sum's
+    format; the lines to compare on the target over a channel other than the bundle's."""
+    lines = "".join(
+        f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}\n"
+        for name in ("bundle.json", "install.py")
+    )
+    (out / SUMS).write_text(lines)
+    return (
+        f"{SUMS}: the hashes in bundle.json catch damage, not tampering; send these lines over "
+        f"another channel (or sign {SUMS}) and run `sha256sum -c` on the target before "
+        f"install.py:\n{lines}"
+    )

@@ -1,5 +1,4 @@
-"""The `mig-orchestrator` command."""
+"""The `mig-orchestrator` command: one module per group of subcommands, listed in cli/main.py.
 
-from orchestrator.cli.main import main
-
-__all__ = ["main"]
+Nothing is imported here, so `python3 -m orchestrator.cli.engine` runs on the standard library.
+"""

@@ -36,7 +36,7 @@ def _pool(text: str) -> tuple[str, dict[str, Any]]:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `k8s render`."""
-    from orchestrator.cli.local import DEFAULT_CONFIG
+    from orchestrator.cli.options import DEFAULT_CONFIG
 
     group = sub.add_parser("k8s", help="deploy models.toml on Kubernetes (GPU operator, MIG)")
     verbs = group.add_subparsers(dest="k8s_command", required=True, metavar="VERB")

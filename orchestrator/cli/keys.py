@@ -19,7 +19,7 @@ from pathlib import Path
 from orchestrator.accounting.database import DatabaseError, connect, database_path
 from orchestrator.accounting.keys import Key, KeyRefused, KeyStore, Limits, OwnerKind
 from orchestrator.accounting.models_source import students
-from orchestrator.cli.local import DEFAULT_CONFIG
+from orchestrator.cli.options import DEFAULT_CONFIG
 from orchestrator.config import Config, load_config
 from orchestrator.text_table import render_table
 

@@ -11,12 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from orchestrator.cli.options import DEFAULT_CONFIG
 from orchestrator.config import load_config
 from orchestrator.gpu.inventory import Inventory
 from orchestrator.gpu.mig_profiles import GPU_MODELS, PROFILE_TABLES, GpuModel, gpu_model
 from orchestrator.gpu.nvml import Nvml, NvmlUnavailable
 from orchestrator.layout import render
-from orchestrator.layout.pack import LayoutPlan, plan_layout
+from orchestrator.layout.pack import plan_layout
+from orchestrator.layout.plan import LayoutPlan
 from orchestrator.layout.targets import Target, from_nvml, synthetic
 
 FORMATS = ("table", "json", "mig-parted", "profiles", "topology")
@@ -44,8 +46,6 @@ def _count(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `layout` subcommand."""
-    from orchestrator.cli.local import DEFAULT_CONFIG
-
     labels = ", ".join(m.label for m in GPU_MODELS.values())
     p = sub.add_parser(
         "layout",

@@ -3,54 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from orchestrator import __version__
-from orchestrator.cli import local, remote
-from orchestrator.client import ControlError, add_daemon_options
+from orchestrator.client import ControlError
 from orchestrator.config import ConfigError
 from orchestrator.daemon.state_lock import StateDirBusy
 from orchestrator.gpu.nvml import NvmlError
 from orchestrator.placement import PlacementError
 
-# Off the daemon's path: each adds its own subcommands through register(sub).
-_TOOL_MODULES = (
-    "orchestrator.gpu.monitor",
-    "orchestrator.engine.nvml_check",
-    "orchestrator.cli.layout",
-    "orchestrator.tooling.cpu_venv",
-    "orchestrator.cli.bench",
-    "orchestrator.cli.k8s",
-    "orchestrator.tooling.demo",
-    "orchestrator.cli.keys",
-    "orchestrator.cli.usage",
-    "orchestrator.cli.requests_log",
+# The modules of orchestrator/cli/ that add subcommands, each through register(sub), in the
+# order `--help` lists them; a new group is one more line here.
+GROUPS = (
+    "daemon",
+    "config",
+    "models",
+    "gpu",
+    "layout",
+    "engine",
+    "bench",
+    "demo",
+    "k8s",
+    "keys",
+    "usage",
+    "requests_log",
 )
 
 
-def _register_tools(sub: argparse._SubParsersAction) -> None:
-    for module in _TOOL_MODULES:
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.register(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    add_daemon_options(common)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
     p = argparse.ArgumentParser(prog="mig-orchestrator", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    local.register(sub, common)
-    remote.register(sub, common)
-    _register_tools(sub)
+    for group in GROUPS:
+        importlib.import_module(f"orchestrator.cli.{group}").register(sub)
     return p
 
 

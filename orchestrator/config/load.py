@@ -44,9 +44,10 @@ def _describe(err: Any) -> str:
         field = str(loc[-1])
         parent: type[BaseModel] = Config
         for part in loc[:-1]:
-            # A field names its table's model; a dict key (a model's or a node pool's name)
-            # keeps the table's model.
-            parent = _table_of(parent, str(part)) or parent
+            field_info = parent.model_fields.get(str(part))
+            if field_info is not None:
+                parent = _table_model(field_info.annotation) or parent
+            # else a dict key (a model's or a node pool's name): its table's model stays
         close = difflib.get_close_matches(field, list(parent.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{where}: unknown setting{hint}"
@@ -57,19 +58,13 @@ def _describe(err: Any) -> str:
     return f"{where}: {msg}" if where else msg
 
 
-def _table_of(parent: type[BaseModel], name: str) -> type[BaseModel] | None:
-    """The model of table `name` under `parent`, from the field's type (so that [gateway] and
-    [kubernetes.gateway] each get their own)."""
-    field = parent.model_fields.get(name)
-    return None if field is None else _model_in(field.annotation)
-
-
-def _model_in(tp: Any) -> type[BaseModel] | None:
-    """The pydantic model in a type like `X | None` or `dict[str, X]`."""
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return tp
-    for arg in typing.get_args(tp):
-        if (found := _model_in(arg)) is not None:
+def _table_model(annotation: Any) -> type[BaseModel] | None:
+    """The table model a field holds: itself, optional, or as the values of a dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(typing.get_args(annotation)):  # dict[str, X] | None: X is last
+        found = _table_model(arg)
+        if found is not None:
             return found
     return None
 

@@ -359,6 +359,7 @@ class Config(_Strict):
     models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ModelConfig] = {}
     # Read only by `k8s render`: the same models deployed on a cluster.
     kubernetes: KubernetesSettings | None = None
+
     gateway: GatewaySettings = GatewaySettings()
 
     def gateway_only(self, name: str) -> bool:

@@ -27,6 +27,8 @@ from orchestrator.engine.process import ProcessId, ProcessOps
 from orchestrator.engine.restart_policy import RestartPolicy
 from orchestrator.engine.terminate import terminate_tree
 from orchestrator.gateway.routes import connect_host
+from orchestrator.supervisor.supervisor import ENGINE_CWD
+from orchestrator.trusted_paths import open_own, private_subdir
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,11 @@ def gateway_launch(cfg: Config, config_path: Path | None = None) -> GatewayLaunc
 
 
 def gateway_env(state_dir: Path) -> dict[str, str]:
+    """The daemon's environment, marked with the daemon's secret tag (never an engine's mark);
+    no working directory on the gateway's module path (the keeper starts it in engine-cwd)."""
     env = {k: v for k, v in os.environ.items() if k != marker.ENV}
-    env[ENV] = marker.owner(state_dir)
+    env[ENV] = marker.DaemonMark.load(state_dir).tag
+    env["PYTHONSAFEPATH"] = "1"
     return env
 
 
@@ -128,7 +133,8 @@ class GatewayKeeper:
         returns how long it was healthy (None: never)."""
         launch = gateway_launch(self.cfg, self.config_path)
         o = self.cfg.orchestrator
-        pid = _spawn(launch.argv, gateway_env(o.state_dir), o.log_dir / "gateway.log")
+        cwd = private_subdir(o.state_dir / ENGINE_CWD)
+        pid = _spawn(launch.argv, gateway_env(o.state_dir), o.log_dir / "gateway.log", cwd)
         self.pid = pid
         ident = self.ops.ident(pid)
         log.info("gateway: started pid %d on %s", pid, self.cfg.gateway.listen)
@@ -181,23 +187,25 @@ class GatewayKeeper:
         self.pid = None
 
     async def _stop_leftovers(self) -> None:
-        owner = marker.owner(self.cfg.orchestrator.state_dir)
-        for t in self.ops.find_by_env(ENV, owner):
-            if t.value == owner:
+        tag = marker.DaemonMark.load(self.cfg.orchestrator.state_dir).tag
+        for t in self.ops.find_by_env(ENV, tag):
+            if t.value == tag:
                 log.warning("gateway: stopping one left by an earlier daemon: pid %d", t.proc.pid)
                 await terminate_tree(self.ops, t.pgid, [t.proc], STOP_GRACE_S, "leftover gateway")
 
 
-def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> int:
-    """Start the gateway in its own session, its output appended to log_path."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> int:
+    """Start the gateway in its own session in `cwd`, its output appended to log_path."""
+    # Never through a link: gateway output appended to whatever it names (the admin token).
+    fd = open_own(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
             close_fds=True,
         )

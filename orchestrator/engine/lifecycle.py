@@ -4,81 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from orchestrator.config import OrchestratorSettings, VllmSettings
 from orchestrator.engine import device_check, probe, process
-from orchestrator.engine.launch import Launch
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.memory_wait import MemoryWait
 from orchestrator.engine.restart_policy import RestartPolicy
-from orchestrator.engine.standby.slot import StandbyKey, StandbySettings, StandbySlot
+from orchestrator.engine.spec import EngineContext, EngineSpec, EngineStatus, ExitInfo
+from orchestrator.engine.standby.slot import StandbyKey, StandbySlot
 from orchestrator.engine.starts import Cause, StartRecord
-from orchestrator.engine.states import Desired, State, check, log_change
+from orchestrator.engine.states import REASONS, TRANSITIONS, Desired, Machine, State
 from orchestrator.engine.terminate import terminate_tree
-from orchestrator.gpu.inventory import Slice
-from orchestrator.units import MIB
+
+__all__ = ["Engine", "EngineContext", "EngineSpec", "EngineStatus", "ExitInfo"]
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 READY_POLL_S = 0.2
 # Lines vLLM (uvicorn) prints the moment it starts listening: probe at once instead of waiting.
 _LISTENING_MARKERS = (b"Application startup complete", b"Uvicorn running on")
-MEMORY_MARGIN_BYTES = 256 * MIB
 _STOP_REQUESTED = "stop requested"
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    name: str
-    model: str
-    served_model_name: str
-    host: str
-    port: int
-    slice: Slice | None
-    shared_slice: bool
-    launch: Launch
-    settings: VllmSettings
-    overrides: dict[str, Any]
-    startup_timeout_s: float
-    standby: StandbySettings = field(default_factory=StandbySettings)
-
-    @property
-    def probe_host(self) -> str:
-        return (
-            "127.0.0.1"
-            if self.host in ("0.0.0.0", "")
-            else ("::1" if self.host == "::" else self.host)
-        )
-
-
-@dataclass
-class ExitInfo:
-    code: int | None
-    signal: int | None
-    at: float
-    reason: str
-
-
-@dataclass
-class EngineContext:
-    """What an engine needs from the supervisor around it, and from the OS (`ops`)."""
-
-    settings: OrchestratorSettings
-    slice_lock: Callable[[str], asyncio.Lock]
-    slice_memory: Callable[[str], Awaitable[tuple[int, int] | None]]
-    track: Callable[[int, Engine | None], None]  # pid -> engine for the reaper; None untracks
-    changed: Callable[[], None]  # persist state
-    ops: process.ProcessOps
-    # pids holding GPU memory on a slice, per NVML; None when NVML cannot tell
-    slice_pids: Callable[[str], Awaitable[set[int] | None]] | None = None
 
 
 class _Failure(Exception):
@@ -104,32 +54,34 @@ class _Proc:
 
 
 class Engine:
-    """One model's engine. Commands (start, stop, restart) take the engine's own lock; only the
-    engine's methods change its state, reason and desired state; the supervisor's reaper reports
-    the main process's exit through on_exit."""
+    """One model's engine. Commands (start, stop, restart) take the engine's own lock, so they
+    run one at a time; the state and its reason change only through `self._m.move`, from the
+    commands or from the one runner task that a start creates and a stop cancels (all on the
+    event loop's thread). Readers take status(); the supervisor's reaper reports the main
+    process's exit through on_exit."""
 
     def __init__(self, spec: EngineSpec, ctx: EngineContext, elog: EngineLog) -> None:
         self.spec = spec
         self.ctx = ctx
         self.log = elog
-        self._state = State.STOPPED
+        self._m = Machine(
+            spec.name, "engine", State.STOPPED, (TRANSITIONS, REASONS), log, ctx.changed
+        )
         self._desired = Desired.STOPPED
-        self._reason: str | None = None
-        self.restarts = 0
-        self.last_exit: ExitInfo | None = None
-        self.ready_at: float | None = None
-        self.proc: _Proc | None = None
+        self._restarts = 0
+        self._last_exit: ExitInfo | None = None
+        self._ready_at: float | None = None
+        self._proc: _Proc | None = None
         self._lock = asyncio.Lock()
         self._retired = False
         self._runner: asyncio.Task[None] | None = None
         self._policy = RestartPolicy()
         self._probe_now = asyncio.Event()
-        self._baseline_used: int | None = None
+        self._memory = MemoryWait(ctx, elog)
         # The standby is the engine's to command; it changes its own state (one writer).
         self.standby = StandbySlot(spec.name, ctx.ops, elog, self._track_standby, ctx.changed)
-        self.last_start: StartRecord | None = None
+        self._last_start: StartRecord | None = None
         self._asked: tuple[Cause, float] = ("start", time.time())
-        self._last_pids: set[int] = set()  # the previous life's tree, for the memory wait
 
     # ----- commands: each takes the engine's lock, so commands on one model run one at a time -----
 
@@ -169,16 +121,15 @@ class Engine:
         if self._runner is not None and not self._runner.done():
             return
         self._asked = asked
-        if self._state is State.FAILED:
+        if self._m.state is State.FAILED:
             self._policy.reset()
-        self._reason = None
-        self._set(State.STARTING)
+        self._m.move(State.STARTING, None)
         self._runner = asyncio.create_task(self._run(), name=f"engine-{self.spec.name}")
 
     async def _stop(self, desired: Desired, keep_standby: bool = False) -> None:
         self._desired = desired
-        if self.proc is not None:
-            self._set(State.STOPPING)
+        if self._proc is not None:
+            self._m.move(State.STOPPING, self._m.reason)  # a stop keeps the last failure's reason
         runner, self._runner = self._runner, None
         if runner is not None and not runner.done():
             runner.cancel()
@@ -190,14 +141,14 @@ class Engine:
         if not keep_standby:
             stops.append(self.standby.discard("the model was stopped"))
         await asyncio.gather(*stops)
-        self._set(State.STOPPED)
-        self.ready_at = None
+        self._m.move(State.STOPPED, self._m.reason)
+        self._ready_at = None
 
     def set_spec(self, spec: EngineSpec) -> None:
         """The spec for the next life (a reload's: the one running keeps what it started with).
         The standby follows it at once: it is made for the next life."""
         self.spec = spec
-        if self._state in (State.READY, State.UNHEALTHY):
+        if self._m.state in (State.READY, State.UNHEALTHY):
             self.standby.prepare(spec.launch, spec.standby, spec.startup_timeout_s)
         else:
             self.standby.reconcile(StandbyKey.of(spec.launch, spec.standby), spec.standby.enabled)
@@ -210,14 +161,13 @@ class Engine:
 
     def cannot_start(self, reason: str) -> None:
         """A stopped engine that cannot be started at all (not placed) is failed with the reason."""
-        self._reason = reason
-        self._set(State.FAILED)
+        self._m.move(State.FAILED, reason)
 
     # ----- status -----
 
     @property
     def state(self) -> State:
-        return self._state
+        return self._m.state
 
     @property
     def desired(self) -> Desired:
@@ -226,27 +176,25 @@ class Engine:
     @property
     def reason(self) -> str | None:
         """Why the engine is not (or not yet) serving: the last failure, or the health problem."""
-        return self._reason
+        return self._m.reason
 
-    def uptime(self) -> float | None:
-        return None if self.proc is None else time.monotonic() - self.proc.started_mono
-
-    def _set(self, state: State) -> None:
-        """The one place state changes, checked against the transition table."""
-        if state is self._state:
-            return
-        log_change(log, self.spec.name, self._state, state, check)
-        self._state = state
-        self.ctx.changed()
-
-    def _force(self, state: State, reason: str) -> None:
-        """The one way around the transition table, for when the lifecycle code itself failed:
-        the state it left cannot be trusted, whatever it is."""
-        old, name = self._state.value, self.spec.name
-        log.warning("%s: %s -> %s forced: %s", name, old, state.value, reason)
-        self._reason = reason
-        self._state = state
-        self.ctx.changed()
+    def status(self) -> EngineStatus:
+        """The engine now, as an immutable snapshot."""
+        proc = self._proc
+        return EngineStatus(
+            name=self.spec.name,
+            state=self._m.state,
+            desired=self._desired,
+            reason=self._m.reason,
+            pid=None if proc is None else proc.pid,
+            process=None if proc is None else proc.ident,
+            uptime_s=None if proc is None else time.monotonic() - proc.started_mono,
+            restarts=self._restarts,
+            last_exit=self._last_exit,
+            last_start=self._last_start,
+            standby=self.standby.status(),
+            standby_process=self.standby.record(),
+        )
 
     # ----- the lifecycle -----
 
@@ -259,68 +207,67 @@ class Engine:
                 await self.standby.discard("internal error in the daemon")
                 await self._terminate("cleaning up after an internal error")
             finally:
-                self._force(State.FAILED, f"internal error in the daemon: {e!r}")
+                self._m.force(State.FAILED, f"internal error in the daemon: {e!r}")
 
     async def _lives(self) -> None:
         """Run one life after another, backing off between them, until one fails for good."""
         while True:
-            started = time.monotonic()
+            started, failure = time.monotonic(), self._m.reason
             try:
                 await self._one_life()
             except _Failure as f:
                 self._asked = ("retry", f.at)
-                self._reason = f.reason
                 self.log.note(f.reason)
                 if f.final:
-                    self._fail(f.reason)
-                    await self.standby.discard("the engine failed")
+                    await self._fail(f.reason)
                     return
+                failure = f.reason
             s, now = self.ctx.settings, time.monotonic()
-            up_s = None if self.ready_at is None else now - started
-            self.ready_at = None
+            up_s = None if self._ready_at is None else now - started
+            self._ready_at = None
             delay = self._policy.failed(s, now, up_s)
             if delay is None:
-                self._fail(
+                await self._fail(
                     f"{self._policy.failures} failures within {s.restart_window_s:g}s; "
-                    f"giving up. Last: {self._reason}"
+                    f"giving up. Last: {failure}"
                 )
-                await self.standby.discard("the engine failed")
                 return
-            self._set(State.BACKOFF)
+            self._m.move(State.BACKOFF, failure)
             await asyncio.sleep(delay)
-            self.restarts += 1
-            self._set(State.STARTING)
+            self._restarts += 1
+            self._m.move(State.STARTING, failure)  # why it is starting again
 
-    def _fail(self, reason: str) -> None:
-        self._reason = reason
+    async def _fail(self, reason: str) -> None:
         tail = " | ".join(self.log.tail(5))
         log.error("%s failed: %s (last log lines: %s)", self.spec.name, reason, tail)
-        self._set(State.FAILED)
+        self._m.move(State.FAILED, reason)
+        await self.standby.discard("the engine failed")
 
     async def _one_life(self) -> None:
         spec = self.spec
         lock = self.ctx.slice_lock(spec.slice.uuid) if spec.slice and spec.shared_slice else None
         # Engines sharing one GPU start one after another: vLLM mis-sizes memory otherwise.
         async with lock if lock is not None else contextlib.nullcontext():
-            await self._await_memory_release()
+            await self._memory.before_start(spec.slice, spec.shared_slice)
             holder = self.ctx.ops.port_holder(spec.host, spec.port)
             if holder is not None:
                 raise _Failure(f"port {spec.port} is already in use by {holder}", final=True)
             await self._spawn()
             try:
                 await self._wait_ready()
-                mark = self.proc.log_mark if self.proc else self.log.count
+                mark = self._proc.log_mark if self._proc else self.log.count
                 wrong = device_check.verify(spec.slice, self.log.lines_since(mark), self.log.note)
                 if wrong is not None:
                     raise _Failure(wrong, final=True)
             except BaseException as e:
                 await self._cleanup(e)
                 raise
-        self.ready_at = time.monotonic()
-        self._reason = None  # what went wrong before stays in last_exit
-        self._set(State.READY)
-        if self.last_start is not None:
-            took = self.last_start.ready(time.time())
+        self._ready_at = time.monotonic()
+        if self._last_start is not None:
+            self._last_start = self._last_start.ready(time.time())
+        self._m.move(State.READY, None)  # what went wrong before stays in last_exit
+        if self._last_start is not None:
+            took = self._last_start.took()
             self.log.note(took)
             log.info("%s: %s", spec.name, took)
         # Prepared now, not earlier: the engine's own start has the host's CPUs to itself.
@@ -334,88 +281,9 @@ class Engine:
     async def _cleanup(self, cause: BaseException) -> None:
         """Take down what is left of a failed engine; say so at once, the tree may take a while."""
         if isinstance(cause, _Failure):
-            self._reason = cause.reason
-            self._set(State.STOPPING)
+            self._m.move(State.STOPPING, cause.reason)
         stopped = isinstance(cause, asyncio.CancelledError)  # only stop() cancels the runner
         await self._terminate(_STOP_REQUESTED if stopped else "cleaning up after the engine")
-
-    async def _await_memory_release(self) -> None:
-        spec = self.spec
-        if spec.slice is None:
-            return
-        if spec.shared_slice:
-            # The slice's total includes the other engine's memory: wait for our own processes.
-            await self._await_own_memory_release(spec.slice.uuid)
-            return
-        first = await self.ctx.slice_memory(spec.slice.uuid)
-        if first is None:
-            return
-        if self._baseline_used is None:
-            self._baseline_used = first[0]
-            return
-        limit = self._baseline_used + MEMORY_MARGIN_BYTES
-        if first[0] > limit:
-            self.log.note(f"waiting for slice memory to be released ({first[0] >> 20} MiB in use)")
-        started = time.monotonic()
-        uuid = spec.slice.uuid
-
-        def busy(memory: tuple[int, int] | None) -> bool:
-            return memory is not None and memory[0] > limit
-
-        last, late = await self._poll_while(
-            busy, functools.partial(self.ctx.slice_memory, uuid), 0.5
-        )
-        if last is None:
-            return
-        if late:
-            self.log.note(f"slice still shows {last[0] >> 20} MiB in use; starting anyway")
-            return
-        self.log.note(
-            f"slice memory released: {last[0] >> 20} MiB in use, idle {self._baseline_used >> 20} "
-            f"MiB (checked for {time.monotonic() - started:.1f}s)"
-        )
-
-    async def _await_own_memory_release(self, uuid: str) -> None:
-        pids, self._last_pids = self._last_pids, set()
-        query = self.ctx.slice_pids
-        if not pids or query is None:
-            return
-        holders = await query(uuid)
-        if holders is None:
-            return
-        if held := sorted(pids & holders):
-            self.log.note(f"waiting for the previous engine's GPU memory (pids {held}) in NVML")
-        started = time.monotonic()
-
-        def busy(holders: set[int] | None) -> bool:
-            return holders is not None and bool(pids & holders)
-
-        last, late = await self._poll_while(busy, functools.partial(query, uuid), 0.25)
-        if last is None:
-            return
-        if late:
-            self.log.note(f"pids {sorted(pids & last)} still hold GPU memory; starting anyway")
-            return
-        self.log.note(
-            f"previous engine's GPU memory released: none of pids {sorted(pids)} in NVML "
-            f"(checked for {time.monotonic() - started:.1f}s)"
-        )
-
-    async def _poll_while(
-        self,
-        busy: Callable[[_T], bool],
-        read: Callable[[], Awaitable[_T]],
-        interval: float,
-    ) -> tuple[_T, bool]:
-        """Read until not `busy`, up to the release timeout: (last reading, timed out?)."""
-        deadline = time.monotonic() + self.ctx.settings.memory_release_timeout_s
-        last = await read()
-        while busy(last):
-            if time.monotonic() >= deadline:
-                return last, True
-            await asyncio.sleep(interval)
-            last = await read()
-        return last, False
 
     async def _spawn(self) -> None:
         launch, standby = self.spec.launch, self.spec.standby
@@ -436,7 +304,7 @@ class Engine:
             ident = self.ctx.ops.ident(pid)
         loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
-        self.proc = _Proc(
+        self._proc = _Proc(
             pid=pid,
             fd=fd,
             started=time.time(),
@@ -447,10 +315,9 @@ class Engine:
         )
         cause, asked_at = self._asked
         via: Literal["standby", "plain"] = "plain" if handed is None else "standby"
-        self.last_start = StartRecord(via, cause, asked_at, self.proc.started, launch.fork)
-        loop.add_reader(fd, self._on_output, self.proc)
+        self._last_start = StartRecord(via, cause, asked_at, self._proc.started, launch.fork)
+        loop.add_reader(fd, self._on_output, self._proc)
         self.ctx.track(pid, self)
-        self._set(State.STARTING)
         self.ctx.changed()
 
     def _read_once(self, proc: _Proc) -> bytes:
@@ -465,7 +332,7 @@ class Engine:
 
     def _on_output(self, proc: _Proc) -> None:
         data = self._read_once(proc)
-        if data and self._state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
+        if data and self._m.state is State.STARTING and any(m in data for m in _LISTENING_MARKERS):
             self._probe_now.set()
 
     def _drain(self, proc: _Proc) -> None:
@@ -476,7 +343,7 @@ class Engine:
     def on_exit(self, pid: int, status: int) -> None:
         """Called by the supervisor's reaper the moment the engine's main process (or its
         standby) exits."""
-        proc = self.proc
+        proc = self._proc
         if proc is not None and proc.pid == pid:
             if not proc.exited.done():
                 proc.exited.set_result(status)
@@ -491,11 +358,11 @@ class Engine:
         how = f"killed by signal {signal.Signals(sig).name}" if sig else f"exited with code {code}"
         self._drain(proc)
         why = self.log.error_reason(proc.log_mark)
-        self.last_exit = ExitInfo(code=code, signal=sig, at=time.time(), reason=why or how)
+        self._last_exit = ExitInfo(code=code, signal=sig, at=time.time(), reason=why or how)
         return f"engine {how} {during}" + (f": {why}" if why else "")
 
     async def _wait_ready(self) -> None:
-        proc = self.proc
+        proc = self._proc
         assert proc is not None
         deadline = proc.started_mono + self.spec.startup_timeout_s
         while True:
@@ -519,7 +386,7 @@ class Engine:
             wake.cancel()
 
     async def _watch(self) -> None:
-        proc = self.proc
+        proc = self._proc
         assert proc is not None
         s = self.ctx.settings
         proc.tree = self.ctx.ops.descendants(proc.pid)
@@ -539,25 +406,23 @@ class Engine:
             problem = check.result()
             if problem is None:
                 if failures:
-                    self._reason = None
-                    self._set(State.READY)
+                    self._m.move(State.READY, None)
                 failures = 0
                 continue
             failures += 1
-            self._reason = f"{problem} ({failures}/{s.unhealthy_threshold})"
-            self._set(State.UNHEALTHY)
+            self._m.move(State.UNHEALTHY, f"{problem} ({failures}/{s.unhealthy_threshold})")
             if failures >= s.unhealthy_threshold:
-                self.last_exit = ExitInfo(None, None, time.time(), f"unhealthy: {problem}")
+                self._last_exit = ExitInfo(None, None, time.time(), f"unhealthy: {problem}")
                 raise _Failure(f"unhealthy: {problem} {failures} times in a row; restarting")
 
     async def _terminate(self, why: str) -> None:
         """Take the engine's whole tree down and forget the process."""
-        proc = self.proc
+        proc = self._proc
         if proc is None:
             return
         ops = self.ctx.ops
         tracked = [*proc.tree, *ops.descendants(proc.pid)]
-        self._last_pids = {proc.pid, *(p.pid for p in tracked)}
+        self._memory.remember({proc.pid, *(p.pid for p in tracked)})
         grace = self.ctx.settings.stop_grace_s
         # Session leader: its pid is the group id.
         t = await terminate_tree(ops, proc.pid, tracked, grace, self.spec.name, proc.exited)
@@ -573,5 +438,5 @@ class Engine:
             proc.fd = -1
         if not proc.exited.done():
             self.ctx.track(proc.pid, None)
-        self.proc = None
+        self._proc = None
         self.ctx.changed()

@@ -7,6 +7,8 @@ import re
 from collections import deque
 from pathlib import Path
 
+from orchestrator.trusted_paths import open_own
+
 # vLLM ends a failed start with the exception line (e.g. "ValueError: …") or argparse's "error:".
 # The name must end the line or be followed by ":", so a traceback's `raise ValueError(` is not one.
 _ERROR_LINE = re.compile(r"(^|\s)([A-Za-z_][\w.]*(Error|Exception)(:.*)?|.*\berror: .*)$")
@@ -35,7 +37,8 @@ class EngineLog:
         self._size = os.fstat(self._fd).st_size
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        # Never through a link: engine output appended to whatever it names (the admin token).
+        return open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
 
     def write(self, data: bytes) -> None:
         """Append raw engine output; rotate once the file passes max_bytes."""

@@ -11,13 +11,10 @@ import argparse
 import dataclasses
 import functools
 import json
-from pathlib import Path
 from typing import Any
 
 from orchestrator.gpu.nvml import Nvml
 from orchestrator.inengine.nvml_shim import mig_orchestrator_nvml_shim as shim
-
-GIB = 1024**3
 
 
 def lookups(nvml: Any, uuid: str) -> dict[str, Any]:
@@ -80,21 +77,3 @@ def run(args: argparse.Namespace) -> int:
         for item in found:
             _print(item)
     return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `nvml-check` subcommand."""
-    p = sub.add_parser(
-        "nvml-check",
-        help="show where vLLM's NVML lookups land for each slice, with and without the MIG fix",
-        description=__doc__,
-    )
-    p.add_argument("uuid", nargs="*", help="GPU or MIG UUIDs (default: every slice)")
-    p.add_argument(
-        "--topology",
-        type=Path,
-        metavar="TOPOLOGY",
-        help="fake GPU topology (file or shipped name) instead of the driver",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=run)

@@ -36,14 +36,14 @@ class ProcessId:
     def of(cls, pid: int) -> ProcessId | None:
         try:
             return cls(pid, psutil.Process(pid).create_time())
-        except psutil.Error:
+        except (psutil.Error, ValueError):  # ValueError: not a pid at all (0, negative)
             return None
 
     def alive(self) -> bool:
         try:
             p = psutil.Process(self.pid)
             return abs(p.create_time() - self.create_time) < 0.05 and p.status() != "zombie"
-        except psutil.Error:
+        except (psutil.Error, ValueError, TypeError):  # a damaged record is no live process
             return False
 
 
@@ -56,10 +56,43 @@ class Tagged:
     value: str
 
 
+def _stat_fields(pid: int | str) -> list[bytes]:
+    """/proc/PID/stat after the parenthesised command: state ppid pgrp ... (OSError once gone)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _runs_as_me(pid: int | str) -> bool:
+    """Real and effective uid are this daemon's: what another user started is never ours, even
+    when root can read it (a setuid program a student runs has the student's real uid)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    real, effective = map(int, line.split()[1:3])
+                    return real == effective == os.geteuid()
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def owned_group(p: ProcessId) -> int | None:
+    """The process group p is in now, read from /proc, when p is alive and runs as this daemon's
+    user; else None. A record's group is never trusted: this is the one signals go to."""
+    try:
+        fields = _stat_fields(p.pid)
+    except (OSError, TypeError, ValueError):
+        return None
+    if fields[0] == b"Z" or not p.alive() or not _runs_as_me(p.pid):
+        return None
+    return int(fields[2])
+
+
 def find_by_env(name: str, prefix: str) -> list[Tagged]:
-    """Other live processes whose environment holds `name` with a value starting with `prefix`: one
-    scan of /proc/*/environ, which keeps what the process was started with whatever it does
-    later. Processes of other users (unreadable) and zombies are skipped."""
+    """Other live processes of this daemon's user whose environment holds `name` with a value
+    starting with `prefix`: one scan of /proc/*/environ, which keeps what the process was started
+    with whatever it does later. Processes of other users and zombies are skipped."""
     needle = f"\0{name}={prefix}".encode()
     found = []
     me = str(os.getpid())
@@ -70,13 +103,11 @@ def find_by_env(name: str, prefix: str) -> list[Tagged]:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
                 env = b"\0" + f.read()
             at = env.find(needle)
-            if at < 0:
+            if at < 0 or not _runs_as_me(entry.name):
                 continue
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
+            rest = _stat_fields(entry.name)
         except OSError:
             continue
-        rest = stat[stat.rfind(b")") + 2 :].split()  # state ppid pgrp ...
         ident = None if rest[0] == b"Z" else ProcessId.of(int(entry.name))
         if ident is None:
             continue
@@ -152,12 +183,9 @@ def group_members(pgid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
+            rest = _stat_fields(entry.name)
         except OSError:
             continue
-        # Fields after the parenthesised command: state ppid pgrp ...
-        rest = stat[stat.rfind(b")") + 2 :].split()
         if len(rest) > 2 and rest[0] != b"Z" and int(rest[2]) == pgid:
             found.append(int(entry.name))
     return found
@@ -337,12 +365,21 @@ class ProcessOps(Protocol):
     def reap(self, pids: Iterable[int] | None) -> list[tuple[int, int]]: ...
     def rss_bytes(self, pid: int) -> int | None: ...
     def find_by_env(self, name: str, prefix: str) -> list[Tagged]: ...
+    def owned_group(self, p: ProcessId) -> int | None: ...
 
 
 class OsProcesses:
-    """The real ProcessOps: this module's functions."""
+    """The real ProcessOps: this module's functions. Engines start in `cwd`, a directory of the
+    daemon's own, never the caller's: `python -m` puts the working directory first on sys.path."""
 
-    spawn = staticmethod(spawn)
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+
+    def spawn(
+        self, argv: list[str], env: dict[str, str], *, pass_fds: Sequence[int] = ()
+    ) -> tuple[int, int]:
+        return spawn(argv, env, self.cwd, pass_fds)
+
     ident = staticmethod(ProcessId.of)
     alive = staticmethod(ProcessId.alive)
     descendants = staticmethod(descendants)
@@ -354,3 +391,4 @@ class OsProcesses:
     reap = staticmethod(reap)
     rss_bytes = staticmethod(rss_bytes)
     find_by_env = staticmethod(find_by_env)
+    owned_group = staticmethod(owned_group)

@@ -6,6 +6,7 @@ engine log, the daemon log and status all show them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,7 +14,7 @@ Cause = Literal["start", "restart", "retry"]  # a command, or the restart after 
 _AFTER = {"start": "the start command", "restart": "the restart command", "retry": "the failure"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class StartRecord:
     via: Literal["standby", "plain"]
     cause: Cause
@@ -30,9 +31,13 @@ class StartRecord:
     def ask_to_ready_s(self) -> float | None:
         return None if self.ready_at is None else self.ready_at - self.asked_at
 
-    def ready(self, now: float) -> str:
-        """Mark it serving at `now`; the line that says how long it took."""
-        self.ready_at = now
+    def ready(self, now: float) -> StartRecord:
+        """This start, serving since `now`."""
+        return dataclasses.replace(self, ready_at=now)
+
+    def took(self) -> str:
+        """The line that says how long the start took (once ready)."""
+        now = self.ready_at if self.ready_at is not None else self.launched_at
         launch = "the standby's trigger" if self.via == "standby" else "a plain launch"
         return (
             f"ready {now - self.launched_at:.2f} s after {launch}"

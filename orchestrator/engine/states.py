@@ -1,9 +1,9 @@
 """An engine's states, what it is asked to be, and which state changes are allowed; the same for
 the engine's standby, which is not an engine state but a small machine of its own.
 
-Only `Engine` changes its state, through one setter that calls `check`. The single way around
-the table is `Engine._force`, for when the lifecycle code itself failed and the state it left
-cannot be trusted (the engine is then forced to FAILED, whatever it was).
+Each machine's state and reason live in one `Machine`, changed together through `move`, which
+checks the table. The single way around the table is `Machine.force`, for when the lifecycle code
+itself failed and the state it left cannot be trusted (the engine is then forced to FAILED).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Mapping
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 
 class State(enum.StrEnum):
@@ -46,6 +46,15 @@ TRANSITIONS: Final[Mapping[State, frozenset[State]]] = {
 }
 
 
+# Whether a state comes with a reason (True) or never does (False); the others may have one.
+REASONS: Final[Mapping[State, bool]] = {
+    S.READY: False,
+    S.UNHEALTHY: True,  # the health problem
+    S.BACKOFF: True,  # the failure it waits to retry after
+    S.FAILED: True,  # why it gave up
+}
+
+
 class StandbyState(enum.StrEnum):
     OFF = "off"  # none: not wanted, not yet prepared, used, or gone
     PREPARING = "preparing"  # started, importing the engine's modules
@@ -65,6 +74,13 @@ STANDBY_TRANSITIONS: Final[Mapping[StandbyState, frozenset[StandbyState]]] = {
 }
 
 
+STANDBY_REASONS: Final[Mapping[StandbyState, bool]] = {
+    B.PREPARING: False,
+    B.READY: False,
+    B.UNAVAILABLE: True,  # why it cannot work
+}
+
+
 class IllegalTransition(RuntimeError):
     """A state change the table does not allow: a bug in the lifecycle code."""
 
@@ -77,6 +93,13 @@ def _check(table: Mapping[E, frozenset[E]], what: str, old: E, new: E) -> None:
         raise IllegalTransition(f"illegal {what} state transition {old.value} -> {new.value}")
 
 
+def _check_reason(reasons: Mapping[E, bool], what: str, state: E, reason: str | None) -> None:
+    wanted = reasons.get(state)
+    if wanted is not None and wanted != (reason is not None):
+        has = f"reason {reason!r}" if reason is not None else "no reason"
+        raise IllegalTransition(f"illegal {what} state {state.value} with {has}")
+
+
 def check(old: State, new: State) -> None:
     """Raise IllegalTransition unless old -> new is in the table (staying put always is)."""
     _check(TRANSITIONS, "engine", old, new)
@@ -87,14 +110,65 @@ def check_standby(old: StandbyState, new: StandbyState) -> None:
     _check(STANDBY_TRANSITIONS, "standby", old, new)
 
 
-def log_change(
-    log: logging.Logger, name: str, old: E, new: E, check: Callable[[E, E], None]
-) -> None:
-    """Check a change of `name`'s state with `check` and log it. One the table forbids is
-    logged as a BUG, with the stack, and not raised: a bookkeeping bug must not stop the real
-    work under way (taking a tree down, a restart). Tests fail on that line."""
-    try:
-        check(old, new)
-    except IllegalTransition as e:
-        log.error("%s: BUG: %s", name, e, stack_info=True)
-    log.info("%s: %s -> %s", name, old.value, new.value)
+def check_status(old: State, new: State, reason: str | None) -> None:
+    """check() for a change to (new, reason), the pair included."""
+    _check(TRANSITIONS, "engine", old, new)
+    _check_reason(REASONS, "engine", new, reason)
+
+
+class Machine(Generic[E]):
+    """A state and the reason for it, written only through move() (or force()). `changed` runs
+    after every change, so what is saved and shown never has one without the other."""
+
+    def __init__(
+        self,
+        label: str,
+        kind: str,
+        initial: E,
+        tables: tuple[Mapping[E, frozenset[E]], Mapping[E, bool]],
+        log: logging.Logger,
+        changed: Callable[[], None] | None = None,
+    ) -> None:
+        self.label = label
+        self._kind = kind  # "engine" or "standby", for the BUG line
+        self._state: E = initial
+        self._reason: str | None = None
+        self._table: Mapping[E, frozenset[E]] = tables[0]
+        self._reasons: Mapping[E, bool] = tables[1]
+        self._log = log
+        self._changed = changed
+
+    @property
+    def state(self) -> E:
+        return self._state
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def move(self, state: E, reason: str | None) -> None:
+        """Change state and reason together. A change the table forbids is logged as a BUG, with
+        the stack, and not raised: a bookkeeping bug must not stop the real work under way
+        (taking a tree down, a restart). Tests fail on that line."""
+        old = self._state
+        if state is old and reason == self._reason:
+            return
+        try:
+            _check(self._table, self._kind, old, state)
+            _check_reason(self._reasons, self._kind, state, reason)
+        except IllegalTransition as e:
+            self._log.error("%s: BUG: %s", self.label, e, stack_info=True)
+        if state is not old:
+            self._log.info("%s: %s -> %s", self.label, old.value, state.value)
+        self._state, self._reason = state, reason
+        if self._changed is not None:
+            self._changed()
+
+    def force(self, state: E, reason: str) -> None:
+        """The one way around the table, for when the lifecycle code itself failed: the state it
+        left cannot be trusted, whatever it is."""
+        old = self._state.value
+        self._log.warning("%s: %s -> %s forced: %s", self.label, old, state.value, reason)
+        self._state, self._reason = state, reason
+        if self._changed is not None:
+            self._changed()

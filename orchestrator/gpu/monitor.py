@@ -65,53 +65,6 @@ CSV_FIELDS = (
 )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `monitor` subcommand."""
-    p = sub.add_parser(
-        "monitor",
-        help="sample GPU telemetry and per-slice memory, like nvidia-smi dmon",
-        description=__doc__,
-    )
-    p.add_argument(
-        "--topology",
-        type=Path,
-        metavar="TOPOLOGY",
-        help="fake GPU topology (file or shipped name) instead of the driver",
-    )
-    p.add_argument(
-        "--interval", type=_seconds, default=1.0, metavar="S", help="seconds between samples (1)"
-    )
-    p.add_argument(
-        "--count", type=_count, default=0, metavar="N", help="stop after N samples (0: until ^C)"
-    )
-    p.add_argument("--csv", type=Path, metavar="FILE", help="also write every row to a CSV file")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON lines (one per GPU per sample, slices nested)",
-    )
-    p.add_argument(
-        "--per-slice", action="store_true", help="add a memory row per slice (table and CSV)"
-    )
-    p.set_defaults(func=run)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text!r}")
-    return int(text)
-
-
 def run(args: argparse.Namespace) -> int:
     """Sample until --count is reached or the user interrupts; exit code 1 if NVML fails."""
     try:

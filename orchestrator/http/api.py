@@ -8,7 +8,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -35,7 +35,12 @@ from orchestrator.http.standby_view import (
 )
 from orchestrator.placement import PlacementError
 from orchestrator.supervisor.overrides import OverrideError
-from orchestrator.supervisor.supervisor import ReloadResult, Supervisor, UnknownModel
+from orchestrator.supervisor.supervisor import (
+    ReloadResult,
+    StateNotSaved,
+    Supervisor,
+    UnknownModel,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,22 +138,23 @@ class StatusView:
         )
 
     def _live(self, e: Engine) -> dict[str, Any]:
-        ex = e.last_exit
+        st = e.status()
+        ex = st.last_exit
         return {
-            "name": e.spec.name,
-            "state": e.state.value,
-            "desired": e.desired.value,
-            "pid": e.proc.pid if e.proc else None,
-            "uptime_s": round(u, 3) if (u := e.uptime()) is not None else None,
-            "restarts": e.restarts,
+            "name": st.name,
+            "state": st.state.value,
+            "desired": st.desired.value,
+            "pid": st.pid,
+            "uptime_s": round(st.uptime_s, 3) if st.uptime_s is not None else None,
+            "restarts": st.restarts,
             "last_exit": (
                 {"code": ex.code, "signal": ex.signal, "at": _iso(ex.at), "reason": ex.reason}
                 if ex
                 else None
             ),
-            "reason": e.reason,
-            "standby": standby_json(e),
-            "last_start": last_start_json(e),
+            "reason": st.reason,
+            "standby": standby_json(e.spec.standby.enabled, st.standby),
+            "last_start": last_start_json(st.last_start),
         }
 
     def _part(self, spec: EngineSpec, show_env: bool) -> dict[str, Any]:
@@ -223,10 +229,28 @@ class ControlState:
         return e
 
     async def command(
-        self, e: Engine, desired: Desired, op: Awaitable[None], what: str
+        self,
+        e: Engine,
+        desired: Desired,
+        op: Awaitable[None],
+        what: str,
+        undo: Callable[[], None] | None = None,
     ) -> ModelStatus:
-        """Record what the caller wants, run `op` in the background (202) and answer the status."""
+        """Record what the caller wants and save it, then run `op` in the background (202) and
+        answer the status. 503, with nothing changed, when it cannot be saved (`undo` takes back
+        what the caller recorded besides the desired state)."""
+        previous = e.desired
         e.want(desired)
+        try:
+            # A 202 must survive a daemon crash; a state_dir that takes no write refuses it.
+            await self.target.supervisor.persist(force=True)
+        except StateNotSaved as err:
+            if isinstance(op, Coroutine):
+                op.close()  # never run
+            if undo is not None:
+                undo()
+            e.want(previous)
+            raise HTTPException(503, f"{what} refused, nothing was changed: {err}") from None
 
         async def logged() -> None:
             try:
@@ -238,9 +262,7 @@ class ControlState:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         await asyncio.sleep(0)  # let the command take the model's lock and show its state
-        shown = self.view.model(e)
-        await self.target.supervisor.persist()  # a 202 must survive a daemon crash
-        return shown
+        return self.view.model(e)
 
 
 def _control(request: Request) -> ControlState:
@@ -318,9 +340,13 @@ async def restart_model(
 ) -> ModelStatus:
     ctl = _control(request)
     e = ctl.engine_for(name, who)
-    overrides = None if body is None else _checked_overrides(ctl, name, who, body.overrides)
-    op = ctl.target.supervisor.restart(name, overrides)
-    return await ctl.command(e, Desired.RUNNING, op, f"restart {name}")
+    # Held from here and saved with the command: a 202 promises the restart with them even
+    # across a crash; a refused command (503) takes them back.
+    overrides, undo = _checked_overrides(ctl, name, who, None if body is None else body.overrides)
+    sup = ctl.target.supervisor
+    return await ctl.command(
+        e, Desired.RUNNING, sup.restart(name, overrides), f"restart {name}", undo
+    )
 
 
 ADMIN_ONLY_OVERRIDES = ("env", "extra_args")
@@ -328,10 +354,11 @@ ADMIN_ONLY_OVERRIDES = ("env", "extra_args")
 
 def _checked_overrides(
     ctl: ControlState, name: str, who: Caller, overrides: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """Runtime overrides with nulls dropped, refused (403/422) before anything restarts."""
+) -> tuple[dict[str, Any] | None, Callable[[], None] | None]:
+    """Runtime overrides with nulls dropped, refused (403/422) before anything restarts, and
+    what releases them if the command is refused."""
     if overrides is None:
-        return None
+        return None, None
     overrides = {k: v for k, v in overrides.items() if v is not None}  # null = not set
     raw = {k for k in ADMIN_ONLY_OVERRIDES if overrides.get(k)}
     if raw and not who.admin:
@@ -342,10 +369,9 @@ def _checked_overrides(
         current = ctl.target.supervisor.overrides_of(name)
         overrides = {**{k: current[k] for k in ADMIN_ONLY_OVERRIDES if k in current}, **overrides}
     try:
-        ctl.target.supervisor.accept_overrides(name, overrides)
+        return overrides, ctl.target.supervisor.accept_overrides(name, overrides)
     except OverrideError as exc:
         raise HTTPException(422, str(exc)) from None
-    return overrides
 
 
 @router.get("/api/v1/models/{name}/logs", response_model=LogsOut)

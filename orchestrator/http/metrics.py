@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from orchestrator import prom_text as promtext
-from orchestrator.engine.lifecycle import Engine
+from orchestrator import prom_text
+from orchestrator.engine.lifecycle import Engine, EngineStatus
 from orchestrator.engine.probe import http_get
 from orchestrator.engine.states import StandbyState, State
 from orchestrator.gpu.nvml import GpuSample, SliceSample
@@ -67,8 +67,8 @@ def engine_series(
     if text is None:
         return None
     try:
-        return promtext.relabel(text, ENGINE_METRICS, labels)
-    except promtext.PromTextError as e:
+        return prom_text.relabel(text, ENGINE_METRICS, labels)
+    except prom_text.PromTextError as e:
         log.warning("%s: its /metrics page is not Prometheus text, left out: %s", name, e)
         return None
 
@@ -113,7 +113,7 @@ class MetricsCollector:
                 ((labels, int(page is not None)) for labels, page in pages),
             )
         )
-        families += promtext.merge(page for _, page in pages if page is not None)
+        families += prom_text.merge(page for _, page in pages if page is not None)
         took = time.perf_counter() - started
         families.append(
             family(
@@ -122,7 +122,7 @@ class MetricsCollector:
                 [({}, round(took, 6))],
             )
         )
-        return promtext.render(families)
+        return prom_text.render(families)
 
     def _model_labels(self, name: str, e: Engine) -> dict[str, str]:
         s = e.spec.slice
@@ -136,7 +136,7 @@ class MetricsCollector:
         }
 
     def _model_families(self, engines: list[tuple[str, Engine]]) -> list[Family]:
-        labelled = [(self._model_labels(name, e), e) for name, e in engines]
+        labelled = [(self._model_labels(name, e), e.status()) for name, e in engines]
         states = (
             ({**lab, "state": st.value}, int(e.state is st)) for lab, e in labelled for st in State
         )
@@ -151,7 +151,7 @@ class MetricsCollector:
             family(
                 "mig_orchestrator_model_uptime_seconds",
                 "Seconds since the engine process started.",
-                ((lab, round(e.uptime() or 0, 3)) for lab, e in labelled),
+                ((lab, round(e.uptime_s or 0, 3)) for lab, e in labelled),
             ),
             family(
                 "mig_orchestrator_model_ready",
@@ -183,9 +183,9 @@ class MetricsCollector:
         return assigned
 
 
-def standby_families(labelled: list[tuple[dict[str, str], Engine]]) -> list[Family]:
+def standby_families(labelled: list[tuple[dict[str, str], EngineStatus]]) -> list[Family]:
     """The standby's state and memory, and how long the last start took, per model."""
-    standbys = [(lab, e.standby.status()) for lab, e in labelled]
+    standbys = [(lab, e.standby) for lab, e in labelled]
     starts = [(lab, e.last_start) for lab, e in labelled]
     return [
         family(

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from orchestrator.engine.lifecycle import Engine
+from orchestrator.engine.standby.slot import StandbyStatus
+from orchestrator.engine.starts import StartRecord
 
 
 class StandbyOut(BaseModel):
@@ -39,10 +40,9 @@ def _s(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
-def standby_json(e: Engine) -> dict[str, Any]:
-    st = e.standby.status()
+def standby_json(enabled: bool, st: StandbyStatus) -> dict[str, Any]:
     return {
-        "enabled": e.spec.standby.enabled,
+        "enabled": enabled,
         "state": st.state.value,
         "pid": st.pid,
         "rss_bytes": st.rss_bytes,
@@ -51,8 +51,7 @@ def standby_json(e: Engine) -> dict[str, Any]:
     }
 
 
-def last_start_json(e: Engine) -> dict[str, Any] | None:
-    s = e.last_start
+def last_start_json(s: StartRecord | None) -> dict[str, Any] | None:
     if s is None:
         return None
     return {

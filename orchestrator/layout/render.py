@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator.layout.estimate import Estimate, gib
 from orchestrator.layout.geometry import memory
-from orchestrator.layout.pack import GpuPlan, LayoutPlan, ModelPlan
+from orchestrator.layout.plan import GpuPlan, LayoutPlan, ModelPlan
 
 MIG_PARTED_NAME = "mig-orchestrator"
 # The GPU operator picks the config by the node label nvidia.com/mig.config=NAME, so NAME must be
@@ -286,7 +286,7 @@ def topology(plan: LayoutPlan, source: str = "models.toml") -> str:
     """The planned layout as a fake-NVML topology file, for plan / serve / demo --topology."""
     lines = [
         f"# Fake NVML topology: the MIG layout `mig-orchestrator layout` planned from {source}.",
-        "# Format: orchestrator/gpu/nvml_fake.py. Memory slots are noted beside each device.",
+        "# Format: orchestrator/gpu/topology_file.py. Memory slots are noted beside each device.",
         "",
         "[driver]",
         "privileged = true",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.gpu.inventory import Inventory
+from orchestrator.gpu.mig_naming import MigProfileInfo
 from orchestrator.gpu.mig_profiles import GEOMETRY, GpuModel, model_for_gpu_name, profile
-from orchestrator.gpu.nvml import MIB, MigProfileInfo, Nvml, NvmlError
+from orchestrator.gpu.nvml import Nvml, NvmlError
+from orchestrator.units import MIB
 
 
 @dataclass(frozen=True)

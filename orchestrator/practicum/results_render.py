@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.bench.report import LEVEL_HEADER, level_row, number
+
 PHASE_STEP = {
     "up": "bash deploy/gpu-device.sh up",
     "serve": "bash deploy/gpu-device.sh serve",
@@ -34,15 +36,6 @@ NONE = "-"  # a cell with no value
 # bench vs vllm bench serve must agree this closely (issue 12, 3d).
 AGREEMENT = 0.05
 RESTART_GOAL = 0.35  # crash to serving, as a fraction of plain vLLM's restart (issue 16)
-
-
-def _num(value: Any, digits: int = 1) -> str:
-    if value is None or value == "":
-        return NONE
-    try:
-        return f"{float(value):,.{digits}f}"
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
@@ -164,7 +157,7 @@ def section_startup(r: Results) -> list[str]:
     for s in r.startups:
         which = s.get("variant") or f"#{s.get('order', '')}"
         label = f"{s['phase']} {which} {s['model']}"
-        cells = [_num(s["phases"].get(k)) for _, k in STARTUP_COLUMNS]
+        cells = [number(s["phases"].get(k)) for _, k in STARTUP_COLUMNS]
         if s.get("via") == "standby":
             label += " (from its standby)"
             cells[0] = "in the standby"
@@ -181,43 +174,11 @@ def section_startup(r: Results) -> list[str]:
         out += md_table(
             ["cache", "MiB", "kept by the unit"],
             [
-                [f"`{p}`", _num(c["mib"]), "yes" if c["kept_by_unit"] else "no"]
+                [f"`{p}`", number(c["mib"]), "yes" if c["kept_by_unit"] else "no"]
                 for p, c in caches.items()
             ],
         )
     return out
-
-
-def _level_row(lv: dict[str, Any]) -> list[str]:
-    def q(dist: dict[str, Any] | None, key: str, digits: int = 0) -> str:
-        return _num(dist.get(key), digits) if dist else NONE
-
-    return [
-        str(lv["concurrency"]),
-        _num(lv["request_throughput"], 2),
-        _num(lv["output_throughput"], 0),
-        q(lv["ttft_ms"], "p50"),
-        q(lv["ttft_ms"], "p90"),
-        q(lv["ttft_ms"], "p99"),
-        q(lv["itl_ms"], "p50", 2),
-        q(lv["itl_ms"], "p99", 2),
-        str(lv["completed"]),
-        str(lv["failed"]),
-    ]
-
-
-LEVEL_HEADER = [
-    "concurrency",
-    "req/s",
-    "output tok/s",
-    "TTFT p50 ms",
-    "TTFT p90 ms",
-    "TTFT p99 ms",
-    "ITL p50 ms",
-    "ITL p99 ms",
-    "completed",
-    "failed",
-]
 
 
 def section_sweep(r: Results, images: Path) -> list[str]:
@@ -226,7 +187,7 @@ def section_sweep(r: Results, images: Path) -> list[str]:
     if sweep is None:
         return out + not_run("serve")
     out += r.shown("serve", "sweep")
-    out += md_table(LEVEL_HEADER, [_level_row(lv) for lv in sweep["levels"]])
+    out += md_table(LEVEL_HEADER, [level_row(lv) for lv in sweep["levels"]])
     out += _image(r, "serve/sweep.png", images, "bench --plot of the sweep")
     return out
 
@@ -258,8 +219,8 @@ def section_monitor(r: Results, images: Path) -> list[str]:
                 [
                     str(len(rows)),
                     f"{min(sm):.0f} / {statistics.mean(sm):.0f} / {max(sm):.0f}",
-                    _num(max(mem or [0]), 0),
-                    _num(max(power or [0]), 0),
+                    number(max(mem or [0]), 0),
+                    number(max(power or [0]), 0),
                 ]
             ],
         )
@@ -314,7 +275,10 @@ def section_ralph(r: Results) -> list[str]:
             cache = (it or {}).get("cache") or {}
             ttft = ((it or {}).get("level") or {}).get("ttft_ms") or {}
             rows_hit = cache.get("hit_rate")
-            row += [_num(None if rows_hit is None else rows_hit * 100, 0), _num(ttft.get("p50"), 0)]
+            row += [
+                number(None if rows_hit is None else rows_hit * 100, 0),
+                number(ttft.get("p50"), 0),
+            ]
         rows.append(row)
     out += md_table(
         ["iteration", "on: hit %", "on: TTFT p50 ms", "off: hit %", "off: TTFT p50 ms"], rows
@@ -325,8 +289,8 @@ def section_ralph(r: Results) -> list[str]:
             rate = whole.get("hit_rate")
             out.append(
                 f"- caching {key}: hit rate over the run "
-                f"{_num(None if rate is None else rate * 100, 0)} % of "
-                f"{_num(whole.get('queries'), 0)} queried tokens"
+                f"{number(None if rate is None else rate * 100, 0)} % of "
+                f"{number(whole.get('queries'), 0)} queried tokens"
             )
     return [*out, ""]
 
@@ -351,13 +315,13 @@ def section_compare(r: Results, images: Path) -> list[str]:
         rows.append(
             [
                 str(gmu),
-                _num(fig.get("kv_cache_gib"), 2),
-                _num(fig.get("kv_cache_tokens"), 0),
-                _num(fig.get("max_concurrency"), 1),
-                _num(lv.get("output_throughput"), 0),
-                _num(lv.get("request_throughput"), 2),
-                _num(ttft.get("p50"), 0),
-                _num(ttft.get("p99"), 0),
+                number(fig.get("kv_cache_gib"), 2),
+                number(fig.get("kv_cache_tokens"), 0),
+                number(fig.get("max_concurrency"), 1),
+                number(lv.get("output_throughput"), 0),
+                number(lv.get("request_throughput"), 2),
+                number(ttft.get("p50"), 0),
+                number(ttft.get("p99"), 0),
                 v["status"],
             ]
         )
@@ -397,7 +361,7 @@ def section_versus(r: Results) -> list[str]:
     )
     out += md_table(
         ["run", *(k for k, _, _ in keys)],
-        [[name, *(_num(res.get(key), d) for _, key, d in keys)] for name, res in runs.items()],
+        [[name, *(number(res.get(key), d) for _, key, d in keys)] for name, res in runs.items()],
     )
     ours = [res for name, res in runs.items() if name.startswith("mig-orchestrator")]
     theirs = [res for name, res in runs.items() if name.startswith("vllm bench")]
@@ -442,11 +406,11 @@ def _restart_row(x: dict[str, Any], base: float | None) -> list[str]:
         return [
             x["variant"],
             f"crash #{x['repeat']}",
-            _num(x["crash_to_detected_s"], 2),
-            _num(x["crash_to_relaunch_s"], 1),
-            _num(x["crash_to_ready_s"], 1),
-            _num(x["crash_to_serving_s"], 1),
-            _num(ratio, 2) + mark,
+            number(x["crash_to_detected_s"], 2),
+            number(x["crash_to_relaunch_s"], 1),
+            number(x["crash_to_ready_s"], 1),
+            number(x["crash_to_serving_s"], 1),
+            number(ratio, 2) + mark,
         ]
     if x.get("variant") == "vllm-direct":
         return [
@@ -454,7 +418,7 @@ def _restart_row(x: dict[str, Any], base: float | None) -> list[str]:
             f"launch #{x['repeat']}",
             NONE,
             NONE,
-            _num(x["launch_to_ready_s"], 1),
+            number(x["launch_to_ready_s"], 1),
             NONE,
             NONE,
         ]
@@ -463,7 +427,7 @@ def _restart_row(x: dict[str, Any], base: float | None) -> list[str]:
         f"switch to {json.dumps(x.get('settings'))}",
         NONE,
         NONE,
-        _num(x.get("switch_s"), 1),
+        number(x.get("switch_s"), 1),
         NONE,
         NONE,
     ]
@@ -509,7 +473,7 @@ def section_tests(r: Results) -> list[str]:
             found = case.find(tag)
             if found is not None:
                 outcome = f"{tag}: {(found.get('message') or '')[:100]}"
-        rows.append([f"`{case.get('name')}`", _num(case.get("time"), 1), outcome])
+        rows.append([f"`{case.get('name')}`", number(case.get("time"), 1), outcome])
     return out + md_table(["test", "seconds", "outcome"], rows)
 
 
@@ -519,7 +483,7 @@ def section_teardown(r: Results) -> list[str]:
     if down is None:
         return [*out, "*The practicum's daemon was stopped by tests/gpu (test_d), or not yet.*", ""]
     return out + md_table(
-        list(down), [[_num(v, 1) if isinstance(v, float) else str(v) for v in down.values()]]
+        list(down), [[number(v, 1) if isinstance(v, float) else str(v) for v in down.values()]]
     )
 
 

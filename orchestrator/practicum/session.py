@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.client import ControlClient, ControlError
+from orchestrator.config.write import render_models_toml
+from orchestrator.daemon import child
 from orchestrator.gpu.nvml import Nvml, NvmlError
 from orchestrator.tooling import cpu_venv
 
@@ -74,10 +75,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _q(value: object) -> str:
-    return json.dumps(str(value)) if isinstance(value, str | Path) else json.dumps(value)
-
-
 def config_text(setup: Setup, root: Path, listen: str, ports: dict[str, int]) -> str:
     """models.toml of the session (a simulated whole H100 stands in for the GPU on CPU runs)."""
     env = {**setup.engine_env(), SESSION_ENV: str(root)}
@@ -100,22 +97,19 @@ def config_text(setup: Setup, root: Path, listen: str, ports: dict[str, int]) ->
     }
     if setup.cpu:
         defaults |= {"dtype": "float32", "enforce_eager": True, "max_num_seqs": 16}
-    lines = ["# Written by orchestrator.practicum.session", "[orchestrator]"]
-    lines += [f"{k} = {_q(v)}" for k, v in orchestrator.items()]
-    lines += ["", "[defaults]", *(f"{k} = {_q(v)}" for k, v in defaults.items())]
-    lines.append("env = { " + ", ".join(f"{k} = {_q(v)}" for k, v in env.items()) + " }")
-    for name, caching in MODELS.items():
-        lines += [
-            "",
-            f"[models.{name}]",
-            f"model = {_q(setup.model)}",
-            f"port = {ports[name]}",
-            'host = "127.0.0.1"',
-            f"student = {_q(name)}",
-            "share_gpu = true",
-            f"enable_prefix_caching = {'true' if caching else 'false'}",
-        ]
-    return "\n".join(lines) + "\n"
+    defaults["env"] = env
+    models = {
+        name: {
+            "model": setup.model,
+            "port": ports[name],
+            "host": "127.0.0.1",
+            "student": name,
+            "share_gpu": True,
+            "enable_prefix_caching": caching,
+        }
+        for name, caching in MODELS.items()
+    }
+    return render_models_toml(orchestrator, models, defaults, "Written by " + __name__)
 
 
 def gpu_memory_used_mib(topology: str | None = None) -> float | None:
@@ -193,15 +187,13 @@ class Session:
         return not (stat.exists() and stat.read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z")
 
     def wait_ready(self, names: list[str], timeout: float) -> dict[str, dict[str, Any]]:
-        out = {}
         with self.client() as control:
-            for name in names:
-                status = control.wait_for(name, {"ready"}, timeout)
+            out = control.settle(names, timeout)
+            for name, status in out.items():
                 if status["state"] != "ready":
                     tail = "\n".join(control.logs(name, 30))
                     why = status.get("reason")
                     raise ControlError(f"{name} is {status['state']}: {why}\n{tail}")
-                out[name] = status
         return out
 
     def stop(self, timeout: float = 120.0) -> dict[str, Any]:
@@ -253,18 +245,14 @@ def start(
     control = free_port()
     config = root / "models.toml"
     config.write_text(config_text(setup, root, f"127.0.0.1:{control}", ports))
-    log = (root / "daemon.log").open("ab")
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(
-        [python, "-m", "orchestrator", "serve", "--config", str(config), "--log-level", "debug"],
+    proc = child.spawn(
+        config,
+        root / "daemon.log",
+        python=python,
+        args=["--log-level", "debug"],
         cwd=src,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,  # outlives this command: the next one reuses the engines
+        new_session=True,  # outlives this command: the next one reuses the engines
     )
-    log.close()
     session = Session(
         root=root,
         url=f"http://127.0.0.1:{control}",
@@ -276,7 +264,10 @@ def start(
         started=time.time(),
     )
     session.save()
-    _wait_control_plane(session, proc)
+    try:
+        child.wait_until_up(proc, session.url, root / "daemon.log")
+    except (child.DaemonExited, TimeoutError) as e:
+        raise ControlError(str(e)) from None
     if wait:
         session.wait_ready(list(MODELS), timeout)
     return session
@@ -286,19 +277,3 @@ def _topology_path(name: str | None) -> str | None:
     if name is None:
         return None
     return str(REPO / "orchestrator" / "gpu" / "topologies" / f"{name}.toml")
-
-
-def _wait_control_plane(session: Session, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            tail = (session.root / "daemon.log").read_text(errors="replace")[-3000:]
-            raise ControlError(f"the daemon exited with {proc.returncode}:\n{tail}")
-        try:
-            with session.client(timeout=2) as control:
-                control.models()
-            return
-        except ControlError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

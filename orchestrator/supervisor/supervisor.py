@@ -17,6 +17,8 @@ from orchestrator.engine import process
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.lifecycle import Engine, EngineContext, EngineSpec
 from orchestrator.engine.logfile import EngineLog
+from orchestrator.engine.marker import DaemonMark
+from orchestrator.engine.spec import ExitListener
 from orchestrator.engine.standby.slot import StandbySettings
 from orchestrator.engine.states import Desired, State
 from orchestrator.gpu.inventory import Inventory
@@ -24,8 +26,11 @@ from orchestrator.placement import PlacementError, Plan, plan_partial
 from orchestrator.supervisor import overrides as runtime_overrides
 from orchestrator.supervisor.leftovers import stop_leftovers
 from orchestrator.supervisor.store import DaemonState, EngineRecord, StateStore
+from orchestrator.trusted_paths import private_subdir
 
 log = logging.getLogger(__name__)
+# Engines and standbys run in this directory of state_dir, never in the daemon's own.
+ENGINE_CWD = "engine-cwd"
 
 
 class SliceMemory(Protocol):
@@ -36,6 +41,10 @@ class SliceMemory(Protocol):
 
 class UnknownModel(KeyError):
     pass
+
+
+class StateNotSaved(RuntimeError):
+    """What was asked cannot be written to state.json; the message says why."""
 
 
 @dataclass
@@ -74,12 +83,13 @@ class Supervisor:
         self.nvml = nvml
         self.reap_all = reap_all
         self.allow_partial = allow_partial
-        self.ops = ops or process.OsProcesses()
+        self.ops = ops or process.OsProcesses(cfg.orchestrator.state_dir / ENGINE_CWD)
+        self._mark: DaemonMark | None = None  # read from state_dir once it is ours (open)
         self.engines: dict[str, Engine] = {}
         self.unplaced: dict[str, str] = {}
         self.plan = Plan()
         self.started_at = time.time()
-        self._pids: dict[int, Engine] = {}
+        self._pids: dict[int, ExitListener] = {}
         self._slice_locks: dict[str, asyncio.Lock] = {}
         self._saved: DaemonState = DaemonState()
         self._save_pending = False
@@ -117,7 +127,9 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self._saved = self.store.load()
         o = self.cfg.orchestrator
-        await stop_leftovers(self.ops, o.state_dir, self._saved.leftovers(), o.stop_grace_s)
+        private_subdir(o.state_dir / ENGINE_CWD)
+        self._mark = DaemonMark.load(o.state_dir)
+        await stop_leftovers(self.ops, self._mark, self._saved.leftovers(), o.stop_grace_s)
         self._saved.engines.clear()
         self._saved.standbys.clear()
         plan = plan_partial(self.cfg, self.inventory, self._saved.assignments)
@@ -155,7 +167,7 @@ class Supervisor:
             port=m.port,
             slice=slc,
             shared_slice=slc is not None and len(self.plan.models_on(slc.uuid)) > 1,
-            launch=build_launch(self.cfg, name, slc, overrides),
+            launch=build_launch(self.cfg, name, slc, overrides, mark=self._mark),
             settings=self.cfg.effective_settings(name, overrides),
             overrides=dict(overrides),
             startup_timeout_s=m.startup_timeout_s or self.cfg.orchestrator.startup_timeout_s,
@@ -209,14 +221,21 @@ class Supervisor:
         """The model's accepted overrides: those a pending restart will apply, else the running."""
         return dict(self._overrides().get(name, {}))
 
-    def accept_overrides(self, name: str, overrides: dict[str, Any]) -> None:
+    def accept_overrides(self, name: str, overrides: dict[str, Any]) -> Callable[[], None]:
         """Raise OverrideError unless the overrides make a valid engine beside every other
-        accepted one; else hold them as pending, in the same step, for restart() to apply."""
+        accepted one; else hold them as pending for restart() to apply, and saved with the
+        command. Returns what takes them back if the command is refused."""
         self.engine(name)
         # No await between the check and the hold: a second caller sees these at once, so two
         # restarts racing on one shared GPU cannot both pass the cap against stale specs.
         runtime_overrides.check(self.cfg, self.plan, self._overrides(), name, overrides)
         self._asked_overrides[name] = overrides
+
+        def undo() -> None:
+            if self._asked_overrides.get(name) is overrides:
+                del self._asked_overrides[name]
+
+        return undo
 
     def _overrides(self) -> dict[str, dict[str, Any]]:
         """Accepted overrides per model: pending (asked, not yet applied) win over running."""
@@ -312,7 +331,7 @@ class Supervisor:
             log.warning("cannot list GPU processes of slice %s: %s", uuid, e)
             return None
 
-    def _track(self, pid: int, engine: Engine | None) -> None:
+    def _track(self, pid: int, engine: ExitListener | None) -> None:
         if engine is None:
             self._pids.pop(pid, None)
         else:
@@ -337,16 +356,17 @@ class Supervisor:
         engines = {}
         standbys = {}
         for name, e in self.engines.items():
-            if (sb := e.standby.record()) is not None:
+            st = e.status()
+            if (sb := st.standby_process) is not None:
                 # Its own session: pid = process group. It exits when this daemon's end of its
                 # channel closes, but a daemon started after a crash makes sure.
                 standbys[name] = EngineRecord(sb.pid, sb.pid, sb.create_time, None)
-            if e.proc is not None:
-                pid = e.proc.ident
+            if st.pid is not None:
+                pid = st.process
                 if pid is not None:
                     engines[name] = EngineRecord(
                         pid=pid.pid,
-                        pgid=e.proc.pid,
+                        pgid=st.pid,
                         create_time=pid.create_time,
                         slice_uuid=e.spec.slice.uuid if e.spec.slice else None,
                     )
@@ -362,24 +382,27 @@ class Supervisor:
         await asyncio.sleep(0)  # coalesce the burst of changes one event-loop turn brings
         async with self._save_lock:
             self._save_pending = False
-            await self._write_if_changed()
+            with contextlib.suppress(StateNotSaved):  # logged; the next change tries again
+                await self._write_if_changed()
 
-    async def persist(self) -> None:
-        """Return once what was asked so far is on disk: a command's 202 must survive a crash.
-        Callers that arrive during one write share the next."""
+    async def persist(self, force: bool = False) -> None:
+        """Return once what was asked so far is on disk: a command's 202 must survive a crash;
+        StateNotSaved when it cannot be. `force` writes even an unchanged state: a command
+        whose later changes (its engine's new pid) could not be saved is refused up front."""
         async with self._save_lock:
-            await self._write_if_changed()
+            await self._write_if_changed(force)
 
-    async def _write_if_changed(self) -> None:
+    async def _write_if_changed(self, force: bool = False) -> None:
         snap = self.snapshot()
         # Most changes are state transitions, which are not saved: no write (and fsync) then.
-        if snap == self._written:
+        if snap == self._written and not force:
             return
         try:
             await asyncio.to_thread(self.store.save, snap)
-            self._written = snap
         except OSError as e:
             log.error("cannot save state to %s: %s", self.store.path, e)
+            raise StateNotSaved(f"cannot save state to {self.store.path}: {e}") from e
+        self._written = snap
 
     async def flush(self) -> None:
         if self._save_task is not None:

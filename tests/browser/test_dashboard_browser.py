@@ -1,6 +1,6 @@
 """The dashboard in a real browser: headless Chromium against the real daemon and stand-in engines.
 
-Three of them also take the README's screenshots (see the `shot` fixture).
+Three of them also take docs/dashboard.md's screenshots (see the `shot` fixture).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import topology_file
 from tests.daemon_harness import Daemon, group_pids, marked_pids
 from tests.dashboard_host import (
     ADMIN_TOKEN,
@@ -41,8 +41,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d.wait_state("carol", "failed")
     # Engines that hold memory, as real ones do (alice and dave are never restarted here: a
     # relaunch would wait for the memory to be released).
-    nvml_fake.hold_memory(d.topology, d.status("alice")["slice"]["uuid"], 36 * GIB)
-    nvml_fake.hold_memory(d.topology, d.status("dave")["slice"]["uuid"], 71 * GIB)
+    topology_file.hold_memory(d.topology, d.status("alice")["slice"]["uuid"], 36 * GIB)
+    topology_file.hold_memory(d.topology, d.status("dave")["slice"]["uuid"], 71 * GIB)
     send_traffic(d, "alice")
     yield d
     d.terminate()

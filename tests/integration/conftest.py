@@ -33,11 +33,17 @@ def vllm_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         ],
         # Standbys have their own test (test_standby_daemon.py); here they would only share the
         # two cores with these engines.
-        extra_orchestrator="max_restarts = 3\nbackoff_initial_s = 1\nstandby = false",
-        extra_models=(
-            f'\n[models.broken]\nmodel = "{model_dir}"\nport = {p3}\nhost = "127.0.0.1"\n'
-            'profile = "1g.10gb"\nautostart = false\nmax_model_len = 1000000\n'
-        ),
+        orchestrator={"max_restarts": 3, "backoff_initial_s": 1, "standby": False},
+        extra_models={
+            "broken": {
+                "model": model_dir,
+                "port": p3,
+                "host": "127.0.0.1",
+                "profile": "1g.10gb",
+                "autostart": False,
+                "max_model_len": 1000000,
+            }
+        },
     )
     d.start()
     yield d

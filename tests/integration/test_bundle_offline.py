@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bundle import build as bundle
+from orchestrator.cli import engine as engine_cli
 from tests.fake_wheels import make_wheel
 
 PIP_WHEELS = sorted((Path(ensurepip.__file__).parent / "_bundled").glob("pip-*.whl"))
@@ -70,7 +70,7 @@ def _build(root: Path, index: Path, *extra: str) -> Path:
         "--no-daemon", "--part-size", "2k", "--cache", str(root / "cache"),
         "--pip-arg=--no-index", f"--pip-arg=--find-links={index}", *extra,
     ]  # fmt: skip
-    assert bundle.main(argv) == 0
+    assert engine_cli.main(["bundle", *argv]) == 0
     return out
 
 
@@ -149,7 +149,7 @@ def test_a_requirement_the_index_cannot_satisfy_names_who_wants_it(
     (index / "leafspeed-1.0-py3-none-any.whl").unlink()
     target_list = tmp_path / "target.txt"
     target_list.write_text("hostlib==1.5\n")
-    code = bundle.main([
+    code = engine_cli.main(["bundle",
         "--out", str(tmp_path / "b"), "--target-packages", str(target_list),
         "--python-version", PY, "--platform", "manylinux_2_17_x86_64",
         "--engine", "fake-engine==1.0", "--exclude", "gpu-only-kernels", "--no-daemon",

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import topology_file
 from orchestrator.units import GIB
 from tests.daemon_harness import (
     engine_pids,
@@ -379,13 +379,13 @@ def test_relaunch_waits_for_slice_memory_release(daemons) -> None:
     s = d.status("m")
     uuid = s["slice"]["uuid"]
     # The old engine's memory is still held when it dies (as a slow driver teardown would).
-    nvml_fake.hold_memory(d.topology, uuid, 30 * GIB)
+    topology_file.hold_memory(d.topology, uuid, 30 * GIB)
     os.kill(s["pid"], signal.SIGKILL)
     time.sleep(2.0)
     assert d.status("m")["state"] in ("starting", "backoff") and engine_pids("m") == []
     logs = "\n".join(d.get("/api/v1/models/m/logs?tail=20").json()["lines"])
     assert "waiting for slice memory to be released" in logs
-    nvml_fake.release_memory(d.topology, uuid)
+    topology_file.release_memory(d.topology, uuid)
     d.wait_state("m", "ready", timeout=10)
 
 

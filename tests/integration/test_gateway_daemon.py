@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def _gateway_pids(state_dir: Path) -> list[int]:
-    owner = marker.owner(state_dir)
+    owner = marker.DaemonMark.load(state_dir).tag
     return sorted(t.proc.pid for t in find_by_env(ENV, owner) if t.value == owner)
 
 

@@ -57,7 +57,7 @@ class Stack:
         return tuple(v or 0 for v in row)  # type: ignore[return-value]
 
     def gateway_pid(self) -> int:
-        owner = marker.owner(self.d.root / "state")
+        owner = marker.DaemonMark.load(self.d.root / "state").tag
         (pid,) = [t.proc.pid for t in find_by_env(ENV, owner) if t.value == owner]
         return pid
 

@@ -168,7 +168,7 @@ def test_gateway_kill9_leaves_the_engine_and_requests_resume(
 ) -> None:
     d, url, _ = stack
     state_dir = d.root / "state"
-    owner = marker.owner(state_dir)
+    owner = marker.DaemonMark.load(state_dir).tag
     (gateway,) = [t.proc.pid for t in find_by_env(ENV, owner) if t.value == owner]
     engine = d.status("tiny")["pid"]
     os.kill(gateway, signal.SIGKILL)

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.config import DEFAULT_LISTEN, OrchestratorSettings
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import topology_file
 from orchestrator.http.metrics import ENGINE_METRICS, engine_series
 from orchestrator.units import GIB
 from tests.daemon_harness import REPO, Daemon, engine_pids, free_ports, wait_until, write_secret
@@ -50,10 +50,10 @@ class Host:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.get(f"{self.daemon.url}/metrics", headers=headers, timeout=30)
 
-    def parse(self) -> promtext.Exposition:
+    def parse(self) -> prom_text.Exposition:
         r = self.scrape()
         assert r.status_code == 200, r.text
-        return promtext.parse(r.text)
+        return prom_text.parse(r.text)
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +148,11 @@ def test_gpu_and_slice_series(host: Host) -> None:
     slices = d.get("/api/v1/slices").json()
     a_slice = d.status(A)["slice"]["uuid"]
     held = 7 * GIB
-    nvml_fake.hold_memory(d.topology, a_slice, held)
+    topology_file.hold_memory(d.topology, a_slice, held)
     try:
         expo = host.parse()
     finally:
-        nvml_fake.release_memory(d.topology, a_slice)
+        topology_file.release_memory(d.topology, a_slice)
     for s in slices:
         want = {"slice": s["uuid"], "gpu": str(s["gpu_index"]), "profile": s["profile"]}
         (total,) = expo.find("mig_orchestrator_slice_memory_total_bytes", want)
@@ -177,7 +177,7 @@ def test_engine_series_relabelled_and_prefix_hits_counted(host: Host) -> None:
         )
         assert r.status_code == 200, r.text
     expo = host.parse()
-    own = promtext.parse(httpx.get(f"{url}/metrics", timeout=10).text)
+    own = prom_text.parse(httpx.get(f"{url}/metrics", timeout=10).text)
     labels = {"model": A, "student": "student-a", "profile": "3g.40gb"}
     labels["slice"] = host.daemon.status(A)["slice"]["uuid"]
     queries = expo.total("vllm:prefix_cache_queries_total", labels)
@@ -219,7 +219,7 @@ def test_hung_engine_does_not_break_the_scrape(host: Host) -> None:
     assert METRICS_TIMEOUT_S - 0.5 < result["took"] < METRICS_TIMEOUT_S + 2.0, result["took"]
     r = result["response"]
     assert r.status_code == 200, r.text
-    expo = promtext.parse(r.text)
+    expo = prom_text.parse(r.text)
     assert expo.total("mig_orchestrator_engine_scrape_up", {"model": HUNG}) == 0
     assert expo.total("mig_orchestrator_engine_scrape_up", {"model": A}) == 1
     assert expo.total("mig_orchestrator_engine_scrape_up", {"model": B}) == 1

@@ -91,7 +91,7 @@ def test_a_crashed_engine_comes_back_from_its_standby_and_serves(tmp_path: Path)
         tmp_path,
         engine_venv(),
         [("tiny", "tiny", port, "3g.40gb", True, tiny_model())],
-        extra_orchestrator="standby = true\nbackoff_initial_s = 0.1",
+        orchestrator={"standby": True, "backoff_initial_s": 0.1},
     )
     d.start()
     try:

@@ -95,8 +95,9 @@ def test_every_process_of_a_real_engine_carries_the_daemons_mark(vllm_daemon: Da
         tree = group_pids(d.wait_state(name, "ready", timeout=READY_TIMEOUT)["pid"])
         titles = [Path(f"/proc/{p}/comm").read_text().strip() for p in tree]
         assert any(t.startswith("VLLM::") for t in titles), titles
-        found = process.find_by_env(marker.ENV, marker.prefix(state_dir))
-        marked = {t.proc.pid: marker.model_of(t.value, state_dir) for t in found}
+        mark = marker.DaemonMark.load(state_dir)
+        found = process.find_by_env(marker.ENV, mark.prefix)
+        marked = {t.proc.pid: mark.model_of(t.value) for t in found}
         assert {p: marked.get(p) for p in tree} == dict.fromkeys(tree, name), titles
 
 

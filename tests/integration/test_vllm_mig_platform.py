@@ -22,7 +22,7 @@ from orchestrator.config import parse_config
 from orchestrator.engine.launch import build_launch
 from orchestrator.gpu.inventory import Slice
 from orchestrator.gpu.nvml import load_inventory
-from orchestrator.gpu.nvml_fake import load_topology, resolve_topology
+from orchestrator.gpu.topology_file import load_topology, resolve_topology
 from orchestrator.inengine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
 from tests.vllm_support import cpu_engine_command, cpu_engine_env
 

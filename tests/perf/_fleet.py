@@ -28,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from tests.daemon_harness import STANDIN, TOPOLOGIES, free_ports, render_config
+from orchestrator.config.write import render_models_toml
+from tests.daemon_harness import STANDIN, TOPOLOGIES, free_ports
 
 TOPOLOGY = TOPOLOGIES / "8xh100-7x1g.toml"
 ENGINES = 56
@@ -139,7 +140,7 @@ class Fleet:
             for i, (name, port) in enumerate(zip(self.names, free_ports(n), strict=True))
         }
         self.config_path = self.root / "models.toml"
-        self.config_path.write_text(render_config(orch, models))
+        self.config_path.write_text(render_models_toml(orch, models))
 
     def events_path(self, name: str) -> Path:
         return self.root / "events" / f"{name}.jsonl"

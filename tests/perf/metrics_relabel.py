@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.http.metrics import engine_series
 from tests.perf._fleet import load_avg, report, stats_ms
 
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
 
     def once() -> str:
         series = [engine_series(name, labels, text) for name, labels, text in pages]
-        return promtext.render(promtext.merge(s for s in series if s is not None))
+        return prom_text.render(prom_text.merge(s for s in series if s is not None))
 
     text = once()
     cpu = []

@@ -173,7 +173,7 @@ def own_daemon(engine: str, labels: list[str]) -> Iterator[list[Target]]:
                 root,
                 venv,
                 [(MODEL, MODEL, port, "3g.40gb", True, model_dir)],
-                extra_orchestrator="\n".join(f"{k} = {json.dumps(v)}" for k, v in orch.items()),
+                orchestrator=orch,
             )
             poll, timeout = 0.1, 900.0
         base = d.config_text

@@ -31,18 +31,18 @@ def main() -> int:
     sleep = shutil.which("sleep") or "/bin/sleep"
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="scan-") as tmp:
-        state_dir = Path(tmp)
+        mark = marker.DaemonMark.load(Path(tmp))
         try:
             for i in range(args.others + MARKED):
                 env = dict(os.environ)
                 if i < MARKED:
-                    env.update(marker.engine_env(state_dir, f"m{i // 2}"))
+                    env.update(mark.env(f"m{i // 2}"))
                 procs.append(subprocess.Popen([sleep, "300"], env=env))
             total = sum(1 for e in os.scandir("/proc") if e.name.isdigit())
             times, found = [], 0
             for _ in range(20):
                 t0 = time.perf_counter()
-                found = len(process.find_by_env(marker.ENV, marker.prefix(state_dir)))
+                found = len(process.find_by_env(marker.ENV, mark.prefix))
                 times.append(time.perf_counter() - t0)
         finally:
             for p in procs:

@@ -44,8 +44,7 @@ def main() -> int:
             Path(tmp),
             venv,
             [("tiny", "tiny", port, "3g.40gb", True, model_dir)],
-            extra_orchestrator="standby = false  # plain vLLM; restart_time.py compares",
-            extra_models="",
+            orchestrator={"standby": False},  # plain vLLM; restart_time.py compares
         )
         d.config_text = (d.config_text or "").replace(
             'profile = "3g.40gb"', 'profile = "3g.40gb"\nautostart = false'

@@ -25,7 +25,7 @@ from service_support import (
     status_is,
 )
 
-from orchestrator.bundle import build as bundle
+from orchestrator.cli import engine as engine_cli
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
@@ -65,8 +65,9 @@ def built(booted: Container, shelf: Path) -> Path:
     freeze = booted.run(["python3", "-m", "pip", "list", "--format=freeze"]).stdout
     target = shelf.parent / "container-packages.txt"
     target.write_text(freeze)
-    code = bundle.main(
+    code = engine_cli.main(
         [
+            "bundle",
             "--out",
             str(shelf),
             "--target-packages",

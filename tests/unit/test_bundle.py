@@ -23,6 +23,7 @@ from orchestrator.bundle.target import (
     parse_installed,
 )
 from orchestrator.bundle.wheel import Wheel, WheelError, read_wheel, repack
+from orchestrator.cli import bundle as bundle_cli
 from tests.fake_wheels import make_wheel
 
 PY312 = Target.parse("3.12.3", "manylinux_2_35_x86_64", {})
@@ -358,7 +359,7 @@ def test_recipe_files_allow_comments_and_values_with_spaces(tmp_path: Path) -> N
         "# the target\n--python-version 3.12.3\n\n--exclude tilelang=DSv4 kernels (45 MB)  # why\n"
     )
     parser = argparse.ArgumentParser()
-    bundle.register(parser.add_subparsers())
+    bundle_cli.add_bundle(parser.add_subparsers())
     args = parser.parse_args(
         ["bundle", f"@{recipe}", "--out", "o", "--target-packages", "t", "--platform", "p"]
     )
@@ -369,11 +370,11 @@ def test_recipe_files_allow_comments_and_values_with_spaces(tmp_path: Path) -> N
 def test_shipped_recipe_parses_into_options() -> None:
     recipe = bundle.REPO / "dev" / "gpu" / "targets" / "h200-cuda.args"
     parser = argparse.ArgumentParser()
-    bundle.register(parser.add_subparsers())
+    bundle_cli.add_bundle(parser.add_subparsers())
     args = parser.parse_args(["bundle", f"@{recipe}", "--out", "/tmp/x"])
     # relative paths in the recipe are relative to the repository root
     args.target_packages = str(bundle.REPO / args.target_packages)
-    opts = bundle.options(args)
+    opts = bundle_cli.options(args)
     assert opts.target.installed["torch"] == Version("2.11.0+cu130")
     assert str(opts.policy.overrides["xgrammar"]) == "xgrammar==0.2.8"
     assert opts.drop == {"vllm": ["vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so"]}

@@ -245,8 +245,7 @@ def test_check_refuses_a_host_address_this_machine_does_not_have(
 def test_check_warns_on_privileged_ports_but_passes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # orchestrator.cli re-exports main(), which hides the module of the same name.
-    cli = importlib.import_module("orchestrator.cli.local")
+    cli = importlib.import_module("orchestrator.cli.config")
     monkeypatch.setattr(cli, "unprivileged_port_start", lambda: 1024)
     path = tmp_path / "models.toml"
     path.write_text(MODEL.replace("8001", "443").replace("/models/tiny", "org/model"))

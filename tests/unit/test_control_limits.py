@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import Config, parse_config
-from orchestrator.daemon import fd_budget as fdbudget
+from orchestrator.daemon import fd_budget
 from orchestrator.http.auth import Tokens
 from orchestrator.http.reload_check import refused_changes
 
@@ -27,10 +27,10 @@ MODEL = '[models.alice]\nmodel = "m"\nport = 8001\n'
     ],
 )
 def test_connections_leave_room_for_engines(nofile: int, engines: int, cap: int) -> None:
-    b = fdbudget.budget(nofile, engines)
+    b = fd_budget.budget(nofile, engines)
     assert b.max_connections == cap
-    if cap > fdbudget.MIN_CONNECTIONS:
-        room = nofile - fdbudget.DAEMON_RESERVE - fdbudget.PER_ENGINE * engines
+    if cap > fd_budget.MIN_CONNECTIONS:
+        room = nofile - fd_budget.DAEMON_RESERVE - fd_budget.PER_ENGINE * engines
         # Accepted but not yet refused sockets included, the control plane stays inside its room.
         assert b.max_connections + 2 * b.backlog <= room
 

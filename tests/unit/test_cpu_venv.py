@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli import engine as engine_cli
 from orchestrator.tooling import cpu_venv, tinymodel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,11 +199,11 @@ def test_engine_command_prints_valid_toml_and_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     venv = tmp_path / "with space"
-    assert cpu_venv.main(["engine-command", "--venv", str(venv)]) == 0
+    assert engine_cli.main(["engine-command", "--venv", str(venv)]) == 0
     parsed = tomllib.loads(capsys.readouterr().out)
     assert parsed["engine_command"] == cpu_venv.cpu_engine_command(venv)
     assert parsed["env"] == cpu_venv.cpu_engine_env()
-    assert cpu_venv.main(["--json", "engine-command", "--venv", str(venv)]) == 0
+    assert engine_cli.main(["--json", "engine-command", "--venv", str(venv)]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "engine_command": cpu_venv.cpu_engine_command(venv),
         "env": cpu_venv.cpu_engine_env(),

@@ -32,7 +32,7 @@ async def test_start_reaches_ready_and_stop_takes_the_whole_tree_down(tmp_path: 
         assert h.fake.procs[pid].argv[:2] == ["fake-vllm", "serve"]
         await h.engine.stop()
         assert h.engine.state is STOPPED and h.engine.desired is Desired.STOPPED
-        assert h.engine.proc is None and h.fake.group(pid) == [] and h.tracked == {}
+        assert h.engine.status().pid is None and h.fake.group(pid) == [] and h.tracked == {}
         assert any("stop requested: engine tree gone" in line for line in h.engine.log.tail(5))
 
 
@@ -53,9 +53,11 @@ async def test_a_crash_while_serving_restarts_it_and_keeps_the_engines_error(
         first = h.pid()
         h.fake.output(first, b"INFO serving\nValueError: the KV cache is full\n")
         h.fake.crash(first, code=1)
-        await wait_for(lambda: h.engine.restarts == 1 and h.engine.state is READY, "restart")
+        await wait_for(
+            lambda: h.engine.status().restarts == 1 and h.engine.state is READY, "restart"
+        )
         assert h.pid() != first
-        ex = h.engine.last_exit
+        ex = h.engine.status().last_exit
         assert ex is not None and ex.code == 1 and ex.reason == "ValueError: the KV cache is full"
         # The orphaned EngineCore was asked to go, then was gone before the relaunch.
         assert h.fake.procs[first + 1].signals == [signal.SIGTERM]
@@ -69,7 +71,7 @@ async def test_a_start_up_failure_is_retried_then_gives_up_with_the_engines_erro
         h.fake.behaviour = Behaviour(exits_after=0.01, last_words=b"ValueError: max_model_len\n")
         await h.engine.start()
         await h.reach(FAILED)
-        assert len(h.fake.spawned) == 4 and h.engine.restarts == 3
+        assert len(h.fake.spawned) == 4 and h.engine.status().restarts == 3
         reason = h.engine.reason or ""
         assert reason.startswith("4 failures within 60s; giving up. Last: engine exited with code")
         assert reason.endswith("during startup: ValueError: max_model_len")
@@ -97,7 +99,7 @@ async def test_port_in_use_fails_at_once_without_spawning(tmp_path: Path) -> Non
         await h.engine.start()
         await h.reach(FAILED)
         assert h.engine.reason == f"port {h.health.port} is already in use by pid 4242 (squatter)"
-        assert h.fake.spawned == [] and h.engine.restarts == 0
+        assert h.fake.spawned == [] and h.engine.status().restarts == 0
 
 
 async def test_an_engine_command_that_cannot_run_fails_at_once(tmp_path: Path) -> None:
@@ -123,9 +125,9 @@ async def test_unhealthy_recovers_or_is_restarted_after_the_threshold(tmp_path: 
         await wait_for(lambda: len(h.fake.spawned) == 2, "the restart")
         h.health.answer = OK
         await h.reach(READY)
-        ex = h.engine.last_exit
+        ex = h.engine.status().last_exit
         assert ex is not None and ex.reason == "unhealthy: /health returned 503"
-        assert not h.fake.procs[first].alive and h.engine.restarts == 1
+        assert not h.fake.procs[first].alive and h.engine.status().restarts == 1
 
 
 @pytest.mark.parametrize("turns", [0, 1, 2, 3, 5, 10, 20])
@@ -196,8 +198,8 @@ async def test_a_storm_of_commands_never_runs_two_engines(tmp_path: Path) -> Non
         async def storm(i: int) -> None:
             for _ in range(6):
                 await asyncio.sleep(rng.random() * 0.02)
-                if rng.random() < 0.15 and h.engine.proc is not None:
-                    h.fake.crash(h.engine.proc.pid)
+                if rng.random() < 0.15 and h.engine.status().pid is not None:
+                    h.fake.crash(h.engine.status().pid)
                 verb = rng.choice(("start", "stop", "restart"))
                 await getattr(h.engine, verb)()
 
@@ -318,6 +320,6 @@ async def test_a_failure_of_the_supervision_itself_takes_the_tree_down_and_force
         await h.engine.start()
         await h.reach(FAILED)
         assert h.engine.reason == "internal error in the daemon: RuntimeError('a bug')"
-        assert h.fake.engines_alive() == [] and h.engine.proc is None
+        assert h.fake.engines_alive() == [] and h.engine.status().pid is None
         await h.engine.start()
         await h.reach(READY)

@@ -57,28 +57,26 @@ def engine(python: str, env: dict[str, str], groups: list[int]) -> tuple[int, in
 def test_the_scan_finds_every_process_of_a_marked_tree_and_nothing_else(
     tmp_path: Path, groups: list[int]
 ) -> None:
-    state = tmp_path / "state"
-    server, core = engine(sys.executable, {**os.environ, **marker.engine_env(state, "a")}, groups)
-    for elsewhere in ("other", "state:x"):  # another daemon's; one whose path starts like ours
-        engine(
-            sys.executable, {**os.environ, **marker.engine_env(tmp_path / elsewhere, "a")}, groups
-        )
+    dirs = [tmp_path / name for name in ("state", "other", "state:x")]
+    for d in dirs:
+        d.mkdir()
+    mark, *others = [marker.DaemonMark.load(d) for d in dirs]
+    server, core = engine(sys.executable, {**os.environ, **mark.env("a")}, groups)
+    for other in others:  # other daemons', one with a path that starts like ours
+        engine(sys.executable, {**os.environ, **other.env("a")}, groups)
 
     def ours() -> list[tuple[int, int, str]]:
-        scanned = process.find_by_env(marker.ENV, marker.prefix(state))
+        scanned = process.find_by_env(marker.ENV, mark.prefix)
         assert all(t.proc == process.ProcessId.of(t.proc.pid) for t in scanned)
-        # The prefix scan also passes "state:x"'s processes; the whole mark tells them apart.
-        return sorted(
-            (t.proc.pid, t.pgid, t.value) for t in scanned if marker.model_of(t.value, state)
-        )
+        return sorted((t.proc.pid, t.pgid, t.value) for t in scanned if mark.model_of(t.value))
 
-    assert ours() == [(server, server, f"{state}:a"), (core, server, f"{state}:a")]
+    assert ours() == [(server, server, f"{mark.tag}:a"), (core, server, f"{mark.tag}:a")]
     os.kill(server, signal.SIGKILL)  # an orphaned EngineCore is still found
     deadline = time.monotonic() + 5
     while len(ours()) > 1:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert ours() == [(core, server, f"{state}:a")]
+    assert ours() == [(core, server, f"{mark.tag}:a")]
 
 
 def test_the_mark_survives_vllms_setproctitle(tmp_path: Path, groups: list[int]) -> None:
@@ -86,14 +84,15 @@ def test_the_mark_survives_vllms_setproctitle(tmp_path: Path, groups: list[int])
     python = cpu_venv.default_venv() / "bin" / "python"
     if not python.exists():
         pytest.skip("no vLLM engine venv, whose setproctitle this checks")
-    ours = marker.engine_env(tmp_path, "alice")
+    mark = marker.DaemonMark.load(tmp_path)
+    ours = mark.env("alice")
     for env, kept in ((ours, True), ({marker.ENV: ours[marker.ENV]}, False)):
         _, core = engine(str(python), {**os.environ, **env}, groups)
         deadline = time.monotonic() + 5
         while Path(f"/proc/{core}/comm").read_text().strip() != "VLLM::EngineCor":
             assert time.monotonic() < deadline, "setproctitle never renamed the EngineCore"
             time.sleep(0.01)
-        found = [t.proc.pid for t in process.find_by_env(marker.ENV, marker.prefix(tmp_path))]
+        found = [t.proc.pid for t in process.find_by_env(marker.ENV, mark.prefix)]
         assert (core in found) is kept
 
 

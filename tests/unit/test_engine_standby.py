@@ -60,7 +60,7 @@ async def test_a_standby_is_prepared_once_ready_and_becomes_the_next_engine(
         assert sb.fork is False
         assert not h.fake.procs[first].alive
         assert h.fake.group(sb.pid) == [sb.pid, sb.pid + 1]  # and its EngineCore
-        start = h.engine.last_start
+        start = h.engine.status().last_start
         assert start is not None and (start.via, start.cause) == ("standby", "restart")
         assert f"starting from standby pid {sb.pid} (imports done)" in notes(h)
         assert "s after the standby's trigger" in notes(h)
@@ -75,9 +75,11 @@ async def test_a_crash_restarts_from_the_standby(tmp_path: Path) -> None:
         sb = await serving(h)
         first = h.pid()
         h.fake.crash(first, code=1)
-        await wait_for(lambda: h.engine.restarts == 1 and h.engine.state is READY, "restart")
+        await wait_for(
+            lambda: h.engine.status().restarts == 1 and h.engine.state is READY, "restart"
+        )
         assert h.pid() == sb.pid
-        start = h.engine.last_start
+        start = h.engine.status().last_start
         assert start is not None and (start.via, start.cause) == ("standby", "retry")
         assert "s after the failure" in notes(h)
         # The crashed engine's orphan is gone; the standby was not part of its tree.
@@ -92,8 +94,10 @@ async def test_a_retry_counts_from_the_crash_not_from_the_end_of_the_cleanup(
         await serving(h)
         crashed = time.time()
         h.fake.crash(h.pid(), code=1)
-        await wait_for(lambda: h.engine.restarts == 1 and h.engine.state is READY, "restart")
-        start = h.engine.last_start
+        await wait_for(
+            lambda: h.engine.status().restarts == 1 and h.engine.state is READY, "restart"
+        )
+        start = h.engine.status().last_start
         assert start is not None and start.cause == "retry"
         # Between the two: the orphan's SIGTERM, stop_grace_s (0.2 s here), SIGKILL.
         assert crashed <= start.asked_at <= start.launched_at - 0.2
@@ -108,7 +112,7 @@ async def test_a_trigger_during_the_imports_runs_once_they_are_done(tmp_path: Pa
         (sb,) = h.fake.standbys_alive()
         assert h.engine.standby.state is StandbyState.PREPARING
         await h.engine.restart()
-        await wait_for(lambda: h.engine.proc is not None, "the new engine")
+        await wait_for(lambda: h.engine.status().pid is not None, "the new engine")
         assert h.pid() == sb.pid and not sb.imported  # handed over while it still imports
         assert "(still importing)" in notes(h)
         await h.reach(READY)
@@ -152,7 +156,9 @@ async def test_an_environment_change_discards_the_standby_and_starts_plainly(
         await h.reach(READY)
         assert not sb.alive and sb.triggered_argv is None
         assert signal.SIGTERM in sb.signals or sb.status == 0  # its channel closed first
-        assert h.engine.last_start is not None and h.engine.last_start.via == "plain"
+        assert (
+            h.engine.status().last_start is not None and h.engine.status().last_start.via == "plain"
+        )
         assert "standby discarded: the engine's command or environment changed" in notes(h)
         # The next standby has the new environment.
         second = await standby_ready(h)
@@ -183,7 +189,9 @@ async def test_stop_takes_the_standby_down_with_the_engine(tmp_path: Path) -> No
         # A start after a stop launches plainly, then prepares a standby again.
         await h.engine.start()
         await h.reach(READY)
-        assert h.engine.last_start is not None and h.engine.last_start.via == "plain"
+        assert (
+            h.engine.status().last_start is not None and h.engine.status().last_start.via == "plain"
+        )
         await standby_ready(h)
 
 
@@ -224,7 +232,9 @@ async def test_a_standby_that_dies_while_waiting_leaves_a_plain_start(tmp_path: 
         assert h.engine.state is READY  # the engine itself is not concerned
         await h.engine.restart()
         await h.reach(READY)
-        assert h.engine.last_start is not None and h.engine.last_start.via == "plain"
+        assert (
+            h.engine.status().last_start is not None and h.engine.status().last_start.via == "plain"
+        )
 
 
 async def test_a_refusing_standby_is_not_tried_again_until_the_environment_changes(

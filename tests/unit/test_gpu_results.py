@@ -89,7 +89,7 @@ def test_a_partial_session_renders_what_ran_and_names_the_step_for_the_rest(
     )
     text = gpu_results.render(results, tmp_path / "docs" / "gpu-results.md")
     assert f"```\n{command}\n```" in text  # the exact command above its table
-    assert "| 256 | 76.45 | 9,785 | 575 |" in text
+    assert "| 256 | 100 | 0 | 76.45 | 9785.0 | 9785.0 | 575.0/575.0/575.0 |" in text
     assert "output tokens/s: ours 6,400.0, vllm bench 6,500.0: -1.5% (within ±5%)" in text
     assert "TTFT p50: ours 127.0, vllm bench 150.0: -15.3% (OUTSIDE ±5%)" in text
     assert "| standby+fork | crash #1 | 0.10 | 5.0 | 22.0 | 23.1 | 0.33 ✓ |" in text

@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.config import Config, parse_config
 from orchestrator.engine.launch import build_launch
+from orchestrator.engine.marker import DaemonMark
 from orchestrator.engine.nvml_fix import SHIM_DIR
 from orchestrator.gpu.inventory import Slice
 from orchestrator.inengine.nvml_shim.mig_orchestrator_nvml_shim import UUID_ENV
@@ -24,7 +25,8 @@ SLICE = Slice(
     ci_id=0,
 )
 # Every engine's mark (orchestrator/engine/marker.py), for the default state_dir.
-MARK = {"MIG_ORCH_ENGINE": "/var/lib/mig-orchestrator:alice", "SPT_NOENV": "1"}
+# Set whatever the settings say; the daemon's mark comes on top (only with a mark).
+FORCED = {"PYTHONSAFEPATH": "1"}
 WHOLE = Slice(
     uuid="GPU-66666666-7777-8888-9999-000000000000",
     gpu_index=1,
@@ -184,7 +186,7 @@ def test_whole_gpu_engine_launches_without_the_mig_fix() -> None:
     base = {"PATH": "/bin", "PYTHONPATH": "/site"}
     launch = build_launch(cfg_of(), "alice", WHOLE, base_env=base)
     assert launch.extra_env == {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": WHOLE.uuid}
-    assert launch.env == {**base, **launch.extra_env, **MARK}
+    assert launch.env == {**base, **launch.extra_env, **FORCED}
 
 
 def test_mig_fix_goes_first_on_the_pythonpath_the_engine_would_have_had() -> None:
@@ -231,7 +233,7 @@ def test_settings_env_is_merged_but_cannot_move_the_engine_off_its_slice() -> No
         "HF_HUB_OFFLINE": "1",
         "VLLM_LOGGING_LEVEL": "DEBUG",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
-        **MARK,
+        **FORCED,
         **FIX,
     }
 
@@ -255,7 +257,7 @@ def test_systemd_variables_are_not_inherited() -> None:
         "INVOCATION_ID": "abc",
         "PYTHONUNBUFFERED": "1",
         "CUDA_VISIBLE_DEVICES": SLICE.uuid,
-        **MARK,
+        **FORCED,
         **FIX,
     }
 
@@ -263,17 +265,19 @@ def test_systemd_variables_are_not_inherited() -> None:
 def test_every_engine_is_marked_with_its_daemon_and_model_and_no_setting_removes_it(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "real").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "real")
     cfg = cfg_of(
-        'env = { MIG_ORCH_ENGINE = "elsewhere:bob", SPT_NOENV = "" }',
-        orchestrator=f'state_dir = "{tmp_path / "link"}"',
+        'env = { MIG_ORCH_ENGINE = "elsewhere:bob", SPT_NOENV = "", PYTHONSAFEPATH = "" }',
+        orchestrator=f'state_dir = "{tmp_path}"',
     )
-    launch = build_launch(cfg, "alice", SLICE, base_env={"MIG_ORCH_ENGINE": "inherited:x"})
-    # The real path: one state_dir reached through two paths is still one daemon's.
-    assert launch.env["MIG_ORCH_ENGINE"] == f"{tmp_path / 'real'}:alice"
+    mark = DaemonMark.load(tmp_path)
+    base = {"MIG_ORCH_ENGINE": "inherited:x"}
+    launch = build_launch(cfg, "alice", SLICE, base_env=base, mark=mark)
+    assert launch.env["MIG_ORCH_ENGINE"] == f"{mark.tag}:alice"
     # setproctitle (vLLM's EngineCore) would otherwise overwrite /proc/PID/environ, mark and all.
     assert launch.env["SPT_NOENV"] == "1"
+    assert launch.env["PYTHONSAFEPATH"] == "1"
+    # Shown, or built without the daemon's mark: no mark at all, never an inherited or set one.
+    assert "MIG_ORCH_ENGINE" not in build_launch(cfg, "alice", SLICE, base_env=base).env
 
 
 def test_os_environ_is_the_default_base(monkeypatch: pytest.MonkeyPatch) -> None:

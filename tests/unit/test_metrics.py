@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.gpu.nvml import GpuSample, SliceSample
 from orchestrator.http.metrics import engine_series, gpu_families
 
@@ -35,7 +35,7 @@ WHOLE = SliceSample("GPU-b", None, None, None, 2, 80)
 
 def test_gpu_series_come_from_the_reported_fields_only() -> None:
     off = dataclasses.replace(MIG_OFF, slices=(WHOLE,))
-    expo = promtext.parse(promtext.render(gpu_families([MIG_ON, off], {"MIG-1": ["a", "b"]})))
+    expo = prom_text.parse(prom_text.render(gpu_families([MIG_ON, off], {"MIG-1": ["a", "b"]})))
     gpu0 = {"gpu": "0", "uuid": "GPU-a", "name": "NVIDIA A100-SXM4-80GB"}
     assert expo.total("mig_orchestrator_gpu_power_w", gpu0) == 64.5
     assert expo.total("mig_orchestrator_gpu_sm_clock_mhz", gpu0) == 1410

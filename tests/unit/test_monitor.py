@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.gpu import monitor, nvml_fake
+from orchestrator.cli import gpu as gpu_cli
+from orchestrator.gpu import topology_file
 from orchestrator.units import GIB, MIB
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "orchestrator" / "gpu" / "topologies"
@@ -22,7 +23,7 @@ A100_3G = "MIG-31b2252a-f41b-47f9-8b11-f2fca23e49d2"
 
 def run_monitor(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    monitor.register(parser.add_subparsers())
+    gpu_cli.register(parser.add_subparsers())
     args = parser.parse_args(["monitor", "--interval", "0", *argv])
     return int(args.func(args))
 
@@ -76,7 +77,7 @@ def test_held_memory_shows_in_slice_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     topology = Path(shutil.copy(A100_MIXED, tmp_path))
-    nvml_fake.hold_memory(topology, A100_3G, 3 * GIB)
+    topology_file.hold_memory(topology, A100_3G, 3 * GIB)
     assert run_monitor("--topology", str(topology), "--count", "1", "--per-slice") == 0
     out = capsys.readouterr().out.splitlines()
     row = next(line for line in out if line.endswith(A100_3G))

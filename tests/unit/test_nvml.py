@@ -12,14 +12,14 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from orchestrator.gpu import mig_profiles, nvml_fake
+from orchestrator.gpu import mig_profiles, nvml_fake, topology_file
+from orchestrator.gpu.mig_naming import mig_profile_name
 from orchestrator.gpu.nvml import (
     Nvml,
     NvmlError,
     NvmlUnavailable,
     UnknownDevice,
     load_inventory,
-    mig_profile_name,
 )
 from orchestrator.units import GIB, MIB
 
@@ -126,7 +126,7 @@ def test_invalid_argument_slot_is_skipped(monkeypatch: pytest.MonkeyPatch) -> No
     fake = nvml_fake.load(TOPOLOGIES / "a100-mixed.toml")
     real = fake.nvmlDeviceGetMigDeviceHandleByIndex
 
-    def slot_zero_invalid(handle: nvml_fake.FakeGpu, index: int) -> nvml_fake.FakeMigDevice:
+    def slot_zero_invalid(handle: topology_file.FakeGpu, index: int) -> topology_file.FakeMigDevice:
         if index == 0:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return real(handle, index)
@@ -176,10 +176,10 @@ def test_h200_half_gpu_is_3g_71gb() -> None:
 
 
 @pytest.mark.parametrize("privileged", [True, False], ids=["root", "unprivileged"])
-@pytest.mark.parametrize("family", sorted(nvml_fake.PROFILE_TABLES))
+@pytest.mark.parametrize("family", sorted(mig_profiles.PROFILE_TABLES))
 def test_every_profile_gets_nvidias_name(tmp_path: Path, family: str, privileged: bool) -> None:
     """Computed names (or, unprivileged, the driver's) match NVIDIA's for every profile."""
-    table = nvml_fake.PROFILE_TABLES[family]
+    table = mig_profiles.PROFILE_TABLES[family]
     gpus = "".join(gpu_toml(i, family, mig_toml(i, 0, p.name, 1)) for i, p in enumerate(table))
     # A compute instance smaller than its GPU instance gets the "Nc." prefix.
     split = mig_toml(len(table), 0, table[4].name, 1, "compute_slices = 1")
@@ -190,7 +190,7 @@ def test_every_profile_gets_nvidias_name(tmp_path: Path, family: str, privileged
     assert f"{table[0].name}+me" in names
 
 
-@pytest.mark.parametrize("family", sorted(nvml_fake.PROFILE_TABLES))
+@pytest.mark.parametrize("family", sorted(mig_profiles.PROFILE_TABLES))
 def test_mig_profiles_lists_what_the_gpu_offers(tmp_path: Path, family: str) -> None:
     unsupported = """
 [[gpu]]
@@ -203,7 +203,7 @@ memory_total_mib = 23034
     with Nvml.open(path) as nvml:
         offered = nvml.mig_profiles(0)
         assert nvml.mig_profiles(1) == []
-    table = nvml_fake.PROFILE_TABLES[family]
+    table = mig_profiles.PROFILE_TABLES[family]
     assert [(p.name, p.driver_name, p.id) for p in offered] == [
         (p.name, p.name, p.id) for p in table
     ]
@@ -267,23 +267,23 @@ def test_slice_memory_follows_held_memory(shipped) -> None:
     path = shipped("a100-mixed.toml")
     with Nvml.open(path) as nvml:
         assert nvml.slice_memory(A100_3G) == (0, 40192 * MIB)
-        nvml_fake.hold_memory(path, A100_3G, 30 * GIB)
+        topology_file.hold_memory(path, A100_3G, 30 * GIB)
         assert nvml.slice_memory(A100_3G) == (30 * GIB, 40192 * MIB)
         inv = nvml.inventory()
         assert inv.slice_by_uuid(A100_3G).memory_used_bytes == 30 * GIB  # type: ignore[union-attr]
         assert inv.gpus[0].memory_used_bytes == 30 * GIB  # the GPU's aggregate includes its slices
         assert nvml.sample()[0].slices[0].memory_used_bytes == 30 * GIB
-        nvml_fake.release_memory(path, A100_3G)
+        topology_file.release_memory(path, A100_3G)
         assert nvml.slice_memory(A100_3G) == (0, 40192 * MIB)
 
 
 def test_whole_gpu_memory_follows_held_memory(shipped) -> None:
     path = shipped("h100-whole.toml")
     with Nvml.open(path) as nvml:
-        nvml_fake.hold_memory(path, H100, 5 * GIB)
+        topology_file.hold_memory(path, H100, 5 * GIB)
         assert nvml.slice_memory(H100) == (5 * GIB, 81559 * MIB)
         assert nvml.sample()[0].memory_used_bytes == 5 * GIB
-        nvml_fake.release_memory(path)
+        topology_file.release_memory(path)
         assert nvml.slice_memory(H100)[0] == 0
 
 
@@ -316,9 +316,9 @@ def test_held_memory_is_seen_by_a_running_process(shipped) -> None:
 
     try:
         assert used() == 0
-        nvml_fake.hold_memory(path, A100_3G, 7 * GIB)
+        topology_file.hold_memory(path, A100_3G, 7 * GIB)
         assert used() == 7 * GIB
-        nvml_fake.release_memory(path, A100_3G)
+        topology_file.release_memory(path, A100_3G)
         assert used() == 0
     finally:
         proc.stdin.close()
@@ -327,18 +327,18 @@ def test_held_memory_is_seen_by_a_running_process(shipped) -> None:
 
 def test_hold_memory_rejects_unknown_uuid_and_overflow(shipped) -> None:
     path = shipped("a100-mixed.toml")
-    with pytest.raises(nvml_fake.TopologyError, match="no GPU or MIG device has uuid MIG-nope"):
-        nvml_fake.hold_memory(path, "MIG-nope", 1)
+    with pytest.raises(topology_file.TopologyError, match="no GPU or MIG device has uuid MIG-nope"):
+        topology_file.hold_memory(path, "MIG-nope", 1)
     with pytest.raises(ValueError, match=A100_3G):
-        nvml_fake.hold_memory(path, A100_3G, 40193 * MIB)
+        topology_file.hold_memory(path, A100_3G, 40193 * MIB)
 
 
 def test_corrupt_memory_file_is_reported_with_its_name(shipped) -> None:
     path = shipped("a100-mixed.toml")
-    nvml_fake.memory_file(path).write_text('{"MIG-x": "lots"}')
+    topology_file.memory_file(path).write_text('{"MIG-x": "lots"}')
     with (
         Nvml.open(path) as nvml,
-        pytest.raises(nvml_fake.TopologyError, match=r"a100-mixed\.memory\.json: must be"),
+        pytest.raises(topology_file.TopologyError, match=r"a100-mixed\.memory\.json: must be"),
     ):
         nvml.slice_memory(A100_3G)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import nvml_fake, topology_file
 from orchestrator.gpu.nvml_fake import FakeNvml
 
 GIB = 1024**3
@@ -103,5 +103,5 @@ def test_capability_comes_from_the_topology_or_is_not_guessed(tmp_path: Path) ->
 
 def test_bad_capability_names_file_and_field(tmp_path: Path) -> None:
     path = _one_gpu(tmp_path, 'compute_capability = "sm_89"')
-    with pytest.raises(nvml_fake.TopologyError, match=r"t\.toml: gpu\[0\]\.compute_capability"):
+    with pytest.raises(topology_file.TopologyError, match=r"t\.toml: gpu\[0\]\.compute_capability"):
         nvml_fake.load(path)

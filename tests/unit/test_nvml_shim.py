@@ -21,12 +21,12 @@ import pytest
 from orchestrator.config import parse_config
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.nvml_fix import SHIM_DIR
-from orchestrator.gpu import nvml_fake
+from orchestrator.gpu import nvml_fake, topology_file
 from orchestrator.gpu.nvml import load_inventory
 from orchestrator.inengine.nvml_shim import mig_orchestrator_nvml_shim as shim
 
 REPO = Path(__file__).resolve().parents[2]
-COURSE = nvml_fake.resolve_topology(Path("course-a100x2"))
+COURSE = topology_file.resolve_topology(Path("course-a100x2"))
 GIB = 1024**3
 
 # vLLM's NvmlCudaPlatform, cut down to the calls the fix decides on; `pynvml` is a module global.
@@ -80,7 +80,7 @@ def cuda_module(fixed: bool = False, topology: Path = COURSE) -> ModuleType:
 
 def slices() -> list[tuple[str, int, str, int]]:
     """(uuid, gpu index, name, memory) of each MIG device of the course host."""
-    gpus = nvml_fake.load_topology(COURSE).gpus
+    gpus = topology_file.load_topology(COURSE).gpus
     return [
         (s.uuid, s.gpu_index, f"{gpus[s.gpu_index].name} MIG {s.profile}", s.memory_total_bytes)
         for s in load_inventory(COURSE).slices
@@ -113,7 +113,7 @@ def test_stays_off_when_vllm_already_resolves_mig_uuids(monkeypatch: pytest.Monk
 
 
 def test_stays_off_for_a_whole_gpu_and_without_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    gpu_uuid = nvml_fake.load_topology(COURSE).gpus[0].uuid
+    gpu_uuid = topology_file.load_topology(COURSE).gpus[0].uuid
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpu_uuid)
     decision = shim.apply(cuda_module(), gpu_uuid)
     assert decision == shim.Decision(False, f"{gpu_uuid} is not a MIG device")
@@ -131,7 +131,7 @@ def test_per_gpu_queries_still_reach_the_parent_gpu() -> None:
         def nvmlDeviceGetCpuAffinity(self, handle: object, size: int) -> tuple[str, int]:
             return self.nvmlDeviceGetUUID(handle), size
 
-    nvml = WithNuma(nvml_fake.load_topology(COURSE))
+    nvml = WithNuma(topology_file.load_topology(COURSE))
     nvml.nvmlInit()
     uuid = slices()[2][0]  # GPU 1's first slice
     device = shim.find_mig_device(nvml, uuid)
@@ -144,7 +144,7 @@ def test_per_gpu_queries_still_reach_the_parent_gpu() -> None:
     # The set size is no handle: it must reach NVML untouched, never be asked for a UUID.
     assert patched.nvmlDeviceGetCpuAffinity(handle, 2) == (device.parent_uuid, 2)
     other = patched.nvmlDeviceGetHandleByIndex(0)
-    assert patched.nvmlDeviceGetUUID(other) == nvml_fake.load_topology(COURSE).gpus[0].uuid
+    assert patched.nvmlDeviceGetUUID(other) == topology_file.load_topology(COURSE).gpus[0].uuid
 
 
 def test_index_lookup_shows_vllms_route_with_and_without_the_fix() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from orchestrator.inengine.standby_launcher import (
+from orchestrator.inengine.standby_plan import (
     MODULE,
     PLAIN,
     SCRIPT,
@@ -209,17 +208,3 @@ def test_missing_module_keeps_only_the_target_and_says_why(fake_engine: Path) ->
     got = default_preload(plan_command([PY, "-m", "engine.nope"]))
     assert got.own == ["engine.nope"]
     assert "no module named 'engine.nope'" in got.note
-
-
-def test_the_launcher_keeps_to_python_3_10_syntax() -> None:
-    from orchestrator.inengine import standby_launcher as launcher
-
-    source = Path(launcher.__file__).read_text()
-    ast.parse(source, feature_version=(3, 10))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module)])
-    }
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}

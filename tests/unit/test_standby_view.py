@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.engine.states import StandbyState, State
 from orchestrator.http.api import ModelStatus, StatusView
 from orchestrator.http.metrics import standby_families
@@ -21,11 +21,14 @@ from tests.unit.test_engine_standby import ON
 
 async def test_status_shows_the_standby_and_how_the_last_start_went(tmp_path: Path) -> None:
     async with engine_host(tmp_path, **ON) as h:
-        assert standby_json(h.engine)["state"] == "off" and last_start_json(h.engine) is None
+        assert (
+            standby_json(True, h.engine.status().standby)["state"] == "off"
+            and last_start_json(h.engine.status().last_start) is None
+        )
         await h.engine.start()
         await h.reach(State.READY)
         await wait_for(lambda: h.engine.standby.state is StandbyState.READY, "the standby")
-        sb = standby_json(h.engine)
+        sb = standby_json(True, h.engine.status().standby)
         (proc,) = h.fake.standbys_alive()
         assert sb == {
             "enabled": True,
@@ -35,7 +38,7 @@ async def test_status_shows_the_standby_and_how_the_last_start_went(tmp_path: Pa
             "prepare_s": 0.0,
             "reason": None,
         }
-        start = last_start_json(h.engine)
+        start = last_start_json(h.engine.status().last_start)
         assert start is not None and (start["via"], start["cause"]) == ("plain", "start")
         assert start["ready_at"] is not None and start["launch_to_ready_s"] >= 0
         assert start["ask_to_ready_s"] >= start["launch_to_ready_s"]
@@ -49,7 +52,8 @@ async def test_status_shows_the_standby_and_how_the_last_start_went(tmp_path: Pa
         assert lines[0] == f"standby: ready, pid {proc.pid}, RSS 600 MiB, imports took 0.0 s"
         assert lines[1].startswith("last start: plain (") and "s after the start" in lines[1]
 
-        page = promtext.render(standby_families([({"model": "m"}, h.engine)])).splitlines()
+        families = standby_families([({"model": "m"}, h.engine.status())])
+        page = prom_text.render(families).splitlines()
         assert 'mig_orchestrator_standby_state{model="m",state="ready"} 1.0' in page
         assert 'mig_orchestrator_standby_state{model="m",state="off"} 0.0' in page
         assert f'mig_orchestrator_standby_rss_bytes{{model="m"}} {float(600 << 20)}' in page

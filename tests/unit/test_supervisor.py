@@ -84,7 +84,7 @@ async def test_an_engine_exit_is_reaped_through_sigchld_and_restarted(tmp_path: 
         await h.reach("a", READY)
         first = h.fake.spawned[0]
         h.fake.crash(first.pid, sig=signal.SIGKILL)
-        await wait_for(lambda: sup.engine("a").restarts == 1, "the restart")
+        await wait_for(lambda: sup.engine("a").status().restarts == 1, "the restart")
         await h.reach("a", READY)
         assert not first.alive and len(h.fake.engines_alive()) == 1
         assert first.pid not in sup._pids
@@ -124,9 +124,11 @@ async def test_an_orphaned_engine_core_is_found_by_its_mark_without_any_saved_st
         cfg = h.cfg({"a": "3g.40gb"})
         h.fake.behaviour = Behaviour(children=1)
         spawned = []
+        for d in (cfg.orchestrator.state_dir, tmp_path / "another-daemon"):
+            d.mkdir(parents=True, exist_ok=True)
         for env in (
-            marker.engine_env(cfg.orchestrator.state_dir, "a"),  # ours
-            marker.engine_env(tmp_path / "another-daemon", "a"),  # another daemon's
+            marker.DaemonMark.load(cfg.orchestrator.state_dir).env("a"),  # ours
+            marker.DaemonMark.load(tmp_path / "another-daemon").env("a"),  # another daemon's
             {},  # in a group whose id was recorded, but unmarked: maybe a reused id
         ):
             _, read_fd = h.fake.spawn(["vllm"], env)

@@ -50,7 +50,9 @@ class Host(SupervisorHost):
     async def ready(self) -> None:
         assert self.sup is not None
         engine = self.sup.engine("a")
-        await wait_for(lambda: engine.state is State.READY and engine.proc is not None, "ready")
+        await wait_for(
+            lambda: engine.state is State.READY and engine.status().pid is not None, "ready"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -101,14 +103,14 @@ async def test_reload_keeps_the_standby_for_argv_changes_and_replaces_it_for_env
         result = await sup.reload(h.cfg(max_model_len=1024))
         assert result.changed == ["a"]
         await h.ready()
-        assert sup.engine("a").proc is not None and sup.engine("a").proc.pid == sb.pid
+        assert sup.engine("a").status().pid == sb.pid
         sb2 = await h.standby_ready()
         # The environment: the standby imported under the old one, so it goes.
         await sup.reload(h.cfg(max_model_len=1024, env={"X": "1"}))
         await h.ready()
         engine = sup.engine("a")
-        assert engine.proc is not None and engine.proc.pid != sb2.pid and not sb2.alive
-        assert engine.last_start is not None and engine.last_start.via == "plain"
+        assert engine.status().pid is not None and engine.status().pid != sb2.pid and not sb2.alive
+        assert engine.status().last_start is not None and engine.status().last_start.via == "plain"
         assert (await h.standby_ready()).env["X"] == "1"
 
 
@@ -116,12 +118,12 @@ async def test_reload_that_turns_standbys_off_keeps_the_engine_running(tmp_path:
     async with host(tmp_path) as h:
         sup, sb = await h.serving(h.cfg())
         engine = sup.engine("a")
-        assert engine.proc is not None
-        pid = engine.proc.pid
+        assert engine.status().pid is not None
+        pid = engine.status().pid
         result = await sup.reload(h.cfg(standby=False))
         assert result.unchanged == ["a"]
         await wait_for(lambda: not sb.alive, "the standby to go")
-        assert engine.proc is not None and engine.proc.pid == pid
+        assert engine.status().pid is not None and engine.status().pid == pid
         assert engine.standby.state is StandbyState.OFF
         await sup.reload(h.cfg())
         await h.standby_ready()

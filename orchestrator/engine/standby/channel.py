@@ -13,7 +13,7 @@ from typing import Any
 
 from orchestrator.engine import process
 from orchestrator.inengine import standby_launcher as launcher
-from orchestrator.inengine.standby_launcher import PLAIN, CommandPlan, plan_command
+from orchestrator.inengine.standby_plan import PLAIN, CommandPlan, plan_command
 
 LAUNCHER = Path(launcher.__file__).resolve()
 

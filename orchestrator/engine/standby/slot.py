@@ -23,9 +23,14 @@ from orchestrator.engine.process import (
     read_output,
 )
 from orchestrator.engine.standby.channel import Standby, StandbyError, StandbyReady
-from orchestrator.engine.states import StandbyState, check_standby, log_change
+from orchestrator.engine.states import (
+    STANDBY_REASONS,
+    STANDBY_TRANSITIONS,
+    Machine,
+    StandbyState,
+)
 from orchestrator.engine.terminate import terminate_tree
-from orchestrator.inengine.standby_launcher import EXEC
+from orchestrator.inengine.standby_plan import EXEC
 
 log = logging.getLogger(__name__)
 
@@ -118,26 +123,30 @@ class StandbySlot:
         self.log = elog
         self.track = track
         self.changed = changed
-        self._state = OFF
-        self._reason: str | None = None
+        # Its state and the reason: why there is none, or why the last one ended.
+        self._m = Machine(
+            f"{name} standby", "standby", OFF, (STANDBY_TRANSITIONS, STANDBY_REASONS), log
+        )
         self._held: _Held | None = None
         self._unavailable_for: StandbyKey | None = None
         self._procs: dict[int, _Held] = {}  # every standby process not yet gone, by pid
         self._ending: set[asyncio.Task[None]] = set()
-        self._rss: tuple[int, float, int | None] = (0, 0.0, None)  # pid, when read, value
+        # pid and state it was read in, when, value: a reading taken while the standby still
+        # imports (a save reads status at its spawn) is not shown once it is ready.
+        self._rss: tuple[int, StandbyState, float, int | None] = (0, OFF, 0.0, None)
 
     # ----- what the Engine asks -----
 
     @property
     def state(self) -> StandbyState:
-        return self._state
+        return self._m.state
 
     def prepare(self, launch: Launch, settings: StandbySettings, timeout_s: float) -> None:
         """Make sure a standby for `launch` is there or on its way, unless it is not wanted or
         cannot work; one that no longer matches is discarded first."""
         key = StandbyKey.of(launch, settings)
         self.reconcile(key, settings.enabled)
-        if not settings.enabled or self._state is not OFF:
+        if not settings.enabled or self._m.state is not OFF:
             return
         try:
             sb = Standby.spawn(
@@ -145,13 +154,13 @@ class StandbySlot:
             )
         except StandbyError as e:
             self._unavailable_for = key
-            self._reason = f"the engine command cannot be imported ahead: {e}"
-            self._set(UNAVAILABLE)
-            self.log.note(f"no standby: {self._reason}; every start is a plain launch")
+            why = f"the engine command cannot be imported ahead: {e}"
+            self._m.move(UNAVAILABLE, why)
+            self.log.note(f"no standby: {why}; every start is a plain launch")
             return
         except (OSError, ValueError) as e:
-            self._reason = f"cannot start a standby: {e}"
-            self.log.note(self._reason)
+            self._m.move(OFF, f"cannot start a standby: {e}")
+            self.log.note(f"cannot start a standby: {e}")
             return
         loop = asyncio.get_running_loop()
         held = _Held(sb, key, self.ops.ident(sb.pid), loop.create_future(), sb.output_fd)
@@ -159,17 +168,15 @@ class StandbySlot:
         loop.add_reader(held.fd, self._on_output, held)
         self.track(sb.pid, True)
         self._held = self._procs[sb.pid] = held
-        self._reason = None
-        self._set(PREPARING)
+        self._m.move(PREPARING, None)
         held.watcher = loop.create_task(self._watch(held, timeout_s), name=f"standby-{self.name}")
         self.changed()
 
     def reconcile(self, key: StandbyKey, enabled: bool) -> None:
         """Drop a standby (or a verdict that none can work) made for another key."""
-        if self._state is UNAVAILABLE and (not enabled or key != self._unavailable_for):
+        if self._m.state is UNAVAILABLE and (not enabled or key != self._unavailable_for):
             self._unavailable_for = None
-            self._reason = None
-            self._set(OFF)
+            self._m.move(OFF, None)
         held = self._held
         if held is not None and (not enabled or key != held.key):
             why = "turned off" if not enabled else "the engine's command or environment changed"
@@ -203,7 +210,7 @@ class StandbySlot:
             self.log.write_lines(held.partial)  # the engine's own output goes on from here
         self._held = None
         del self._procs[held.sb.pid]
-        self._set(OFF)
+        self._m.move(OFF, self._m.reason)
         self.changed()
         return Handover(held.sb.pid, held.fd, held.ident, imported=held.ready is not None)
 
@@ -235,19 +242,14 @@ class StandbySlot:
         held = self._held
         pid = None if held is None else held.sb.pid
         return StandbyStatus(
-            state=self._state,
+            state=self._m.state,
             pid=pid,
             rss_bytes=None if pid is None else self._rss_of(pid),
             prepare_s=None if held is None or held.ready is None else held.ready.prepare_s,
-            reason=self._reason,
+            reason=self._m.reason,
         )
 
     # ----- the standby's life -----
-
-    def _set(self, state: StandbyState) -> None:
-        if state is not self._state:
-            log_change(log, f"{self.name} standby", self._state, state, check_standby)
-            self._state = state
 
     async def _watch(self, held: _Held, timeout_s: float) -> None:
         """Wait for the standby's imports, then for its exit; an end here is its own failure."""
@@ -271,7 +273,7 @@ class StandbySlot:
             self._end(held, f"no standby: {why}", unavailable=True)
             return
         held.ready = ready
-        self._set(READY)
+        self._m.move(READY, None)
         self.changed()
         await asyncio.wait([held.exited])  # not `await`: a cancel must not cancel the future
         code, sig = exit_description(held.exited.result())
@@ -285,10 +287,9 @@ class StandbySlot:
         held.sb.close()  # a standby still waiting exits the moment its channel closes
         if self._held is held:
             self._held = None
-            self._reason = why
             if unavailable:
                 self._unavailable_for = held.key
-            self._set(UNAVAILABLE if unavailable else OFF)
+            self._m.move(UNAVAILABLE if unavailable else OFF, why)
             self.changed()
         self.log.note(why)
         task = asyncio.get_running_loop().create_task(self._finish(held))
@@ -331,9 +332,9 @@ class StandbySlot:
             pass
 
     def _rss_of(self, pid: int) -> int | None:
-        cached_pid, at, value = self._rss
+        cached_pid, state, at, value = self._rss
         now = time.monotonic()
-        if cached_pid != pid or now - at > RSS_TTL_S:
+        if (cached_pid, state) != (pid, self._m.state) or now - at > RSS_TTL_S:
             value = self.ops.rss_bytes(pid)
-            self._rss = (pid, now, value)
+            self._rss = (pid, self._m.state, now, value)
         return value

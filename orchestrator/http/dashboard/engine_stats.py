@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.engine.lifecycle import Engine, State
 from orchestrator.http.metrics import scrape
 
@@ -40,7 +40,7 @@ class Reading:
     requests: float = 0.0
     prefix_hits: float = 0.0
     prefix_queries: float = 0.0
-    ttft: promtext.Histogram | None = None
+    ttft: prom_text.Histogram | None = None
 
     def counters(self) -> tuple[float, ...]:
         return (
@@ -54,7 +54,7 @@ class Reading:
 
 def parse_reading(text: str, at: float) -> Reading:
     """The counters the dashboard shows, summed over label sets; absent ones read 0."""
-    expo = promtext.parse("\n".join(ln for ln in text.splitlines() if ln.startswith(_WANTED)))
+    expo = prom_text.parse("\n".join(ln for ln in text.splitlines() if ln.startswith(_WANTED)))
     values = {k: expo.total(name) or 0.0 for k, name in _COUNTERS.items()}
     return Reading(at=at, ttft=expo.histogram(TTFT), **values)
 
@@ -129,12 +129,13 @@ class EngineStats:
 
     async def get(self, e: Engine, max_age_s: float) -> Numbers | None:
         """The engine's numbers, from a reading at most `max_age_s` old; None when not serving."""
-        if e.state not in (State.READY, State.UNHEALTHY) or e.proc is None:
+        st = e.status()
+        if st.state not in (State.READY, State.UNHEALTHY) or st.pid is None:
             self._tracks.pop(e, None)
             return None
         track = self._tracks.get(e)
-        if track is None or track.pid != e.proc.pid:  # a new engine process: counters restart
-            track = self._tracks[e] = _Track(e.proc.pid)
+        if track is None or track.pid != st.pid:  # a new engine process: counters restart
+            track = self._tracks[e] = _Track(st.pid)
         now = time.monotonic()
         if not track.readings or now - track.readings[-1].at > max_age_s:
             if track.pending is None:
@@ -157,5 +158,5 @@ class EngineStats:
         text = await scrape(e, self.timeout_s)
         try:
             return None if text is None else parse_reading(text, time.monotonic())
-        except promtext.PromTextError:
+        except prom_text.PromTextError:
             return None

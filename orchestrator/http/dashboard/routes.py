@@ -119,36 +119,40 @@ def _same_site(request: Request) -> bool:
     return origin is None or urlsplit(origin).netloc == request.headers.get("host")
 
 
-def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
-    sessions = Sessions()
-    stats = EngineStats(target.supervisor.cfg.orchestrator.metrics_timeout_s)
-    assets = _assets()
-    app_page = assets["app.html"].body
+Dependency = Callable[..., Awaitable[Viewer]]
 
-    def who(request: Request) -> Viewer | None:
+
+def _with_cookie(response: Response, request: Request, sid: str) -> Response:
+    response.set_cookie(
+        COOKIE,
+        sid,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/ui",
+    )
+    return response
+
+
+class _Shared:
+    """What every route of one dashboard uses: its sessions, engine stats and static files."""
+
+    def __init__(self, target: DashboardTarget, hooks: Hooks) -> None:
+        self.target = target
+        self.hooks = hooks
+        self.sessions = Sessions()
+        self.stats = EngineStats(target.supervisor.cfg.orchestrator.metrics_timeout_s)
+        self.assets = _assets()
+
+    def who(self, request: Request) -> Viewer | None:
         sid = request.cookies.get(COOKIE)
-        found = sessions.lookup(target.tokens, sid)
+        found = self.sessions.lookup(self.target.tokens, sid)
         return None if found is None or sid is None else Viewer(sid, *found)
 
-    async def viewer(request: Request) -> Viewer:
-        v = who(request)
-        if v is None:
-            raise HTTPException(401, "log in first")
-        return v
+    def page(self) -> Response:
+        return _secured(Response(self.assets["app.html"].body, media_type="text/html"))
 
-    async def acting(request: Request, v: Annotated[Viewer, Depends(viewer)]) -> Viewer:
-        """A viewer whose request carries the session's CSRF token and came from this site."""
-        if not _same_site(request) or not sessions.csrf_ok(
-            v.session, request.headers.get(CSRF_HEADER)
-        ):
-            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
-        return v
-
-    def page() -> Response:
-        return _secured(Response(app_page, media_type="text/html"))
-
-    def error_page(status: int, message: str) -> Response:
+    def error_page(self, status: int, message: str) -> Response:
         text = html.escape(message)
         body = (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -159,104 +163,129 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
         )
         return _secured(Response(body, status_code=status, media_type="text/html"))
 
-    def to_login() -> Response:
+    def to_login(self) -> Response:
         return _secured(RedirectResponse("/ui/login", status_code=303))
 
-    def session_body(caller: Caller, csrf: str) -> dict[str, Any]:
+    def session_body(self, caller: Caller, csrf: str) -> dict[str, Any]:
         return {
             "role": "admin" if caller.admin else "student",
             "model": caller.model,
             "csrf": csrf,
-            "auth": target.tokens.enabled,
+            "auth": self.target.tokens.enabled,
         }
 
-    def with_cookie(response: Response, request: Request, sid: str) -> Response:
-        response.set_cookie(
-            COOKIE,
-            sid,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            path="/ui",
-        )
-        return response
 
-    # ----- pages -----
+def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    d = _Shared(target, hooks)
 
+    async def viewer(request: Request) -> Viewer:
+        v = d.who(request)
+        if v is None:
+            raise HTTPException(401, "log in first")
+        return v
+
+    async def acting(request: Request, v: Annotated[Viewer, Depends(viewer)]) -> Viewer:
+        """A viewer whose request carries the session's CSRF token and came from this site."""
+        if not _same_site(request) or not d.sessions.csrf_ok(
+            v.session, request.headers.get(CSRF_HEADER)
+        ):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+        return v
+
+    _pages(router, d)
+    _session(router, d, acting)
+    _data(router, d, viewer)
+    _actions(router, d, acting)
+    router.include_router(usage_router(target.supervisor, viewer, _usage_page(d), _json))
+    return router
+
+
+def _usage_page(d: _Shared) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        v = d.who(request)
+        if v is None:
+            return d.page() if not d.target.tokens.enabled else d.to_login()
+        return d.page() if v.caller.admin else d.error_page(403, "the usage page is the admin's")
+
+    return page
+
+
+def _pages(router: APIRouter, d: _Shared) -> None:
     @router.get("/")
     async def root() -> Response:
         return RedirectResponse("/ui", status_code=307)
 
     @router.get("/ui")
     async def overview_page(request: Request) -> Response:
-        v = who(request)
+        v = d.who(request)
         if v is None:
-            return page() if not target.tokens.enabled else to_login()
+            return d.page() if not d.target.tokens.enabled else d.to_login()
         if not v.caller.admin:
             return _secured(RedirectResponse(f"/ui/models/{quote(v.caller.model or '')}", 303))
-        return page()
+        return d.page()
 
     @router.get("/ui/login")
     async def login_page(request: Request) -> Response:
-        return page()
+        return d.page()
 
     @router.get("/ui/models/{name}")
     async def model_page(name: str, request: Request) -> Response:
-        v = who(request)
+        v = d.who(request)
         if v is None:
-            return page() if not target.tokens.enabled else to_login()
+            return d.page() if not d.target.tokens.enabled else d.to_login()
         try:
-            hooks.engine_for(name, v.caller)
+            d.hooks.engine_for(name, v.caller)
         except HTTPException as e:
-            return error_page(e.status_code, str(e.detail))
-        return page()
+            return d.error_page(e.status_code, str(e.detail))
+        return d.page()
 
     @router.get("/ui/static/{file}")
     async def static(file: str, request: Request) -> Response:
-        asset = assets.get(file)
+        asset = d.assets.get(file)
         if asset is None:
-            return error_page(404, f"no file {file!r}")
+            return d.error_page(404, f"no file {file!r}")
         headers = {"ETag": asset.etag}
         if request.headers.get("if-none-match") == asset.etag:
             return _secured(Response(status_code=304, headers=headers), "no-cache")
         response = Response(asset.body, media_type=asset.media_type, headers=headers)
         return _secured(response, "no-cache")
 
-    # ----- session -----
 
+def _session(router: APIRouter, d: _Shared, acting: Dependency) -> None:
     @router.get("/ui/api/session")
     async def session(request: Request) -> Response:
-        v = who(request)
+        v = d.who(request)
         if v is not None:
-            return _json(session_body(v.caller, v.session.csrf))
-        if target.tokens.enabled:
+            return _json(d.session_body(v.caller, v.session.csrf))
+        if d.target.tokens.enabled:
             return _json({"error": "log in first", "auth": True}, 401)
-        made = sessions.login(target.tokens, None)  # open mode: loopback only, no token exists
+        made = d.sessions.login(d.target.tokens, None)  # open mode: loopback only, no token exists
         assert made is not None
         sid, s, caller = made
-        return with_cookie(_json(session_body(caller, s.csrf)), request, sid)
+        return _with_cookie(_json(d.session_body(caller, s.csrf)), request, sid)
 
     @router.post("/ui/api/login")
     async def login(body: LoginBody, request: Request) -> Response:
         if not _same_site(request):
             raise HTTPException(403, "log in from the dashboard's own page")
-        made = sessions.login(target.tokens, body.token.strip())
+        made = d.sessions.login(d.target.tokens, body.token.strip())
         if made is None:
             raise HTTPException(401, "that token is not valid here")
         old = request.cookies.get(COOKIE)
-        sessions.logout(old)  # a new log-in never inherits an older session
+        d.sessions.logout(old)  # a new log-in never inherits an older session
         sid, s, caller = made
-        return with_cookie(_json(session_body(caller, s.csrf)), request, sid)
+        return _with_cookie(_json(d.session_body(caller, s.csrf)), request, sid)
 
     @router.post("/ui/api/logout")
     async def logout(v: Annotated[Viewer, Depends(acting)]) -> Response:
-        sessions.logout(v.sid)
+        d.sessions.logout(v.sid)
         response = _json({"ok": True})
         response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
         return response
 
-    # ----- data -----
 
+def _data(router: APIRouter, d: _Shared, viewer: Dependency) -> None:
     @router.get("/ui/api/overview")
     async def overview(
         v: Annotated[Viewer, Depends(viewer)],
@@ -264,10 +293,10 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
     ) -> Response:
         if not v.caller.admin:
             raise HTTPException(403, "the overview needs the admin token")
-        sup = target.supervisor
+        sup = d.target.supervisor
         engines = [e for _, e in sorted(sup.engines.items())]
-        numbers = await asyncio.gather(*(stats.get(e, OVERVIEW_MAX_AGE_S) for e in engines))
-        hist = target.gpu_history
+        numbers = await asyncio.gather(*(d.stats.get(e, OVERVIEW_MAX_AGE_S) for e in engines))
+        hist = d.target.gpu_history
         extra = {
             "now": hist.latest_at,
             "gpus": payloads.gpus(hist.latest or sup.inventory.gpus, sup.engines),
@@ -278,19 +307,19 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
                 for e, n in zip(engines, numbers, strict=True)
             },
         }
-        return _json(payloads.merge(extra, models=hooks.status_json(engines)))
+        return _json(payloads.merge(extra, models=d.hooks.status_json(engines)))
 
     @router.get("/ui/api/models/{name}")
     async def model(name: str, v: Annotated[Viewer, Depends(viewer)]) -> Response:
-        e = hooks.engine_for(name, v.caller)
-        m = target.supervisor.cfg.models.get(name)
-        n = await stats.get(e, MODEL_MAX_AGE_S)
+        e = d.hooks.engine_for(name, v.caller)
+        m = d.target.supervisor.cfg.models.get(name)
+        n = await d.stats.get(e, MODEL_MAX_AGE_S)
         extra = {
             "stats": None if n is None else asdict(n),
             "student": m.student if m else None,
             "needs_api_key": m is not None and m.api_key_file is not None,
         }
-        return _json(payloads.merge(extra, status=hooks.status_json(e)))
+        return _json(payloads.merge(extra, status=d.hooks.status_json(e)))
 
     @router.get("/ui/api/models/{name}/logs")
     async def logs(
@@ -298,36 +327,27 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
         v: Annotated[Viewer, Depends(viewer)],
         after: Annotated[int, Query(ge=-1)] = -1,
     ) -> Response:
-        elog = hooks.engine_for(name, v.caller).log
+        elog = d.hooks.engine_for(name, v.caller).log
         lines = list(elog.lines)  # complete lines only: a partial one is sent once it ends
         new = elog.count - after if 0 <= after <= elog.count else LOG_TAIL
         shown = lines[len(lines) - min(new, len(lines), LOG_TAIL) :]
         return _json({"next": elog.count, "lines": shown, "skipped": max(0, new - len(shown))})
 
-    # ----- actions -----
 
+def _actions(router: APIRouter, d: _Shared, acting: Dependency) -> None:
     @router.post("/ui/api/models/{name}/{verb}", status_code=202)
     async def act(
         name: str,
         verb: Literal["start", "stop", "restart"],
         v: Annotated[Viewer, Depends(acting)],
     ) -> Response:
-        e = hooks.engine_for(name, v.caller)
-        sup = target.supervisor
+        e = d.hooks.engine_for(name, v.caller)
+        sup = d.target.supervisor
         ops: dict[str, Callable[[str], Awaitable[None]]] = {
             "start": sup.start,
             "stop": sup.stop,
             "restart": sup.restart,
         }
         desired = Desired.STOPPED if verb == "stop" else Desired.RUNNING
-        await hooks.command(e, desired, ops[verb](name), f"{verb} {name} (dashboard)")
-        return _json(hooks.status_json(e), 202)
-
-    async def usage_page(request: Request) -> Response:
-        v = who(request)
-        if v is None:
-            return page() if not target.tokens.enabled else to_login()
-        return page() if v.caller.admin else error_page(403, "the usage page is the admin's")
-
-    router.include_router(usage_router(target.supervisor, viewer, usage_page, _json))
-    return router
+        await d.hooks.command(e, desired, ops[verb](name), f"{verb} {name} (dashboard)")
+        return _json(d.hooks.status_json(e), 202)

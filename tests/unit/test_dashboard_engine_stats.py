@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import prom_text as promtext
+from orchestrator import prom_text
 from orchestrator.engine.lifecycle import State
 from orchestrator.http.dashboard.engine_stats import EngineStats, Reading, numbers, parse_reading
 
@@ -46,14 +46,14 @@ def test_parse_reads_the_counters_and_skips_lookalikes() -> None:
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:
-    h = promtext.Histogram(((0.01, 1.0), (0.1, 4.0), (1.0, 5.0), (float("inf"), 5.0)), 1.5, 5.0)
+    h = prom_text.Histogram(((0.01, 1.0), (0.1, 4.0), (1.0, 5.0), (float("inf"), 5.0)), 1.5, 5.0)
     # rank 2.5 of 5 lies in (0.01, 0.1], which holds observations 2-4: halfway through.
     assert h.quantile(0.5) == pytest.approx(0.01 + 0.09 * (2.5 - 1) / 3)
     assert h.quantile(0.1) == pytest.approx(0.005)  # first bucket: from 0
-    tail = promtext.Histogram(((0.1, 1.0), (float("inf"), 4.0)), 9.0, 4.0)
+    tail = prom_text.Histogram(((0.1, 1.0), (float("inf"), 4.0)), 9.0, 4.0)
     assert tail.quantile(0.9) == 0.1  # beyond the last finite bound: that bound
-    assert promtext.Histogram(((0.1, 0.0), (float("inf"), 0.0)), 0.0, 0.0).quantile(0.5) is None
-    delta = h.since(promtext.Histogram(((0.01, 1.0), (0.1, 1.0), (1.0, 1.0)), 0.5, 1.0))
+    assert prom_text.Histogram(((0.1, 0.0), (float("inf"), 0.0)), 0.0, 0.0).quantile(0.5) is None
+    delta = h.since(prom_text.Histogram(((0.01, 1.0), (0.1, 1.0), (1.0, 1.0)), 0.5, 1.0))
     assert delta.buckets[:3] == ((0.01, 0.0), (0.1, 3.0), (1.0, 4.0)) and delta.count == 4.0
 
 
@@ -84,8 +84,11 @@ def test_numbers_give_totals_and_recent_rates() -> None:
 class FakeEngine:
     def __init__(self, port: int, pid: int = 1) -> None:
         self.state = State.READY
-        self.proc = SimpleNamespace(pid=pid)
+        self.pid = pid
         self.spec = SimpleNamespace(probe_host="127.0.0.1", port=port)
+
+    def status(self) -> SimpleNamespace:
+        return SimpleNamespace(state=self.state, pid=self.pid)
 
 
 async def metrics_server(texts: list[str]) -> tuple[asyncio.Server, int, list[int]]:
@@ -120,7 +123,7 @@ async def test_engines_are_scraped_only_when_asked_and_shared_between_viewers() 
         assert hits[0] == 2 and later is not None and later.requests == 9
         assert later.window_s is None  # readings 0.05 s apart are too close to make a rate
         # A new engine process starts from scratch: its counters are not compared with the old.
-        e.proc = SimpleNamespace(pid=2)
+        e.pid = 2
         texts[0] = page(10, 4, 1, 0, 10, (1, 1, 1, 1))
         fresh = await stats.get(e, max_age_s=5.0)
         assert fresh is not None and fresh.requests == 1 and fresh.window_s is None

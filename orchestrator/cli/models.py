@@ -1,5 +1,4 @@
-"""Commands that ask the running daemon over its control plane: status, start, stop, restart,
-logs, reload."""
+"""`status`, `start`, `stop`, `restart`, `logs`, `reload`: ask the daemon about its models."""
 
 from __future__ import annotations
 
@@ -7,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from orchestrator.cli.options import daemon_options
 from orchestrator.client import ControlClient, ControlError, resolve_token
 from orchestrator.http.standby_view import detail_lines, standby_cell
 from orchestrator.text_table import render_table
@@ -128,8 +128,9 @@ def _add_command(
     s.set_defaults(func=cmd_command, verb=verb)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add the control-plane commands; `common` carries --url, --token-file and --json."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the commands that ask the daemon about its models."""
+    common = daemon_options()
     s = sub.add_parser(
         "status", parents=[common], help="show models and engine states from the daemon"
     )

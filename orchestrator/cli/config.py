@@ -1,68 +1,35 @@
-"""Commands that work on this host without the daemon: serve, check, plan, slices."""
+"""`check` and `plan`: models.toml against this host, without starting anything."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from orchestrator.cli.options import config_options, daemon_options, load, topology_of
 from orchestrator.config import (
     Config,
     ConfigError,
     check_this_host,
     config_warnings,
-    load_config,
     unprivileged_port_start,
 )
 from orchestrator.engine.launch import build_launch
 from orchestrator.engine.nvml_fix import fix_status
-from orchestrator.gpu.inventory import Gpu, Inventory
+from orchestrator.gpu.inventory import Inventory
 from orchestrator.gpu.nvml import NvmlError, load_inventory
 from orchestrator.layout.slice_fit import slice_warnings
 from orchestrator.placement import plan_partial
 from orchestrator.supervisor.store import StateStore
 from orchestrator.text_table import render_table
-from orchestrator.units import GIB
-
-DEFAULT_CONFIG = Path(os.environ.get("MIG_ORCH_CONFIG", "/etc/mig-orchestrator/models.toml"))
-
-
-def _gib(n: int) -> str:
-    return f"{n / GIB:.1f} GiB"
-
-
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config))
-
-
-def _topology(args: argparse.Namespace, cfg: Config | None) -> Path | None:
-    """--topology wins over the config's `topology`; None means the real driver."""
-    topology = args.topology or (cfg.orchestrator.topology if cfg else None)
-    return Path(topology) if topology else None
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from orchestrator.daemon.serve import ServeOptions, serve
-
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(levelname)s %(name)s: %(message)s"
-        if os.environ.get("INVOCATION_ID")
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    topology = Path(args.topology) if args.topology else None
-    return serve(ServeOptions(Path(args.config), topology, args.allow_partial))
+from orchestrator.units import gib_text
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from orchestrator.http.auth import Tokens
 
-    cfg = _load(args)
+    cfg = load(args)
     problems: list[str] = []
     if not args.skip_secrets:
         for host_check in (Tokens.load, check_this_host):
@@ -71,7 +38,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             except ConfigError as e:
                 problems += str(e).splitlines()
     try:
-        inv = load_inventory(_topology(args, cfg))
+        inv = load_inventory(topology_of(args, cfg))
     except NvmlError as e:
         if args.topology or cfg.orchestrator.topology:
             raise  # a topology that was asked for and cannot be read is an error
@@ -136,7 +103,7 @@ def _print_plan(rows: list[dict[str, Any]]) -> None:
             [
                 r["model"],
                 where,
-                _gib(s["memory_total_bytes"]) if s else "-",
+                gib_text(s["memory_total_bytes"]) if s else "-",
                 str(r["port"]),
                 r["mig_nvml_fix"],
                 s["uuid"] if s else (r["unplaced"] or "-"),
@@ -151,8 +118,8 @@ def _print_plan(rows: list[dict[str, Any]]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    inv = load_inventory(_topology(args, cfg))
+    cfg = load(args)
+    inv = load_inventory(topology_of(args, cfg))
     previous: dict[str, str] = {}
     state_file = cfg.orchestrator.state_dir / "state.json"
     if state_file.exists():
@@ -171,98 +138,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gpu_json(g: Gpu) -> dict[str, Any]:
-    return {
-        "index": g.index,
-        "uuid": g.uuid,
-        "name": g.name,
-        "mig_enabled": g.mig_enabled,
-        "memory_total_bytes": g.memory_total_bytes,
-        "memory_used_bytes": g.memory_used_bytes,
-        "slices": [
-            {
-                "uuid": s.uuid,
-                "profile": s.profile,
-                "gi_id": s.gi_id,
-                "ci_id": s.ci_id,
-                "memory_total_bytes": s.memory_total_bytes,
-                "memory_used_bytes": s.memory_used_bytes,
-            }
-            for s in g.slices
-        ],
-    }
-
-
-def _print_slices(inv: Inventory) -> None:
-    rows = [
-        [
-            f"GPU{s.gpu_index}",
-            s.profile or "whole GPU",
-            str(s.gi_id if s.gi_id is not None else "-"),
-            str(s.ci_id if s.ci_id is not None else "-"),
-            _gib(s.memory_total_bytes),
-            _gib(s.memory_used_bytes),
-            s.uuid,
-        ]
-        for s in inv.slices
-    ]
-    print(f"source: {inv.source}")
-    for g in inv.gpus:
-        print(
-            f"GPU{g.index}: {g.name} {g.uuid} MIG {'on' if g.mig_enabled else 'off'}, "
-            f"{_gib(g.memory_total_bytes)}"
-        )
-        if g.mig_enabled and not g.slices:
-            print(
-                f"  note: MIG is enabled on GPU{g.index} but it has no MIG devices, so nothing can "
-                "run there: create instances (nvidia-smi mig -cgi ... -C) or disable MIG"
-            )
-    print(render_table(["GPU", "PROFILE", "GI", "CI", "MEMORY", "USED", "UUID"], rows))
-
-
-def cmd_slices(args: argparse.Namespace) -> int:
-    cfg = _load(args) if args.config and Path(args.config).exists() else None
-    inv = load_inventory(_topology(args, cfg))
-    if args.json:
-        doc = {"source": inv.source, "gpus": [_gpu_json(g) for g in inv.gpus]}
-        print(json.dumps(doc, indent=2))
-    else:
-        _print_slices(inv)
-    return 0
-
-
-def _config_options() -> argparse.ArgumentParser:
-    """--config and --topology, shared by every local command."""
-    local = argparse.ArgumentParser(add_help=False)
-    local.add_argument(
-        "--config",
-        "-c",
-        default=str(DEFAULT_CONFIG),
-        help="models.toml (env MIG_ORCH_CONFIG; default %(default)s)",
-    )
-    local.add_argument(
-        "--topology",
-        help="simulated GPU/MIG topology instead of NVML: a file or a shipped name (a100-mixed)",
-    )
-    return local
-
-
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add serve, check, plan and slices; `common` carries --json (and the daemon options)."""
-    local = _config_options()
-    s = sub.add_parser(
-        "serve",
-        parents=[local],
-        help="run the daemon in the foreground",
-        description="Place every model on a slice, run and supervise its vLLM engine, "
-        "and serve the control plane until SIGTERM. SIGHUP reloads models.toml.",
-    )
-    s.add_argument(
-        "--allow-partial", action="store_true", help="start even if some models cannot be placed"
-    )
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.set_defaults(func=cmd_serve)
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `check` and `plan`."""
+    local = config_options()
     s = sub.add_parser(
         "check",
         parents=[local],
@@ -281,7 +159,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     s = sub.add_parser(
         "plan",
-        parents=[local, common],
+        parents=[local, daemon_options()],
         help="show model -> slice and the exact engine commands",
         description="Print each model's slice, memory, port, argv and env (secrets hidden).",
     )
@@ -289,8 +167,3 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--allow-partial", action="store_true", help="exit 0 even if some models cannot be placed"
     )
     s.set_defaults(func=cmd_plan)
-
-    s = sub.add_parser(
-        "slices", parents=[local, common], help="list GPUs and MIG slices (NVML or --topology)"
-    )
-    s.set_defaults(func=cmd_slices)
