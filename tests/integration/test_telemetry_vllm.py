@@ -32,7 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, st
         engine_port, gw_port = free_ports(2)
         d = cpu_vllm_daemon(
             root, engine_venv(), [("tiny", SERVED, engine_port, "3g.40gb", True, tiny_model())],
-            extra_orchestrator="standby = false",
+            orchestrator={"standby": False},
         )  # fmt: skip
         assert d.config_text is not None
         d.config_text = (
