@@ -8,11 +8,20 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.gateway.admission import Admission
+from orchestrator.gateway.app import Gateway, Limits
+from orchestrator.gateway.proxy import Forwarder
+from orchestrator.gateway.routes import Route, RouteSource, RouteTable
+from orchestrator.gateway.server import bind, build_server
+
+if TYPE_CHECKING:
+    from orchestrator.gateway.tracing import Tracing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -132,3 +141,24 @@ class PacedUpstream:
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+@asynccontextmanager
+async def in_process(
+    upstream: str, names: dict[str, str], admission: Admission, tracing: Tracing | None = None
+) -> AsyncIterator[str]:
+    """The gateway in this event loop in front of `upstream`, serving {served name: model};
+    yields its URL."""
+    table = RouteTable({s: Route(s, n, upstream, "ready") for s, n in names.items()})
+    forwarder = Forwarder(connect_timeout_s=5)
+    await forwarder.start()
+    sock = bind("127.0.0.1", 0)
+    app = Gateway(RouteSource(table), admission, forwarder, Limits(10_000, 5), tracing)
+    server = build_server(app)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        await forwarder.close()

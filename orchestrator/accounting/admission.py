@@ -21,22 +21,35 @@ from orchestrator.accounting.limits import MINUTE_S, KeyState, OwnerLedger
 from orchestrator.accounting.models_source import ConfigModels
 from orchestrator.accounting.periods import utc_day, window_at
 from orchestrator.accounting.recording import Finished, Started, mark_lost
+from orchestrator.accounting.request_log import prune, pruning
 from orchestrator.accounting.scope import may_use, resolve
 from orchestrator.config import load_config
 from orchestrator.gateway.admission import Caller, Outcome
 
 Clock = Callable[[], float]
+# How often a running gateway deletes log rows past their retention.
+PRUNE_EVERY_S = 3600.0
+DEFAULT_KEEP_DAYS = 30
 
 
 class KeyedAdmission:
     """One per gateway process; reads keys from, and writes usage to, state_dir's SQLite."""
 
-    def __init__(self, path: Path, models: Models, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        models: Models,
+        clock: Clock = time.time,
+        keep_days: int = DEFAULT_KEEP_DAYS,
+    ) -> None:
         self.models = models
         self._clock = clock
         self._gateway = uuid.uuid4().hex
         self._conn = connect(path)
         self.lost_at_start = mark_lost(self._conn)
+        self._keep_days = keep_days
+        self._next_prune = clock() + PRUNE_EVERY_S
+        prune(self._conn, keep_days, clock())
         self._keys = KeyCache(self._conn)
         self._states: dict[str, KeyState] = {}
         self._owners: dict[str, OwnerLedger] = {}
@@ -47,8 +60,9 @@ class KeyedAdmission:
     def for_config(cls, config: Path) -> KeyedAdmission:
         """For a gateway: the database under models.toml's state_dir, its models as they change."""
         models = ConfigModels(config)
-        state_dir = load_config(config).orchestrator.state_dir
-        return cls(database_path(state_dir), models)
+        cfg = load_config(config)
+        path = database_path(cfg.orchestrator.state_dir)
+        return cls(path, models, keep_days=cfg.gateway.request_log_days)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._journal.close)
@@ -141,8 +155,11 @@ class KeyedAdmission:
             grant.request_id, day, key.owner, key.id, grant.model, now, outcome.status,
             failed, prompt or 0, completion or 0,
             charged, unmetered, outcome.ttft_s, outcome.duration_s, outcome.streamed,
-            outcome.route, outcome.client, outcome.error,
+            outcome.route, outcome.client, outcome.error, outcome.request_id, outcome.trace_id,
         )  # fmt: skip
+        if now >= self._next_prune:  # in the same writer, never a second one
+            self._next_prune = now + PRUNE_EVERY_S
+            self._journal.submit(pruning(self._keep_days, now))
         await self._journal.submit(finished.write())
 
     def _owner(self, name: str) -> OwnerLedger:

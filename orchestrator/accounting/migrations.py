@@ -86,5 +86,17 @@ CREATE INDEX requests_started ON requests(started_at);
 CREATE INDEX requests_finished ON requests(finished_at);
 """
 
-STEPS: tuple[str, ...] = (V1, V2)
+# Version 3: the request log. `requests` gains the id the client and the engine saw (the
+# X-Request-Id header, the client's own or the gateway's) and the OpenTelemetry trace id when
+# tracing is on; indexes serve the log's filters (owner, model, status, each newest first) and
+# its pruning by age.
+V3 = """
+ALTER TABLE requests ADD COLUMN request_id TEXT;
+ALTER TABLE requests ADD COLUMN trace_id TEXT;
+CREATE INDEX requests_owner_started ON requests(owner, started_at);
+CREATE INDEX requests_model_started ON requests(model, started_at);
+CREATE INDEX requests_status_started ON requests(status, started_at);
+"""
+
+STEPS: tuple[str, ...] = (V1, V2, V3)
 LATEST = len(STEPS)

@@ -49,40 +49,52 @@ class Finished:
     route: str | None
     client: str | None
     error_text: str | None
+    request_id: str | None = None  # X-Request-Id, as the client and the engine saw it
+    trace_id: str | None = None  # the gateway's OpenTelemetry trace, when tracing is on
 
     def write(self) -> Write:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE requests SET state = 'done', finished_at = ?, status = ?, "
-                "prompt_tokens = ?, completion_tokens = ?, charged_tokens = ?, ttft_s = ?, "
-                "duration_s = ?, streamed = ?, route = ?, client = ?, error = ? WHERE id = ?",
-                (
-                    self.finished_at, self.status, self.prompt_tokens, self.completion_tokens,
-                    self.charged_tokens, self.ttft_s, self.duration_s, int(self.streamed),
-                    self.route, self.client, self.error_text, self.id,
-                ),
-            )  # fmt: skip
-            conn.execute(
-                "INSERT INTO usage_daily (day, owner, key_id, model, requests, errors, "
-                "prompt_tokens, completion_tokens, charged_tokens, unmetered, duration_s, "
-                "ttft_s, ttft_count) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (day, owner, key_id, model) DO UPDATE SET "
-                "requests = requests + 1, errors = errors + excluded.errors, "
-                "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = completion_tokens + excluded.completion_tokens, "
-                "charged_tokens = charged_tokens + excluded.charged_tokens, "
-                "unmetered = unmetered + excluded.unmetered, "
-                "duration_s = duration_s + excluded.duration_s, "
-                "ttft_s = ttft_s + excluded.ttft_s, ttft_count = ttft_count + excluded.ttft_count",
-                (
-                    self.day.isoformat(), self.owner, self.key_id, self.model, int(self.error),
-                    self.prompt_tokens, self.completion_tokens, self.charged_tokens,
-                    int(self.unmetered), self.duration_s, self.ttft_s or 0.0,
-                    int(self.ttft_s is not None),
-                ),
-            )  # fmt: skip
+            self.log(conn)
+            self.add_to_day(conn)
 
         return run
+
+    def log(self, conn: sqlite3.Connection) -> None:
+        """The request log's row: its outcome."""
+        conn.execute(
+            "UPDATE requests SET state = 'done', finished_at = ?, status = ?, "
+            "prompt_tokens = ?, completion_tokens = ?, charged_tokens = ?, ttft_s = ?, "
+            "duration_s = ?, streamed = ?, route = ?, client = ?, error = ?, request_id = ?, "
+            "trace_id = ? WHERE id = ?",
+            (
+                self.finished_at, self.status, self.prompt_tokens, self.completion_tokens,
+                self.charged_tokens, self.ttft_s, self.duration_s, int(self.streamed),
+                self.route, self.client, self.error_text, self.request_id, self.trace_id,
+                self.id,
+            ),
+        )  # fmt: skip
+
+    def add_to_day(self, conn: sqlite3.Connection) -> None:
+        """The durable daily roll-up."""
+        conn.execute(
+            "INSERT INTO usage_daily (day, owner, key_id, model, requests, errors, "
+            "prompt_tokens, completion_tokens, charged_tokens, unmetered, duration_s, "
+            "ttft_s, ttft_count) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (day, owner, key_id, model) DO UPDATE SET "
+            "requests = requests + 1, errors = errors + excluded.errors, "
+            "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+            "completion_tokens = completion_tokens + excluded.completion_tokens, "
+            "charged_tokens = charged_tokens + excluded.charged_tokens, "
+            "unmetered = unmetered + excluded.unmetered, "
+            "duration_s = duration_s + excluded.duration_s, "
+            "ttft_s = ttft_s + excluded.ttft_s, ttft_count = ttft_count + excluded.ttft_count",
+            (
+                self.day.isoformat(), self.owner, self.key_id, self.model, int(self.error),
+                self.prompt_tokens, self.completion_tokens, self.charged_tokens,
+                int(self.unmetered), self.duration_s, self.ttft_s or 0.0,
+                int(self.ttft_s is not None),
+            ),
+        )  # fmt: skip
 
 
 def mark_lost(conn: sqlite3.Connection) -> int:

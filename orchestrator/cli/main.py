@@ -30,6 +30,7 @@ GROUPS = (
     "keys",
     "usage",
     "practicum",
+    "requests_log",
 )
 
 

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -99,6 +100,20 @@ Label = Annotated[
     str, StringConstraints(min_length=1, max_length=256), AfterValidator(_plain)
 ]  # a name shown to clients, in status and as a metric label
 Seconds = Annotated[float, Field(gt=0, le=DAY_S)]
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text[:300]!r} is not an http:// or https:// URL with a host")
+    return text
+
+
+# An OTLP endpoint: one printable line, http(s)://host[:port][/path].
+HttpUrlText = Annotated[
+    str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_plain),
+    AfterValidator(_http_url),
+]  # fmt: skip
 # Path fields stay lax: TOML and JSON give a path as a string.
 FilePath = Annotated[Path, Field(strict=False)]
 
@@ -132,6 +147,10 @@ class VllmSettings(_Strict):
     # On a MIG slice, correct the NVML lookups vLLM makes for its device (README "MIG and vLLM");
     # unset means on. Not a vLLM flag: the daemon arms it through the engine's environment.
     mig_nvml_fix: bool | None = None
+    # vLLM's --otlp-traces-endpoint: the engine sends a span per request there, joined to the
+    # gateway's through the traceparent it passes on (docs/telemetry.md). vLLM exports by gRPC
+    # unless env sets OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = "http/protobuf".
+    otlp_traces_endpoint: HttpUrlText | None = None
 
     # Checked on the field so [defaults] and runtime overrides are refused too, not only models.
     @field_validator("tensor_parallel_size")
@@ -260,6 +279,12 @@ class GatewaySettings(_Strict):
     # Every request needs an API key (`mig-orchestrator keys`): per-key models and limits, and
     # usage counted in state_dir (docs/keys-and-usage.md). Off: anyone may use every model.
     keys: bool = False
+    # With keys: days a request stays in the request log (state_dir's accounting database);
+    # older rows are deleted hourly. Daily usage totals are kept regardless.
+    request_log_days: Annotated[int, Field(ge=1, le=36500)] = 30
+    # OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces): the gateway sends a
+    # span per request there and passes its W3C traceparent to the engine (docs/telemetry.md).
+    otlp_endpoint: HttpUrlText | None = None
 
     @field_validator("listen")
     @classmethod

@@ -70,6 +70,8 @@ def gateway_launch(cfg: Config, config_path: Path | None = None) -> GatewayLaunc
         if config_path is None:  # never an open gateway where keys were asked for
             raise ValueError("[gateway] keys = true needs the path of models.toml")
         argv += ["--keys-config", str(config_path)]
+    if g.otlp_endpoint:
+        argv += ["--otlp-endpoint", g.otlp_endpoint]
     return GatewayLaunch(argv, f"http://{connect_host(host)}:{port}")
 
 

@@ -23,6 +23,7 @@ _FLAGS: dict[str, str] = {
     "dtype": "--dtype",
     "max_num_seqs": "--max-num-seqs",
     "kv_cache_dtype": "--kv-cache-dtype",
+    "otlp_traces_endpoint": "--otlp-traces-endpoint",
 }
 _TOGGLES: dict[str, str] = {
     "enable_prefix_caching": "prefix-caching",

@@ -44,6 +44,7 @@ class Outcome:
     request_id: str  # X-Request-Id: the client's, else the gateway's; the engine gets it too
     route: str  # "/v1/chat/completions", "/v1/models", ...
     model: str | None  # None for /v1/models
+    trace_id: str | None = None  # the gateway span's trace (32 hex digits) when tracing is on
 
 
 class Grant(Protocol):

@@ -10,8 +10,9 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -19,6 +20,9 @@ from orchestrator.gateway import errors
 from orchestrator.gateway.admission import Admission, Grant, Outcome
 from orchestrator.gateway.proxy import Exchange, Forwarder, upstream_headers
 from orchestrator.gateway.routes import RouteSource
+
+if TYPE_CHECKING:  # the [otel] extra, imported only where an OTLP endpoint is set
+    from orchestrator.gateway.tracing import RequestSpan, Tracing
 
 # What the gateway routes by the body's `model`; nothing else of an engine's API (its admin
 # routes, LoRA loading, /metrics) is reachable through it.
@@ -62,12 +66,18 @@ def _read_head(scope: Scope) -> _Request:
 
 class Gateway:
     def __init__(
-        self, routes: RouteSource, admission: Admission, forwarder: Forwarder, limits: Limits
+        self,
+        routes: RouteSource,
+        admission: Admission,
+        forwarder: Forwarder,
+        limits: Limits,
+        tracing: Tracing | None = None,
     ) -> None:
         self.routes = routes
         self.admission = admission
         self.forwarder = forwarder
         self.limits = limits
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,17 +114,25 @@ class Gateway:
         body = _parse(raw)
         model: str = body["model"]
         grant = await self.admission.admit(head.api_key, model, body)
+        span = self.tracing.start(scope["path"], body, scope["headers"]) if self.tracing else None
+        trace_id = span.trace_id if span is not None else None
+        served = None
         try:
-            ex = self._exchange(scope, head, grant, body, raw, started)
+            ex = self._exchange(scope, head, grant, body, raw, started, span)
+            served = ex.route.served_name
             await self.forwarder.forward(ex, receive, send)
-            outcome = _done(ex, head, model)
+            outcome = _done(ex, head, model, trace_id)
         except errors.ApiError as exc:
             await _error(send, exc)
-            outcome = _outcome(head, scope["path"], model, exc.status, started, exc.message)
+            outcome = _outcome(
+                head, scope["path"], model, exc.status, started, exc.message, trace_id
+            )
         except BaseException as exc:
-            outcome = _outcome(head, scope["path"], model, 500, started, repr(exc))
+            outcome = _outcome(head, scope["path"], model, 500, started, repr(exc), trace_id)
+            _end(span, outcome, served)
             await asyncio.shield(grant.finish(outcome))
             raise
+        _end(span, outcome, served)
         await grant.finish(outcome)
 
     def _exchange(
@@ -125,6 +143,7 @@ class Gateway:
         body: dict[str, Any],
         raw: bytes,
         started: float,
+        span: RequestSpan | None,
     ) -> Exchange:
         model = body["model"]
         route = self.routes.table.get(model)
@@ -133,9 +152,11 @@ class Gateway:
         if not route.ready:
             raise errors.not_ready(model, route.state, route.reason)
         strip = False
+        # A traced request's span carries its token counts, also where nothing else counts them.
+        wants_usage = grant.wants_usage or span is not None
         if grant.body_changes:
             body.update(grant.body_changes)
-        if grant.wants_usage and body.get("stream") is True:
+        if wants_usage and body.get("stream") is True:
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body["stream_options"] = {**(options or {}), "include_usage": True}
@@ -146,9 +167,9 @@ class Gateway:
             route=route,
             path=scope["path"],
             body=raw,
-            headers=upstream_headers(scope["headers"], head.request_id, grant.upstream_headers),
+            headers=upstream_headers(scope["headers"], head.request_id, _replace(grant, span)),
             request_id=head.request_id,
-            usage=grant.wants_usage,
+            usage=wants_usage,
             strip_usage=strip,
             started=started,
         )
@@ -198,6 +219,7 @@ def _outcome(
     status: int,
     started: float,
     error: str | None = None,
+    trace_id: str | None = None,
 ) -> Outcome:
     return Outcome(
         status=status,
@@ -211,10 +233,11 @@ def _outcome(
         request_id=head.request_id,
         route=route,
         model=model,
+        trace_id=trace_id,
     )
 
 
-def _done(ex: Exchange, head: _Request, model: str) -> Outcome:
+def _done(ex: Exchange, head: _Request, model: str, trace_id: str | None) -> Outcome:
     tokens = ex.tokens
     error = ex.error or (f"the engine answered {ex.status}" if ex.status >= 400 else None)
     return Outcome(
@@ -229,7 +252,21 @@ def _done(ex: Exchange, head: _Request, model: str) -> Outcome:
         request_id=ex.request_id,
         route=ex.path,
         model=model,
+        trace_id=trace_id,
     )
+
+
+def _replace(grant: Grant, span: RequestSpan | None) -> Mapping[str, str]:
+    """Headers set on the way to the engine: the admission's, and the span's traceparent in
+    place of the client's."""
+    if span is None:
+        return grant.upstream_headers
+    return {**grant.upstream_headers, **span.headers}
+
+
+def _end(span: RequestSpan | None, outcome: Outcome, served: str | None) -> None:
+    if span is not None:
+        span.end(outcome, served)
 
 
 async def _respond(send: Send, status: int, body: bytes, extra: Any = ()) -> None:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -27,6 +27,9 @@ from orchestrator.gateway.app import Gateway, Limits
 from orchestrator.gateway.head_deadline import protocol_class
 from orchestrator.gateway.proxy import Forwarder
 from orchestrator.gateway.routes import RouteSource, table_from_file
+
+if TYPE_CHECKING:
+    from orchestrator.gateway.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class Options:
     limits: Limits
     connect_timeout_s: float
     keys_config: Path | None = None
+    otlp_endpoint: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -61,6 +65,7 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument(
         "--keys-config", type=Path, help="models.toml: require API keys from its state_dir"
     )
+    p.add_argument("--otlp-endpoint", help="OTLP/HTTP traces URL: a span per request, sent there")
     a = p.parse_args(argv)
     host, sep, port = a.listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -75,6 +80,7 @@ def parse_args(argv: list[str] | None) -> Options:
         limits=Limits(max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout_s),
         connect_timeout_s=a.connect_timeout_s,
         keys_config=a.keys_config,
+        otlp_endpoint=a.otlp_endpoint,
     )
 
 
@@ -85,6 +91,19 @@ async def build_admission(options: Options) -> Admission:
     from orchestrator.accounting.admission import KeyedAdmission  # only where keys are on
 
     return KeyedAdmission.for_config(options.keys_config)
+
+
+def build_tracing(options: Options) -> Tracing | None:
+    """Spans to the OTLP endpoint, or None: then no OpenTelemetry code is even imported."""
+    if options.otlp_endpoint is None:
+        return None
+    try:
+        from orchestrator.gateway.tracing import Tracing
+    except ImportError as e:
+        raise SystemExit(
+            f"--otlp-endpoint needs OpenTelemetry: pip install 'mig-orchestrator[otel]' ({e})"
+        ) from None
+    return Tracing(options.otlp_endpoint)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -139,7 +158,8 @@ async def serve(options: Options) -> None:
     forwarder = Forwarder(options.connect_timeout_s)
     session = await forwarder.start()
     admission = await build_admission(options)
-    server = build_server(Gateway(routes, admission, forwarder, options.limits))
+    tracing = build_tracing(options)
+    server = build_server(Gateway(routes, admission, forwarder, options.limits, tracing))
     bound = sock.getsockname()
     print(json.dumps({"url": f"http://{options.host}:{bound[1]}"}), flush=True)
     try:
@@ -154,6 +174,8 @@ async def serve(options: Options) -> None:
     finally:
         await admission.close()
         await forwarder.close()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.close)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: FastAPI must see the real dependency objects.
 
+import time
 from datetime import date
 from typing import Any, Literal
 
@@ -12,6 +13,13 @@ from orchestrator.accounting.database import DatabaseError
 from orchestrator.accounting.keys import Key, KeyRefused, KeyStore, Limits
 from orchestrator.accounting.models_source import students
 from orchestrator.accounting.report import Filter, period_filter, usage
+from orchestrator.accounting.request_log import (
+    MAX_LIMIT,
+    LoggedRequest,
+    RequestFilter,
+    parse_time,
+    read_log,
+)
 from orchestrator.accounting.service import Accounts
 from orchestrator.http.api import Admin, Who
 from orchestrator.http.auth import Caller
@@ -161,3 +169,34 @@ async def read_usage(
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
     return [UsageOut(**r.as_json()) for r in rows]
+
+
+@router.get("/api/v1/requests", response_model=list[LoggedRequest])
+async def read_requests(
+    request: Request,
+    who: Who,
+    owner: str | None = None,
+    model: str | None = None,
+    status: int | None = None,
+    errors: bool = False,
+    since: str | None = Query(None, description="YYYY-MM-DD[THH:MM[:SS]], or an age: 2h, 7d"),
+    until: str | None = Query(None, description="as since"),
+    order: Literal["newest", "slowest"] = "newest",
+    limit: int = Query(100, ge=1, le=MAX_LIMIT),
+) -> list[LoggedRequest]:
+    """The request log; a student's token reads only their own requests."""
+    owner = _owner_of(request, who, owner)
+    try:
+        now = time.time()
+        where = RequestFilter(
+            owner, model, status, errors,
+            parse_time(since, now) if since else None,
+            parse_time(until, now) if until else None,
+            limit, order,
+        )  # fmt: skip
+        rows = await _accounts(request).run(lambda conn: read_log(conn, where))
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    except DatabaseError as e:
+        raise HTTPException(503, str(e)) from None
+    return rows

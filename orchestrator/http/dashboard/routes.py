@@ -27,6 +27,7 @@ from orchestrator.http.auth import METRICS_ONLY, Caller, Tokens
 from orchestrator.http.dashboard import evaluation, payloads
 from orchestrator.http.dashboard.engine_stats import EngineStats
 from orchestrator.http.dashboard.sessions import COOKIE, CSRF_HEADER, Session, Sessions
+from orchestrator.http.dashboard.usage_routes import usage_router
 from orchestrator.supervisor.supervisor import Supervisor
 
 # Overview: every engine, so its readings may be older; a model's page shows one, kept fresher.
@@ -196,7 +197,18 @@ def dashboard_router(target: DashboardTarget, hooks: Hooks) -> APIRouter:
     _session(router, d, acting)
     _data(router, d, viewer)
     _actions(router, d, acting)
+    router.include_router(usage_router(target.supervisor, viewer, _usage_page(d), _json))
     return router
+
+
+def _usage_page(d: _Shared) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        v = d.who(request)
+        if v is None:
+            return d.page() if not d.target.tokens.enabled else d.to_login()
+        return d.page() if v.caller.admin else d.error_page(403, "the usage page is the admin's")
+
+    return page
 
 
 def _pages(router: APIRouter, d: _Shared) -> None:

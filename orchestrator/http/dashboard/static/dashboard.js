@@ -677,6 +677,103 @@
     token.focus();
   }
 
+  // ----- usage: the admin's usage page, a student's usage on their model's page -----
+
+  const when = (t) => new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19);
+  const tokens = (r) => fmt.int(r.prompt_tokens + r.completion_tokens);
+
+  // A table rebuilt on each poll: [heading, cell(row)] columns; numbers right-aligned.
+  function dataTable(label, columns, rows, empty) {
+    if (!rows.length) return h("p", { class: "muted small", text: empty });
+    return h("div", { class: "table-wrap" }, h("table", { class: "usage", "aria-label": label },
+      h("thead", {}, h("tr", {}, columns.map(([t]) => h("th", { scope: "col", text: t })))),
+      h("tbody", {}, rows.map((r) => h("tr", {}, columns.map(([, cell]) => {
+        const v = cell(r);
+        return h("td", { class: typeof v === "number" ? "num" : null, text: String(v) });
+      }))))));
+  }
+
+  function quotaText(q) {
+    if (!q) return "none";
+    if (!q.open) return `${fmt.int(q.tokens)} / ${q.period} (outside the term)`;
+    return `${fmt.int(q.left)} left of ${fmt.int(q.tokens)} / ${q.period}`;
+  }
+
+  const KEY_COLUMNS = [["Owner", (k) => k.owner], ["Key", (k) => k.hint],
+    ["Models", (k) => k.models.join(", ") || "none"], ["RPM", (k) => k.rpm ?? "—"],
+    ["TPM", (k) => k.tpm ?? "—"], ["Concurrent", (k) => k.max_concurrent ?? "—"],
+    ["max_tokens", (k) => k.max_tokens ?? "—"], ["Quota", (k) => quotaText(k.quota)]];
+  const REQUEST_COLUMNS = [["Started (UTC)", (r) => when(r.started_at)], ["Owner", (r) => r.owner],
+    ["Model", (r) => r.model], ["Route", (r) => r.route || "—"], ["Status", (r) => r.status ?? r.state],
+    ["Tokens in/out", (r) => `${r.prompt_tokens} / ${r.completion_tokens}`],
+    ["TTFT", (r) => fmt.ms(r.ttft_s)], ["Duration", (r) => fmt.ms(r.duration_s)],
+    ["Error", (r) => r.error || ""]];
+
+  function usagePage() {
+    crumbs([["Overview", "/ui"], ["Usage", null]]);
+    const [reqCard, reqs] = summaryCard("Requests");
+    const [promptCard, prompt] = summaryCard("Prompt tokens");
+    const [complCard, compl] = summaryCard("Completion tokens");
+    const [errCard, errs] = summaryCard("Errors");
+    reqs.id = "usage-total-requests";
+    prompt.id = "usage-total-prompt";
+    compl.id = "usage-total-completion";
+    errs.id = "usage-total-errors";
+    const boxes = ["totals", "daily", "keys", "slowest", "failing"].map((id) => h("div", { id: `usage-${id}` }));
+    const titles = ["Per owner and model", "Per day (last 14 days)", "Keys: limits and what is left",
+      "Slowest requests (last 7 days)", "Latest failed requests"];
+    main.replaceChildren(h("h1", { text: "Usage" }),
+      h("div", { class: "summary" }, reqCard, promptCard, complCard, errCard),
+      ...boxes.map((box, i) => h("section", { class: "panel" }, h("h2", { text: titles[i] }), box)));
+    const poll = poller(async () => {
+      const d = await api("/ui/api/usage");
+      if (!d.enabled) {
+        boxes[0].replaceChildren(h("p", { class: "muted", text: "No usage yet: [gateway] keys is off or nothing was served." }));
+        return;
+      }
+      const sum = (f) => d.totals.reduce((n, r) => n + r[f], 0);
+      setText(reqs, fmt.int(sum("requests")));
+      setText(prompt, fmt.int(sum("prompt_tokens")));
+      setText(compl, fmt.int(sum("completion_tokens")));
+      setText(errs, fmt.int(sum("errors")));
+      const usageCols = [["Owner", (r) => r.group.owner], ["Model", (r) => r.group.model],
+        ["Requests", (r) => r.requests], ["Errors", (r) => r.errors], ["Lost", (r) => r.lost],
+        ["Prompt", (r) => r.prompt_tokens], ["Completion", (r) => r.completion_tokens],
+        ["Mean TTFT", (r) => fmt.ms(r.mean_ttft_s)], ["Mean duration", (r) => fmt.ms(r.mean_duration_s)]];
+      boxes[0].replaceChildren(dataTable("usage per owner and model", usageCols, d.totals, "No requests yet."));
+      boxes[1].replaceChildren(dataTable("usage per day", [["Day", (r) => r.group.day], ...usageCols.slice(0, 4),
+        ["Tokens", tokens]], [...d.daily].reverse(), "No requests in the last 14 days."));
+      boxes[2].replaceChildren(dataTable("keys", KEY_COLUMNS, d.keys, "No keys."));
+      boxes[3].replaceChildren(dataTable("slowest requests", REQUEST_COLUMNS, d.slowest, "No requests this week."));
+      boxes[4].replaceChildren(dataTable("failed requests", REQUEST_COLUMNS, d.failing, "No failed requests."));
+    });
+    poll.run();
+  }
+
+  // A student's own usage below their model's page: totals, today's, their keys, last requests.
+  function ownUsage(name) {
+    const box = h("div", { id: "own-usage" });
+    main.append(h("section", { class: "panel" }, h("h2", {}, "Your usage through the gateway ",
+      h("span", { class: "muted small", text: "· all your models" })), box));
+    const cols = [["Model", (r) => r.group.model], ["Requests", (r) => r.requests],
+      ["Errors", (r) => r.errors], ["Prompt", (r) => r.prompt_tokens], ["Completion", (r) => r.completion_tokens]];
+    const poll = poller(async () => {
+      const d = await api(`/ui/api/models/${encodeURIComponent(name)}/usage`).catch((e) => {
+        if (e.status === 404) return { enabled: false };
+        throw e;
+      });
+      if (!d.enabled) {
+        box.replaceChildren(h("p", { class: "muted small", text: "No gateway usage is recorded for this model." }));
+        return;
+      }
+      box.replaceChildren(h("h3", { text: "Today (UTC)" }), dataTable("today", cols, d.today, "Nothing today."),
+        h("h3", { text: "In all" }), dataTable("in all", cols, d.totals, "No requests yet."),
+        h("h3", { text: "Your keys: models and limits left" }), dataTable("your keys", KEY_COLUMNS, d.keys, "No key."),
+        h("h3", { text: "Your last requests" }), dataTable("your last requests", REQUEST_COLUMNS, d.requests, "None yet."));
+    });
+    poll.run();
+  }
+
   // ----- chrome around every view -----
 
   function crumbs(items) {
@@ -707,7 +804,11 @@
       location.assign("/ui/login");
     });
     const model = path.match(/^\/ui\/models\/([^/]+)$/);
-    if (model) modelPage(decodeURIComponent(model[1]), s.role === "admin");
+    if (s.role === "admin") who.append(h("a", { href: "/ui/usage", class: "usage-link", text: "Usage" }));
+    if (model) {
+      modelPage(decodeURIComponent(model[1]), s.role === "admin");
+      ownUsage(decodeURIComponent(model[1]));
+    } else if (s.role === "admin" && path === "/ui/usage") usagePage();
     else if (s.role === "admin") {
       if (path === "/ui/login") history.replaceState(null, "", "/ui");
       overview();
