@@ -91,7 +91,7 @@ def render(tmp_path: Path, extra: str, *options: str) -> tuple[int, str, Path]:
         "name",
         "path",
         "served-twice",
-    ],  # fmt: skip
+    ],
 )
 def test_refused_naming_model_and_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, expected: str
