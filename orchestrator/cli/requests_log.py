@@ -65,6 +65,12 @@ def cmd_requests(args: argparse.Namespace) -> int:
     return 0
 
 
+def _http_status(text: str) -> int:
+    if not text.isdigit() or not 100 <= int(text) <= 599:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not an HTTP status (100-599)")
+    return int(text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "requests",
@@ -76,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--owner", help="only this owner")
     p.add_argument("--model", help="only this model (as models.toml names it)")
-    p.add_argument("--status", type=int, help="only this HTTP status")
+    p.add_argument("--status", type=_http_status, help="only this HTTP status (100-599)")
     p.add_argument("--errors", action="store_true", help="only failed requests (>= 400, lost)")
     p.add_argument("--since", help="started at or after: YYYY-MM-DD[THH:MM], or an age (2h)")
     p.add_argument("--until", help="started before: YYYY-MM-DD[THH:MM], or an age")

@@ -4,7 +4,7 @@
 
 import time
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -149,6 +149,14 @@ async def revoke_key(request: Request, key_id: str, _: Admin) -> KeyOut:
     return _out(await _keys(request, lambda s: s.revoke(key_id)))
 
 
+# A day exactly: pydantic's lax date would also take a number as a Unix time.
+_DAY = r"^\d{4}-\d{2}-\d{2}$"
+
+
+def _day(text: str | None) -> date | None:
+    return None if text is None else date.fromisoformat(text)
+
+
 @router.get("/api/v1/usage", response_model=list[UsageOut])
 async def read_usage(
     request: Request,
@@ -157,13 +165,14 @@ async def read_usage(
     owner: str | None = None,
     model: str | None = None,
     period: str | None = Query(None, description="day, week or YYYY-MM-DD..YYYY-MM-DD"),
-    since: date | None = None,
-    until: date | None = None,
+    since: Annotated[str | None, Query(pattern=_DAY, description="YYYY-MM-DD")] = None,
+    until: Annotated[str | None, Query(pattern=_DAY, description="YYYY-MM-DD")] = None,
 ) -> list[UsageOut]:
     owner = _owner_of(request, who, owner)
     groups = tuple(g.strip() for g in by.split(",") if g.strip())
     try:
-        first, last = period_filter(period) if period else (since, until)
+        days = (_day(since), _day(until))
+        first, last = period_filter(period) if period else days
         where = Filter(owner, model, first, last)
         rows = await _accounts(request).run(lambda conn: usage(conn, groups, where))
     except ValueError as e:
@@ -177,7 +186,7 @@ async def read_requests(
     who: Who,
     owner: str | None = None,
     model: str | None = None,
-    status: int | None = None,
+    status: Annotated[int | None, Query(ge=100, le=599)] = None,
     errors: bool = False,
     since: str | None = Query(None, description="YYYY-MM-DD[THH:MM[:SS]], or an age: 2h, 7d"),
     until: str | None = Query(None, description="as since"),

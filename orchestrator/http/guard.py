@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from urllib.parse import unquote_plus
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,6 +74,7 @@ class RequestGuard:
             _same_host_only(headers, scope["method"], self.listen())
         else:
             _token_allowed(tokens, headers.get("authorization"), scope["path"])
+        _one_value_each(scope.get("query_string", b""))
         length = headers.get("content-length")
         if length is None and "transfer-encoding" not in headers:
             return receive  # no body: nothing to bound
@@ -134,6 +136,17 @@ def _same_host_only(headers: Headers, method: str, listen: str) -> None:
         raise _Refused(
             403, f"cross-site request refused: Origin {origin[:100]!r} is not this daemon"
         )
+
+
+def _one_value_each(query: bytes) -> None:
+    """Every query parameter of this API takes one value: a repeated one is refused, not
+    silently narrowed to its last value."""
+    if b"&" not in query:
+        return
+    names = [unquote_plus(part.partition("=")[0]) for part in query.decode("latin-1").split("&")]
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        raise _Refused(422, f"query parameter {repeated[0]!r} given more than once")
 
 
 def _hostname(authority: str) -> str:

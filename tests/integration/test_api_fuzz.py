@@ -130,6 +130,17 @@ def examples(strategy: st.SearchStrategy[Case], checks: list[Any]) -> Counter[in
     return seen
 
 
+def _param(path: str) -> str:
+    return "key_id" if "{key_id}" in path else "name"
+
+
+def _new_key(daemon: Daemon) -> str:
+    body = {"owner": "fuzz-service", "kind": "service", "models": list(MODELS)}
+    r = httpx.post(f"{daemon.url}/api/v1/keys", json=body, headers=daemon.headers(TOKEN))
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"]["id"])
+
+
 def fuzz(daemon: Daemon, schema: Any, only: set[str] | None = None) -> dict[str, Counter[int]]:
     """Run every (chosen) operation in both modes; returns status counts by operation."""
     checks = [
@@ -150,7 +161,11 @@ def fuzz(daemon: Daemon, schema: Any, only: set[str] | None = None) -> dict[str,
         seen = statuses.setdefault(operation.label, Counter())
         # The schema cannot know the configured names, so without them every {name} call is a
         # 404: the real names are fuzzed beside arbitrary ones.
-        names = [None, *MODELS] if "{name}" in operation.path else [None]
+        names: list[str | None] = [None]
+        if "{name}" in operation.path:
+            names += MODELS
+        elif "{key_id}" in operation.path:  # a key made now: rotated or revoked by the fuzz
+            names += [_new_key(daemon)]
         # Only a body or a query can be made invalid here: the token header is fixed and any
         # string is a valid {name}. (Hypothesis needs seconds to prove there is nothing else.)
         negatable = bool(list(operation.body)) or bool(list(operation.query))
@@ -160,7 +175,7 @@ def fuzz(daemon: Daemon, schema: Any, only: set[str] | None = None) -> dict[str,
                     operation.as_strategy(
                         generation_mode=mode,
                         headers=auth,
-                        path_parameters=None if n is None else {"name": n},
+                        path_parameters=None if n is None else {_param(operation.path): n},
                     )
                     for n in names
                 ]
@@ -176,7 +191,7 @@ def fuzz(daemon: Daemon, schema: Any, only: set[str] | None = None) -> dict[str,
 def test_control_plane_fuzz(daemon: Daemon) -> None:
     statuses = fuzz(daemon, load_schema(daemon))
     # The fuzz got past authentication and the name lookup into every handler.
-    assert len(statuses) == 10, sorted(statuses)
+    assert len(statuses) == 16, sorted(statuses)
     for label, seen in statuses.items():
         assert any(200 <= code < 300 for code in seen), f"{label} never succeeded: {dict(seen)}"
     assert statuses["GET /api/v1/models/{name}/logs"][422] > 0  # e.g. tail=-1
