@@ -93,8 +93,11 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture
 def browser(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """The session's browser, logged out; a failing test leaves a screenshot in .work/browser."""
-    chromium.delete_all_cookies()
+    """The session's browser, logged out, on a blank page with an empty console log; a failing
+    test leaves a screenshot in .work/browser."""
+    # Every origin's cookies (delete_all_cookies clears only the current page's).
+    chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    chromium.get_log("browser")  # what an earlier test's pages said is not this test's
     yield chromium
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
@@ -102,6 +105,9 @@ def browser(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         path = ARTIFACTS / f"{request.node.name}.png"
         if full_page_screenshot(chromium, path):
             print(f"screenshot of the failing page ({chromium.current_url}): {path}")
+    # Leave no page polling a daemon that the test is about to stop: its failed fetches would
+    # land in the next test's console log.
+    chromium.get("about:blank")
 
 
 def full_page_screenshot(driver: Any, path: Path) -> bool:
