@@ -105,7 +105,8 @@ def test_daemon_crash_leaves_a_gateway_the_next_daemon_replaces(
     (old,) = _gateway_pids(state_dir)
     d.kill9()
     # The engines and the gateway outlive the daemon: students keep being served.
-    assert _complete(url, "bob").status_code == 200
+    r = _complete(url, "bob")
+    assert r.status_code == 200, r.text
     d.start(wait_ready=["alice", "bob"])
     wait_until(lambda: (p := _gateway_pids(state_dir)) and old not in p and _up(url), 30, "new")
     log = d.log()

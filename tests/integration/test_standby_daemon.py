@@ -77,7 +77,7 @@ def test_restart_and_crash_run_in_the_standbys_process(daemons: Any, tmp_path: P
     assert cli.returncode == 0, cli.stderr
     assert "STANDBY" in cli.stdout and f"ready {sb['rss_bytes'] >> 20}M" in cli.stdout
     assert f"standby: ready, pid {sb['pid']}, RSS " in cli.stdout
-    assert "last start: plain (" in cli.stdout
+    assert "last start: plain, EngineCore by fork (" in cli.stdout  # fork: the default
 
     # A restart: the engine runs in the standby's process, with the engine's own argv.
     assert d.post("/api/v1/models/m/restart").status_code == 202
