@@ -107,9 +107,11 @@ def _engine_core(pid: int) -> psutil.Process | None:
     try:
         children = psutil.Process(pid).children()
         named = [c for c in children if "EngineCore" in " ".join(c.cmdline())]
+        # The newest: a helper the engine started earlier (multiprocessing's resource tracker)
+        # is not its EngineCore.
+        return max(named or children, key=lambda c: c.create_time(), default=None)
     except psutil.Error:
         return None
-    return (named or children or [None])[0]
 
 
 def observe(pid: int, log_lines: Sequence[str]) -> StartMethod | None:

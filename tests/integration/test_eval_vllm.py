@@ -53,7 +53,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         (name, name, port, profile, True, tiny_model(seed=seed))
         for (name, profile, seed), port in zip(names, ports, strict=True)
     ]
-    d = cpu_vllm_daemon(root, venv, models, extra_orchestrator="standby = false")
+    d = cpu_vllm_daemon(root, venv, models, orchestrator={"standby": False})
     d.start()
     for name, _, _ in names:
         d.wait_state(name, "ready", timeout=READY_TIMEOUT)

@@ -92,7 +92,7 @@ def test_vllm_engine_serves_inside_the_unit_sandbox(vllm_site: Site) -> None:
     # The engine runs inside the service's sandbox (no new privileges, no capabilities). Its
     # standby (standby = true by default), prepared once it is ready, names the module too.
     found = c.run(["pgrep", "-af", "vllm.entrypoints.openai.api_server"]).stdout.splitlines()
-    pids = [line.split()[0] for line in found if "standby/launcher.py" not in line]
+    pids = [line.split()[0] for line in found if "standby_launcher.py" not in line]
     assert len(pids) == 1
     status = _proc_status(c, pids[0])
     assert (status["NoNewPrivs"], int(status["CapBnd"], 16)) == ("1", 0)
