@@ -95,7 +95,13 @@ def test_log_matches_the_sdk_and_spans_join_vllms(stack: tuple[Daemon, str, Phoe
     for i, kind in enumerate(["completion", "chat", "stream", "chat"]):
         rid = f"telemetry-{kind}-{i}"
         sent[rid] = _ask(client, kind, rid)
-    wait_until(lambda: len(read_log(connect(db), RequestFilter(owner="Alice"))) >= 4, 30, "log")
+    wait_until(
+        lambda: (
+            set(sent) <= {r.request_id for r in read_log(connect(db), RequestFilter(owner="Alice"))}
+        ),
+        30,
+        "every request in the log",
+    )
     logged = {r.request_id: r for r in read_log(connect(db), RequestFilter(owner="Alice"))}
     for rid, (prompt, completion) in sent.items():
         r = logged[rid]
