@@ -65,8 +65,9 @@ def test_routes_by_served_name_and_reports_states(daemon: tuple[Daemon, str]) ->
     wait_until(lambda: _up(url), 20, "the gateway")
     names = lambda: sorted(m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"])  # noqa: E731
     wait_until(lambda: names() == ["alice-llm", "bob"], 10, "both models listed")
-    assert _complete(url, "alice-llm").status_code == 200
-    assert _complete(url, "bob").status_code == 200
+    # Listed models may still be "starting" in the gateway's table, read every refresh_s.
+    served = lambda m: _complete(url, m).status_code == 200  # noqa: E731
+    wait_until(lambda: served("alice-llm") and served("bob"), 10, "both served")
     assert _complete(url, "alice").status_code == 404  # the table name is not what clients send
     assert d.post("/api/v1/models/bob/stop").status_code == 202
     d.wait_state("bob", "stopped")
