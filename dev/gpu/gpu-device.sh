@@ -8,6 +8,7 @@
 #   bash dev/gpu/gpu-device.sh up               practicum up: coder + chat (first start: cold)
 #   bash dev/gpu/gpu-device.sh serve            practicum serve: sweep, monitor, Ralph, vs vllm
 #   bash dev/gpu/gpu-device.sh compare          practicum compare: gpu_memory_utilization
+#   bash dev/gpu/gpu-device.sh versus           only serve's bench vs vllm bench serve, on coder
 #   bash dev/gpu/gpu-device.sh restarts ARGS    practicum restarts (mig-orchestrator practicum -h)
 #   bash dev/gpu/gpu-device.sh tests            tests/gpu on the running daemon; ends it
 #   bash dev/gpu/gpu-device.sh down             stop the daemon (if tests did not)
@@ -130,6 +131,21 @@ step_practicum() {
         ${MIG_ORCH_PRACTICUM_ARGS:-} "$@")
 }
 
+# serve's last part alone, for a lease too short for the sweep and Ralph before it; same output.
+step_versus() {
+    local src port
+    src=$(source_dir) || return 1
+    daemon_env
+    mkdir -p "$RESULTS/serve"
+    port=$("$OPT/venv/bin/python" -c "
+import json; print(json.load(open('$RESULTS/session/session.json'))['ports']['coder'])") || return 1
+    (cd "$src" && "$OPT/venv/bin/python" -m orchestrator.bench.vs_vllm \
+        --target "http://127.0.0.1:$port" --served-model-name coder --tokenizer "$MODEL" \
+        --engine-venv "$OPT/vllm-venv" --input-len 512 --output-len 128 --concurrency 32 \
+        --num-prompts "${MIG_ORCH_VS_PROMPTS:-1000}" --pairs "${MIG_ORCH_VS_PAIRS:-3}" \
+        --json "$RESULTS/serve/bench-vs-vllm.json" | tee "$RESULTS/serve/bench-vs-vllm.txt")
+}
+
 step_tests() {
     local src
     src=$(source_dir) || return 1
@@ -157,6 +173,7 @@ main() {
         up | serve | compare | down | report) step_practicum "$step" || rc=$? ;;
         # restarts takes the rest of the line as practicum options, so it comes last
         restarts) step_practicum restarts "$@" || rc=$?; set -- ;;
+        versus) step_versus || rc=$? ;;
         tests) step_tests || rc=$? ;;
         *) say "unknown step $step"; return 2 ;;
     esac
