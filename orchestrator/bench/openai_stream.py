@@ -1,4 +1,8 @@
-"""Async OpenAI-compatible load generator: one shared httpx client, streaming, cheap SSE parsing."""
+"""Async OpenAI-compatible load generator: one shared aiohttp session, streaming, cheap SSE parsing.
+
+aiohttp, as `vllm bench serve` uses: on a host whose cores the engine also needs, httpx's heavier
+path per chunk starved the client until whole answers arrived in one read (docs/bench.md).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 
 from orchestrator.bench.stats import CacheCounters, RequestResult
 from orchestrator.bench.workloads import Prompt, Workload
@@ -35,6 +39,10 @@ class _StreamError(Exception):
     """The server's event stream was malformed or carried an error event."""
 
 
+class ServerError(ValueError):
+    """A non-streamed call failed: no connection, or an answer other than 200 JSON."""
+
+
 class OpenAIClient:
     """Streams requests to one OpenAI-compatible server over a pool of kept-alive connections."""
 
@@ -52,21 +60,29 @@ class OpenAIClient:
         self.model = model
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-        )
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use OpenAIClient in `async with`")
+        return self._session
 
     async def __aenter__(self) -> OpenAIClient:
+        # Made here, not in __init__: an aiohttp session belongs to the running event loop.
+        self._session = aiohttp.ClientSession(
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=self._max_connections
+            ),
+            timeout=aiohttp.ClientTimeout(total=None, connect=min(self.timeout_s, 10.0)),
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.http.aclose()
+        await self.http.close()
 
     def _body(self, prompt: Prompt, gen: Generation) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -92,9 +108,9 @@ class OpenAIClient:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await self._stream(prompt, gen, keep_text, start, estimate)
-        except (TimeoutError, httpx.TimeoutException) as exc:
+        except TimeoutError as exc:
             kind, detail = "timeout", f"no complete answer within {self.timeout_s:g} s ({exc!r})"
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             kind, detail = "connection_error", f"{type(exc).__name__}: {exc}"
         except _StreamError as exc:
             kind, detail = "stream_error", str(exc)
@@ -105,12 +121,12 @@ class OpenAIClient:
     ) -> RequestResult:
         answer = _Answer(start, chat=self.endpoint == "chat", keep_text=keep_text)
         body = self._body(prompt, gen)
-        async with self.http.stream("POST", PATHS[self.endpoint], json=body) as r:
-            if r.status_code != 200:
-                text = (await r.aread()).decode(errors="replace")
-                return _failed(start, estimate, f"http_{r.status_code}", text[:300])
+        async with self.http.post(self.base_url + PATHS[self.endpoint], json=body) as r:
+            if r.status != 200:
+                text = (await r.read()).decode(errors="replace")
+                return _failed(start, estimate, f"http_{r.status}", text[:300])
             events = _SseData()
-            async for data in r.aiter_bytes():
+            async for data in r.content.iter_any():
                 now = time.perf_counter()
                 for payload in events.feed(data):
                     answer.add(now, payload)
@@ -125,29 +141,41 @@ class OpenAIClient:
             body["add_generation_prompt"] = True
         else:
             body["prompt"] = prompt.text()
-        r = await self.http.post("/tokenize", json=body)
-        if r.status_code != 200:
-            raise ValueError(f"{self.base_url}/tokenize answered {r.status_code}: {r.text[:300]}")
-        return int(r.json()["count"])
+        return int((await self._json("POST", f"{self.base_url}/tokenize", body))["count"])
 
     async def served_model(self) -> str:
         """The first model id the server lists at /v1/models."""
-        r = await self.http.get("/v1/models")
-        r.raise_for_status()
-        data = r.json().get("data") or []
+        data = (await self._json("GET", f"{self.base_url}/v1/models")).get("data") or []
         if not data:
-            raise ValueError(f"{self.base_url}/v1/models lists no models")
+            raise ServerError(f"{self.base_url}/v1/models lists no models")
         return str(data[0]["id"])
 
     async def prefix_cache_counters(self, metrics_url: str) -> CacheCounters | None:
         """Prefix-cache counters summed over the engine's label sets; None when it exposes none."""
-        r = await self.http.get(metrics_url)
-        r.raise_for_status()
-        expo = parse_metrics(r.text)
+        expo = parse_metrics(await self._text("GET", metrics_url))
         queries, hits = expo.total(PREFIX_QUERIES), expo.total(PREFIX_HITS)
         if queries is None or hits is None:
             return None
         return CacheCounters(queries=queries, hits=hits)
+
+    async def _text(self, method: str, url: str, body: dict[str, Any] | None = None) -> str:
+        """One short call's answer; ServerError names the URL on any failure."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.http.request(method, url, json=body) as r:
+                    text = await r.text()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ServerError(f"{url}: {type(exc).__name__}: {exc}") from None
+        if r.status != 200:
+            raise ServerError(f"{url} answered {r.status}: {text[:300]}")
+        return text
+
+    async def _json(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        text = await self._text(method, url, body)
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ServerError(f"{url} answered no JSON: {text[:200]!r}") from None
 
 
 def _messages(prompt: Prompt) -> list[dict[str, str]]:

@@ -6,9 +6,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from orchestrator.bench.openai_stream import Endpoint, Generation, OpenAIClient, run_level, send_all
+from orchestrator.bench.openai_stream import (
+    Endpoint,
+    Generation,
+    OpenAIClient,
+    ServerError,
+    run_level,
+    send_all,
+)
 from orchestrator.bench.sized_prompts import SizingError, sized_workload
 from orchestrator.bench.stats import (
     BenchReport,
@@ -150,7 +155,7 @@ async def _run_ralph(
     async def counters() -> CacheCounters | None:
         try:
             found = await client.prefix_cache_counters(metrics_url)
-        except (httpx.HTTPError, ValueError) as exc:
+        except ServerError as exc:
             _note(report, f"cannot read prefix-cache counters from {metrics_url}: {exc}")
             return None
         if found is None:
@@ -190,7 +195,7 @@ async def _sized_random(
     refused) when the engine cannot count them or they cannot be built."""
     try:
         workload, sizing = await sized_workload(client.count_tokens, plan.input_len, plan.seed)
-    except (SizingError, httpx.HTTPError, ValueError, KeyError) as exc:
+    except (SizingError, ServerError, KeyError) as exc:
         report.refused = f"cannot make prompts of exactly {plan.input_len} tokens: {exc}"
         return None
     report.input_len = plan.input_len

@@ -12,8 +12,6 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from orchestrator.bench.compare import (
     CompareReport,
     ThreadedControl,
@@ -22,7 +20,7 @@ from orchestrator.bench.compare import (
     run_compare,
     sweep_variants,
 )
-from orchestrator.bench.openai_stream import Generation, OpenAIClient
+from orchestrator.bench.openai_stream import Generation, OpenAIClient, ServerError
 from orchestrator.bench.report import render_bench, render_compare, to_json
 from orchestrator.bench.runner import (
     WORKLOADS,
@@ -233,7 +231,7 @@ def _target(args: argparse.Namespace) -> Target:
 
         try:
             served = asyncio.run(probe())
-        except (httpx.HTTPError, ValueError) as exc:
+        except ServerError as exc:
             raise ControlError(f"cannot list models at {base}/v1/models: {exc}") from None
     return Target(base, served, args.metrics_url or f"{base}/metrics", args.api_key)
 
