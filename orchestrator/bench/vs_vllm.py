@@ -1,9 +1,10 @@
-"""`bench` and `vllm bench serve` on the same workload against the same engine, in A B pairs.
+"""`bench` and `vllm bench serve` on the same workload against the same engine, in pairs.
 
 Both send random prompts that the engine counts as --input-len tokens, --output-len tokens with
-ignore_eos, --num-prompts requests at --concurrency. Pair n runs ours, then vLLM's, both with
-seed + n, so no run meets prompts an earlier one cached. Medians of each side, their ratios and
-the load average are printed.
+ignore_eos and greedy sampling, --num-prompts requests at --concurrency. Pair n runs each tool
+once, both with seed + n, so no run meets prompts an earlier one cached; every other pair starts
+with vLLM's run (A B B A ...). Medians of each side, their ratios, the median of the ratios pair
+by pair and the load average are printed.
 
     python -m orchestrator.bench.vs_vllm --target http://127.0.0.1:8000 \\
         --served-model-name tiny --tokenizer ~/.cache/mig-orchestrator/models/tiny-llama-l2-s0
@@ -174,7 +175,9 @@ def run_vllm(args: argparse.Namespace, url: str, seed: int, input_len: int) -> d
             "--dataset-name", "random", "--random-input-len", str(input_len),
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
             "--max-concurrency", str(args.concurrency), "--request-rate", "inf",
-            "--ignore-eos", "--num-warmups", "1", "--seed", str(seed), "--disable-tqdm",
+            # Greedy, as ours: without it vllm bench serve leaves sampling to the server's defaults.
+            "--ignore-eos", "--temperature", "0", "--num-warmups", "1", "--seed", str(seed),
+            "--disable-tqdm",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99",
             "--save-result", "--result-dir", out, "--result-filename", "r.json",
         ]  # fmt: skip
@@ -189,14 +192,20 @@ def run_vllm(args: argparse.Namespace, url: str, seed: int, input_len: int) -> d
     return result
 
 
+def pair_order(pair: int, order: str) -> tuple[str, str]:
+    """Which tool runs first in a pair: always ours for `abab`; for `abba` every other pair
+    starts with vLLM's, so a drift of the engine over the runs favours neither tool."""
+    return (VLLM, OURS) if order == "abba" and pair % 2 == 0 else (OURS, VLLM)
+
+
 def run_pairs(args: argparse.Namespace, url: str) -> list[Run]:
-    """An unreported warm-up, then `--pairs` times ours followed by vLLM's (A B A B ...)."""
+    """An unreported warm-up, then `--pairs` pairs of one run of each tool."""
     vllm_input_len = args.input_len - engine_adds(url, args.served_model_name)
     run_ours(args, url, args.seed - 1, max(args.concurrency, args.num_prompts // 4))
     runs = []
     for pair in range(1, args.pairs + 1):
         seed = args.seed + pair
-        for tool in (OURS, VLLM):
+        for tool in pair_order(pair, args.order):
             before = os.getloadavg()[0]
             if tool == OURS:
                 result = run_ours(args, url, seed, args.num_prompts)
@@ -223,8 +232,21 @@ def _cell(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def pair_ratios(runs: list[Run], key: str) -> list[float]:
+    """Ours / vLLM's within each pair: the two runs closest in time, so closest in load."""
+    by_pair: dict[int, dict[str, float | None]] = {}
+    for r in runs:
+        by_pair.setdefault(r.pair, {})[r.tool] = r.figures[key]
+    return [
+        a / b
+        for a, b in ((p.get(OURS), p.get(VLLM)) for p in by_pair.values())
+        if a is not None and b
+    ]
+
+
 def render(runs: list[Run]) -> str:
-    """Every run, then each side's medians with the ratio ours / vLLM's against the goal."""
+    """Every run, then each side's medians with the ratio ours / vLLM's against the goal, and
+    the median of the ratios pair by pair."""
     rows = [
         [str(r.pair), r.tool, f"{r.load_before:.2f}/{r.load_after:.2f}"]
         + [_cell(r.figures[key], d) for _, key, d in (*FIGURES, *MORE)]
@@ -239,9 +261,13 @@ def render(runs: list[Run]) -> str:
         ratio = a / b if a is not None and b else None
         goal = "-" if ratio is None else ("yes" if abs(ratio - 1) <= GOAL else "NO")
         within = goal if (label, key, digits) in FIGURES else ""
-        summary.append([label, _cell(a, digits), _cell(b, digits), _cell(ratio, 3), within])
-    summary.append(["load 1m (median)", f"{ours['load']:.2f}", f"{theirs['load']:.2f}", "", ""])
-    header = ["MEDIAN OF EACH SIDE", OURS, VLLM, "RATIO", f"WITHIN {GOAL:.0%}"]
+        paired = pair_ratios(runs, key)
+        by_pair = _cell(statistics.median(paired) if paired else None, 3)
+        summary.append(
+            [label, _cell(a, digits), _cell(b, digits), _cell(ratio, 3), within, by_pair]
+        )
+    summary.append(["load 1m (median)", f"{ours['load']:.2f}", f"{theirs['load']:.2f}", "", "", ""])
+    header = ["MEDIAN OF EACH SIDE", OURS, VLLM, "RATIO", f"WITHIN {GOAL:.0%}", "PAIR RATIO p50"]
     lines.append(render_table(header, summary, numbers=True))
     return "\n".join(lines)
 
@@ -258,7 +284,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pairs", type=int, default=3, help="A B pairs (at least 3 for the goal)")
+    p.add_argument("--pairs", type=int, default=4, help="pairs of runs (at least 3 for the goal)")
+    p.add_argument(
+        "--order",
+        choices=("abba", "abab"),
+        default="abba",
+        help="abba: every other pair starts with vLLM's run (default); abab: ours always first",
+    )
     # Older callers said --rounds for the same thing.
     p.add_argument("--rounds", dest="pairs", type=int, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help="also write every run here")
@@ -282,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"random {args.input_len} prompt tokens (as the engine counts them) / {args.output_len} "
         f"out, {args.num_prompts} requests at concurrency {args.concurrency}, model "
-        f"{args.served_model_name}, {args.pairs} pairs ({OURS} then {VLLM})"
+        f"{args.served_model_name}, {args.pairs} pairs, order {args.order.upper()}"
     )
     print(render(runs))
     if args.json:

@@ -87,7 +87,7 @@ def _add_workload(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=int, help="Ralph: iterations per loop")
     g.add_argument("--vs-concurrency", type=int, help="bench vs vllm bench: concurrency")
     g.add_argument("--vs-prompts", type=int, help="bench vs vllm bench: prompts per run")
-    g.add_argument("--rounds", type=int, help="bench vs vllm bench: pairs (ours, then vLLM's)")
+    g.add_argument("--rounds", type=int, help="bench vs vllm bench: pairs of runs")
     g.add_argument("--utilizations", metavar="U,U,...", help="compare: gpu_memory_utilization")
     g.add_argument("--compare-concurrency", type=int)
     g.add_argument("--compare-requests", type=int)
