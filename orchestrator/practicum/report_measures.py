@@ -215,10 +215,10 @@ def section_versus(r: Results) -> list[str]:
     if not data or "runs" not in data:
         return out if r.command("serve", "bench-vs-vllm") else out + not_run("serve")
     out += how_to_read(
-        "both tools send the same random workload to `coder`, in turns (ours, then vLLM's, "
-        f"each pair). Their medians should agree within {GOAL:.0%}; where a figure of ours "
-        "differs more, trust vLLM's own benchmark. Short runs and a busy machine (the load "
-        "column) spread them apart."
+        "both tools send the same random workload to `coder`, in turns (one run of each per "
+        "pair, every other pair starting with vLLM's). Their medians should agree within "
+        f"{GOAL:.0%}; where a figure of ours differs more, trust vLLM's own benchmark. Short "
+        "runs and a busy machine (the load column) spread them apart."
     )
     rows = [
         [f"{run['tool']} #{run['pair']}", num(run.get("load_before"), 2)]
@@ -243,7 +243,7 @@ def _restart_base(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
     plain = [x["crash_to_serving_s"] for x in rows if x.get("plain") and "crash_to_ready_s" in x]
     if plain:
         label = next(x["variant"] for x in rows if x.get("plain") and "crash_to_ready_s" in x)
-        return statistics.mean(plain), f"the `{label}` variant (standby off, vLLM's spawn)"
+        return statistics.median(plain), f"the `{label}` variant's median (standby off, spawn)"
     return None, ""
 
 
@@ -276,7 +276,8 @@ def section_restarts(r: Results) -> list[str]:
         return out if r.command("restarts", "restarts") else out + not_run("restarts")
     base, what = _restart_base(rows)
     out += how_to_read(
-        "the API server of `chat` is killed (SIGKILL) and the daemon brings it back. Seconds "
+        "the API server of the `--restart-model` engine is killed (SIGKILL) and the daemon "
+        "brings it back. Seconds "
         "from the kill until the daemon saw it (detected), started a new engine (relaunched), "
         "the engine answered /health (ready) and served a completion (serving). The last "
         + (
@@ -287,4 +288,32 @@ def section_restarts(r: Results) -> list[str]:
         )
     )
     header = ["variant", "event", "detected s", "relaunched s", "ready s", "serving s", "x plain"]
-    return out + md_table(header, [_restart_row(x, base) for x in rows])
+    out += md_table(header, [_restart_row(x, base) for x in rows])
+    return out + md_table(header, _restart_medians(rows, base))
+
+
+def _restart_medians(rows: list[dict[str, Any]], base: float | None) -> list[list[str]]:
+    """Per variant, the median of each column over its crashes."""
+    crashes: dict[str, list[dict[str, Any]]] = {}
+    for x in rows:
+        if "crash_to_ready_s" in x:
+            crashes.setdefault(x["variant"], []).append(x)
+    out = []
+    for variant, xs in crashes.items():
+        med = {
+            k: statistics.median(x[k] for x in xs)
+            for k in ("crash_to_detected_s", "crash_to_relaunch_s", "crash_to_ready_s")
+        }
+        serving = statistics.median(x["crash_to_serving_s"] for x in xs)
+        out.append(
+            [
+                variant,
+                f"median of {len(xs)} crashes",
+                num(med["crash_to_detected_s"], 2),
+                num(med["crash_to_relaunch_s"], 1),
+                num(med["crash_to_ready_s"], 1),
+                num(serving, 1),
+                num(serving / base if base else None, 2),
+            ]
+        )
+    return out
