@@ -7,8 +7,10 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
+from yarl import URL
 
 from orchestrator.bench.openai_stream import Endpoint, Generation
 from orchestrator.bench.runner import BenchPlan, Target, new_report, run_bench
@@ -27,16 +29,17 @@ def engine() -> Iterator[str]:
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The JSON body of every generation request, recorded as httpx sends it."""
+    """The JSON body of every generation request, recorded as the bench's aiohttp session
+    sends it (every request method of a session goes through `_request`)."""
     bodies: list[dict[str, Any]] = []
-    send = httpx.AsyncClient.send
+    request = aiohttp.ClientSession._request
 
-    async def recording(self: httpx.AsyncClient, request: httpx.Request, **kw: Any) -> Any:
-        if request.url.path in PATHS:
-            bodies.append(json.loads(request.content))
-        return await send(self, request, **kw)
+    async def recording(self: aiohttp.ClientSession, method: str, url: Any, **kw: Any) -> Any:
+        if URL(str(url)).path in PATHS:
+            bodies.append(json.loads(json.dumps(kw["json"])))
+        return await request(self, method, url, **kw)
 
-    monkeypatch.setattr(httpx.AsyncClient, "send", recording)
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", recording)
     return bodies
 
 
