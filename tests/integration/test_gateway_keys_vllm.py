@@ -85,7 +85,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         d.wait_state("tiny", "ready", timeout=TIMEOUT)
         s = Stack(d, f"http://127.0.0.1:{gw_port}", engine_port)
         probe = s.keys.create("Alice", "student", Limits(), label="probe").secret
-        wait_until(lambda: _listed(s, probe), 30, "the gateway to list the model")
+        # Listed is not enough: the gateway's table, read every refresh_s, may still say starting.
+        wait_until(lambda: _served(s, probe), 30, "the gateway to serve the model")
         yield s
     finally:
         d.terminate(timeout=120)
@@ -93,12 +94,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             os.kill(pid, signal.SIGKILL)
 
 
-def _listed(s: Stack, key: str) -> bool:
+def _served(s: Stack, key: str) -> bool:
+    body = {"model": SERVED, "prompt": "x", "max_tokens": 1}
     try:
-        r = httpx.get(f"{s.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=2)
-        return bool(r.json()["data"])
-    except (httpx.HTTPError, ValueError, KeyError):
+        r = httpx.post(
+            f"{s.url}/v1/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+    except httpx.HTTPError:
         return False
+    return r.status_code == 200
 
 
 def _complete(client: openai.OpenAI, stream: bool) -> tuple[int, int]:
