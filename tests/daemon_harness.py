@@ -229,6 +229,18 @@ class Daemon:
         self.proc.wait()
 
 
+def gateway_serves(url: str, model: str, key: str | None = None) -> bool:
+    """Whether the gateway at url answers a one-token completion of model. Listing it is not
+    enough: the gateway's table, read every refresh_s, may still say its engine is starting."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"model": model, "prompt": "x", "max_tokens": 1}
+    try:
+        r = httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=30)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
 def cpu_vllm_daemon(
     root: Path,
     venv: Path,

@@ -22,7 +22,14 @@ from orchestrator.accounting.keys import KeyStore, Limits
 from orchestrator.daemon.gateway_keeper import ENV
 from orchestrator.engine import marker
 from orchestrator.engine.process import find_by_env
-from tests.daemon_harness import Daemon, cpu_vllm_daemon, free_ports, marked_pids, wait_until
+from tests.daemon_harness import (
+    Daemon,
+    cpu_vllm_daemon,
+    free_ports,
+    gateway_serves,
+    marked_pids,
+    wait_until,
+)
 from tests.vllm_support import engine_venv, tiny_model
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -85,27 +92,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         d.wait_state("tiny", "ready", timeout=TIMEOUT)
         s = Stack(d, f"http://127.0.0.1:{gw_port}", engine_port)
         probe = s.keys.create("Alice", "student", Limits(), label="probe").secret
-        # Listed is not enough: the gateway's table, read every refresh_s, may still say starting.
-        wait_until(lambda: _served(s, probe), 30, "the gateway to serve the model")
+        wait_until(lambda: gateway_serves(s.url, SERVED, probe), 30, "the gateway to serve it")
         yield s
     finally:
         d.terminate(timeout=120)
         for pid in marked_pids(root):
             os.kill(pid, signal.SIGKILL)
-
-
-def _served(s: Stack, key: str) -> bool:
-    body = {"model": SERVED, "prompt": "x", "max_tokens": 1}
-    try:
-        r = httpx.post(
-            f"{s.url}/v1/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=30,
-        )
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200
 
 
 def _complete(client: openai.OpenAI, stream: bool) -> tuple[int, int]:

@@ -18,7 +18,14 @@ import pytest
 from orchestrator.daemon.gateway_keeper import ENV
 from orchestrator.engine import marker
 from orchestrator.engine.process import find_by_env
-from tests.daemon_harness import Daemon, cpu_vllm_daemon, free_ports, marked_pids, wait_until
+from tests.daemon_harness import (
+    Daemon,
+    cpu_vllm_daemon,
+    free_ports,
+    gateway_serves,
+    marked_pids,
+    wait_until,
+)
 from tests.vllm_support import engine_venv, tiny_model
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -46,19 +53,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, st
     try:
         d.wait_state("tiny", "ready", timeout=TIMEOUT)
         url = f"http://127.0.0.1:{gw_port}"
-        wait_until(lambda: _listed(url), 30, "the gateway to list the model")
+        wait_until(lambda: gateway_serves(url, SERVED), 30, "the gateway to serve the model")
         yield d, url, engine_port
     finally:
         d.terminate(timeout=120)
         for pid in marked_pids(root):
             os.kill(pid, signal.SIGKILL)
-
-
-def _listed(url: str) -> bool:
-    try:
-        return bool(httpx.get(f"{url}/v1/models", timeout=2).json()["data"])
-    except (httpx.HTTPError, ValueError, KeyError):
-        return False
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -172,7 +172,7 @@ def test_gateway_kill9_leaves_the_engine_and_requests_resume(
     (gateway,) = [t.proc.pid for t in find_by_env(ENV, owner) if t.value == owner]
     engine = d.status("tiny")["pid"]
     os.kill(gateway, signal.SIGKILL)
-    wait_until(lambda: _listed(url), 30, "the gateway back")
+    wait_until(lambda: gateway_serves(url, SERVED), 30, "the gateway back")
     assert d.status("tiny")["pid"] == engine and d.status("tiny")["state"] == "ready"
     done = _client(url).completions.create(model=SERVED, prompt="again", max_tokens=4)
     assert done.usage is not None and done.usage.completion_tokens == 4
