@@ -1,7 +1,8 @@
 """Async OpenAI-compatible load generator: one shared aiohttp session, streaming, cheap SSE parsing.
 
-aiohttp, as `vllm bench serve` uses: on a host whose cores the engine also needs, httpx's heavier
-path per chunk starved the client until whole answers arrived in one read (docs/bench.md).
+aiohttp, as `vllm bench serve` uses: it costs under a third of httpx's CPU per streamed token,
+and on a host whose cores the engine also needs, a client's CPU is taken from the engine
+(docs/bench.md).
 """
 
 from __future__ import annotations

@@ -247,20 +247,26 @@ def _restart_base(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
     return None, ""
 
 
+CRASH_STEPS = (
+    "crash_to_detected_s",
+    "crash_to_relaunch_s",
+    "crash_to_ready_s",
+    "crash_to_serving_s",
+)
+
+
+def _crash_cells(x: dict[str, Any], event: str, base: float | None) -> list[str]:
+    """One crash's steps (or their medians), and serving against the plain variant."""
+    ratio = x["crash_to_serving_s"] / base if base else None
+    steps = [num(x[k], 2 if k == "crash_to_detected_s" else 1) for k in CRASH_STEPS]
+    return [x["variant"], event, *steps, num(ratio, 2)]
+
+
 def _restart_row(x: dict[str, Any], base: float | None) -> list[str]:
     if "error" in x:
         return [x["variant"], "**FAILED**: " + x["error"][:160].replace("\n", " "), *[NONE] * 5]
     if "crash_to_ready_s" in x:
-        ratio = x["crash_to_serving_s"] / base if base else None
-        return [
-            x["variant"],
-            f"crash #{x['repeat']}",
-            num(x["crash_to_detected_s"], 2),
-            num(x["crash_to_relaunch_s"], 1),
-            num(x["crash_to_ready_s"], 1),
-            num(x["crash_to_serving_s"], 1),
-            num(ratio, 2),
-        ]
+        return _crash_cells(x, f"crash #{x['repeat']}", base)
     if x.get("variant") == "vllm-direct":
         ready = num(x["launch_to_ready_s"], 1)
         return ["plain vLLM (no daemon)", f"launch #{x['repeat']}", NONE, NONE, ready, NONE, NONE]
@@ -298,22 +304,11 @@ def _restart_medians(rows: list[dict[str, Any]], base: float | None) -> list[lis
     for x in rows:
         if "crash_to_ready_s" in x:
             crashes.setdefault(x["variant"], []).append(x)
-    out = []
-    for variant, xs in crashes.items():
-        med = {
-            k: statistics.median(x[k] for x in xs)
-            for k in ("crash_to_detected_s", "crash_to_relaunch_s", "crash_to_ready_s")
-        }
-        serving = statistics.median(x["crash_to_serving_s"] for x in xs)
-        out.append(
-            [
-                variant,
-                f"median of {len(xs)} crashes",
-                num(med["crash_to_detected_s"], 2),
-                num(med["crash_to_relaunch_s"], 1),
-                num(med["crash_to_ready_s"], 1),
-                num(serving, 1),
-                num(serving / base if base else None, 2),
-            ]
+    return [
+        _crash_cells(
+            {"variant": variant, **{k: statistics.median(x[k] for x in xs) for k in CRASH_STEPS}},
+            f"median of {len(xs)} crashes",
+            base,
         )
-    return out
+        for variant, xs in crashes.items()
+    ]
